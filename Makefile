@@ -1,0 +1,41 @@
+# ce — two commands set everything up on a fresh Debian 12 machine:  make setup && make test
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export LIBGUESTFS_BACKEND ?= direct
+
+.PHONY: setup apt venv images test test-fast inspect-sample clean clean-images
+
+setup: apt venv images
+
+apt:
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $$(grep -hv '^\s*#' debian-packages.txt debian-packages-test.txt)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+images: venv
+	$(PY) -m images build
+
+test: venv images
+	$(PY) -m pytest tests
+
+test-fast: venv
+	$(PY) -m pytest tests -m 'not slow'
+
+inspect-sample: venv images
+	$(VENV)/bin/ce inspect images/build/win2019-vda2203-pvs.qcow2
+
+clean-images:
+	rm -rf images/build
+
+clean: clean-images
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,2 @@
+"""ce — the Compositing Engine worker."""
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""The `ce` command line: `ce inspect DISK [--json]` (plan / run / serve arrive with their issues)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import CeError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except CeError as exc:
+        return report_error(exc, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ce", description="Compositing Engine worker")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="describe a disk: format, firmware, Windows, Citrix VDA, tools")
+    p.add_argument("disk", help="disk image (raw, qcow2, vhd, vhdx, vmdk) or block device")
+    p.add_argument("--root", help="Windows root device when the disk holds several (e.g. /dev/sda3)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def report_error(exc: CeError, args) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": exc.to_dict()}, indent=2))
+    else:
+        print(f"ce: error [{exc.code}]: {exc.message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_inspect(args) -> int:
+    from steps.inspect import inspect_path
+    report = inspect_path(args.disk, root=args.root)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_OK
+
+
+def format_report(r) -> str:
+    size_gib = r.disk.virtual_size / (1 << 30)
+    rows = [
+        ("Disk", f"{r.disk.path} ({r.disk.format}{'/' + r.disk.subformat if r.disk.subformat else ''}, "
+                 f"{size_gib:.2f} GiB virtual)"),
+        ("Partitions", f"{r.partition_table.upper()}, firmware {r.firmware.upper()}"),
+        ("Filesystems", ", ".join(f"{fs['device']} {fs['type']}" + (f" '{fs['label']}'" if fs.get('label') else "")
+                                  for fs in r.disk.filesystems)),
+        ("Windows", f"{r.os.product} — {r.os.product_name} ({r.os.edition}, {r.os.installation_type})"),
+        ("Version", f"{r.os.version}" + (f" ({r.os.release})" if r.os.release else "") + f", {r.os.arch}"),
+        ("Hostname", f"{r.os.hostname} (NetBIOS {r.os.computer_name or '?'})"),
+        ("Domain", f"{r.domain.dns or r.domain.netbios} ({r.domain.netbios})" if r.domain.joined
+                   else f"not joined (workgroup {r.domain.netbios or '?'})"),
+        ("Control set", f"{r.os.current_control_set} (root {r.os.root_device})"),
+    ]
+    if r.vda.installed:
+        rows += [("Citrix VDA", f"{r.vda.version} (release {r.vda.release}{', LTSR' if r.vda.ltsr else ', CR'})"),
+                 ("Controllers", f"{' '.join(r.vda.controllers) or '-'} (from {r.vda.controller_source})")]
+        if r.vda.farm_guid:
+            rows.append(("FarmGUID", r.vda.farm_guid))
+    else:
+        rows.append(("Citrix VDA", "not installed"))
+    for name, label in (("pvs", "PVS target"), ("mcsio", "MCS IO"), ("misa", "Machine Identity")):
+        found = r.components.get(name)
+        rows.append((label, f"yes {found.version}".rstrip() if found else "no"))
+    rows.append(("Hypervisor tools", ", ".join(f"{t.name} {t.version}".rstrip() for t in r.tools) or "none"))
+    flags = [f for f, on in (("hibernated", r.state.hibernated), ("unclean", r.state.unclean),
+                             ("BitLocker", r.state.bitlocker)) if on]
+    flags += [f"dirty hive {h}" for h in r.state.dirty_hives]
+    rows.append(("State", ", ".join(flags) or "clean"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += [f"warning [{w.code}]: {w.message}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

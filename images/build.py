@@ -1,0 +1,240 @@
+"""Build the sample disks described by images/specs/*.toml into images/build/ (cached).
+
+All disks that need building are laid out in ONE libguestfs appliance (a launch costs 13-25 s here): real
+GPT/MBR partition tables, real NTFS/FAT/ext4 filesystems, hives written with hivex through ce.registry. Defects for
+the bad-input samples (BitLocker boot sector, hibernation file, corrupt or dirty hive, truncation) are injected the
+way they occur in the field. Content is deterministic (partition GUIDs derive from the spec name); NTFS serials
+and timestamps are not, so caching is by spec + builder source hash, not by image bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ce import disks
+from ce.guest import ESP_GUID, Drive, Guest
+from ce.registry import Hive, create_empty_hive
+
+from .content import GuestContent, pe_stub, windows_content
+from .spec import BUILD_DIR, Spec, cache_key, load_all
+
+MIB = 1 << 20
+SECTOR = 512
+MSR_GUID = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
+BASIC_DATA_GUID = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+LINUX_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+HIVE_ROOT_NAMES = {"SYSTEM": "CMI-CreateHive{2A7FB991-7BBE-4F9D-B91E-7CB51D4737F5}",
+                   "SOFTWARE": "CMI-CreateHive{199DAFC2-6F16-4946-BF90-5A3FC3A60902}",
+                   "SECURITY": "CMI-CreateHive{B2BF0DD3-AC06-4E2C-A3BC-1BE6DF73B1A0}"}
+
+
+@dataclass
+class Partition:
+    role: str                 # esp | msr | boot | system | system2 | linux
+    fstype: str | None
+    size_mib: int | None      # None = the rest of the disk
+    gpt_type: str = BASIC_DATA_GUID
+    label: str = ""
+    start: int = 0            # byte offset, filled in when laid out
+
+
+@dataclass
+class Job:
+    spec: Spec
+    raw: Path
+    partitions: list[Partition] = field(default_factory=list)
+    volumes: dict[str, dict[str, bytes]] = field(default_factory=dict)   # role -> {path: bytes}
+
+
+def build(names: list[str] | None = None, *, force: bool = False, log=print) -> list[Spec]:
+    specs = load_all()
+    unknown = set(names or []) - set(specs)
+    if unknown:
+        raise SystemExit(f"unknown sample image(s): {', '.join(sorted(unknown))}; known: {', '.join(specs)}")
+    chosen = [specs[n] for n in names] if names else list(specs.values())
+    stale = [s for s in chosen if force or not is_fresh(s)]
+    if not stale:
+        log(f"sample images up to date in {BUILD_DIR}")
+        return chosen
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=BUILD_DIR, prefix=".work-") as tmp:
+        jobs = [plan_job(spec, Path(tmp)) for spec in stale]
+        in_guest = [job for job in jobs if job.partitions]
+        if in_guest:
+            log(f"laying out {len(in_guest)} disk(s) in one libguestfs appliance ...")
+            populate(in_guest)
+        for job in jobs:
+            finish(job)
+            log(f"built {job.spec.path.name}: {job.spec.description}")
+    return chosen
+
+
+def is_fresh(spec: Spec) -> bool:
+    stamp = stamp_path(spec)
+    return spec.path.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == cache_key(spec)
+
+
+def stamp_path(spec: Spec) -> Path:
+    return BUILD_DIR / f"{spec.name}.stamp"
+
+
+# ---------------------------------------------------------------- planning
+
+def plan_job(spec: Spec, tmp: Path) -> Job:
+    job = Job(spec=spec, raw=tmp / f"{spec.name}.raw")
+    size = spec.size_mib * MIB * (2 if spec.second_root else 1)
+    with open(job.raw, "wb") as f:
+        f.truncate(size)
+    if spec.kind == "blank":
+        return job
+    job.partitions = partition_plan(spec)
+    if spec.kind == "linux":
+        job.volumes = {"esp": {"EFI/debian/grubx64.efi": pe_stub("grub")}, "linux": linux_files()}
+        return job
+    content = windows_content(spec)
+    job.volumes["system"] = system_volume(spec, content, tmp / spec.name / "system")
+    job.volumes["esp" if spec.firmware == "uefi" else "boot"] = boot_volume(spec, content, tmp / spec.name)
+    if spec.second_root:
+        second = windows_content(spec, hostname=spec.windows["hostname"][:-1] + "B")
+        job.volumes["system2"] = system_volume(spec, second, tmp / spec.name / "system2")
+    return job
+
+
+def partition_plan(spec: Spec) -> list[Partition]:
+    if spec.kind == "linux":
+        return [Partition("esp", "vfat", 32, ESP_GUID, "EFI"), Partition("linux", "ext4", None, LINUX_GUID, "root")]
+    if spec.firmware == "bios":
+        return [Partition("boot", "ntfs", 32, label="System Reserved"), Partition("system", "ntfs", None)]
+    parts = [Partition("esp", "vfat", 32, ESP_GUID, "SYSTEM"), Partition("msr", None, 16, MSR_GUID)]
+    if spec.second_root:
+        parts.append(Partition("system", "ntfs", spec.size_mib - 48, label="Windows"))
+    parts.append(Partition("system2" if spec.second_root else "system", "ntfs", None, label="Windows"))
+    return parts
+
+
+def system_volume(spec: Spec, content: GuestContent, workdir: Path) -> dict[str, bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = dict(content.files)
+    for hive_name, values in content.registry.items():
+        data = make_hive(workdir / hive_name, HIVE_ROOT_NAMES[hive_name], values)
+        if hive_name == spec.corrupt_hive:
+            data = corrupt_hive(data)
+        if hive_name == spec.dirty_hive:
+            data = make_dirty(data)
+            files[f"Windows/System32/config/{hive_name}.LOG1"] = b"DIRT" + bytes(508)
+        files[f"Windows/System32/config/{hive_name}"] = data
+    if spec.hibernated:
+        files["hiberfil.sys"] = b"HIBR" + bytes(4092)
+    return files
+
+
+def boot_volume(spec: Spec, content: GuestContent, workdir: Path) -> dict[str, bytes]:
+    bcd_path = "EFI/Microsoft/Boot/BCD" if spec.firmware == "uefi" else "Boot/BCD"
+    return {**content.boot_files, bcd_path: make_hive(workdir / "BCD", "BCD00000000", [])}
+
+
+def linux_files() -> dict[str, bytes]:
+    return {"etc/os-release": b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+                              b'VERSION_ID="12"\nVERSION="12 (bookworm)"\nID=debian\n',
+            "etc/debian_version": b"12.11\n", "etc/hostname": b"linux-appliance\n",
+            "etc/fstab": b"LABEL=root / ext4 defaults 0 1\n", "bin/.keep": b"", "usr/bin/.keep": b""}
+
+
+def make_hive(path: Path, root_name: str, values) -> bytes:
+    create_empty_hive(path, root_name=root_name)
+    with Hive.open(path, write=True) as hive:
+        for key, name, rtype, data in values:
+            hive.set(key, name, rtype, data)
+        hive.commit(path)
+    return path.read_bytes()
+
+
+def corrupt_hive(data: bytes) -> bytes:
+    """Overwrite the first hive bin's header and cells: what a torn write or disk error leaves behind."""
+    junk = hashlib.sha256(b"corrupt").digest() * 64
+    return data[:0x1000] + junk[:0x800] + data[0x1800:]
+
+
+def make_dirty(data: bytes) -> bytes:
+    """Bump the primary sequence number (and fix the checksum): a hive whose last write was not flushed."""
+    head = bytearray(data[:0x1000])
+    primary = struct.unpack_from("<I", head, 4)[0]
+    struct.pack_into("<I", head, 4, primary + 1)
+    checksum = 0
+    for (word,) in struct.iter_unpack("<I", bytes(head[:508])):
+        checksum ^= word
+    struct.pack_into("<I", head, 508, checksum)
+    return bytes(head) + data[0x1000:]
+
+
+# ---------------------------------------------------------------- layout in the appliance
+
+def populate(jobs: list[Job]) -> None:
+    drives = [Drive(str(job.raw), "raw", readonly=False) for job in jobs]
+    with Guest(drives) as guest:
+        for job, device in zip(jobs, guest.devices()):
+            lay_out(guest.g, device, job)
+
+
+def lay_out(g, device: str, job: Job) -> None:
+    spec = job.spec
+    table = "gpt" if spec.partition_table == "gpt" else "msdos"
+    g.part_init(device, table)
+    total = g.blockdev_getsz(device)
+    start = MIB // SECTOR
+    for n, part in enumerate(job.partitions, 1):
+        end = total - start - 1 if part.size_mib is None else start + part.size_mib * MIB // SECTOR - 1
+        g.part_add(device, "p", start, end)
+        part.start = start * SECTOR
+        if table == "gpt":
+            g.part_set_gpt_type(device, n, part.gpt_type)
+            g.part_set_gpt_guid(device, n, stable_guid(spec.name, part.role))
+        else:
+            g.part_set_mbr_id(device, n, 0x07)
+        start = end + 1
+    if table == "gpt":
+        g.part_set_disk_guid(device, stable_guid(spec.name, "disk"))
+    else:
+        g.part_set_bootable(device, 1, True)
+    for n, part in enumerate(job.partitions, 1):
+        if part.fstype:
+            fill_volume(g, f"{device}{n}", part, job.volumes.get(part.role, {}))
+
+
+def fill_volume(g, dev: str, part: Partition, files: dict[str, bytes]) -> None:
+    g.mkfs(part.fstype, dev, label=part.label) if part.label else g.mkfs(part.fstype, dev)
+    g.mount(dev, "/")
+    for path, data in sorted(files.items()):
+        g.mkdir_p("/" + os.path.dirname(path))
+        g.write("/" + path, data)
+    g.umount_all()
+
+
+def stable_guid(*parts: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "ce-sample:" + "/".join(parts))).upper()
+
+
+# ---------------------------------------------------------------- finishing
+
+def finish(job: Job) -> None:
+    spec = job.spec
+    if spec.bitlocker:
+        system = next(p for p in job.partitions if p.role == "system")
+        with open(job.raw, "r+b") as f:
+            f.seek(system.start + 3)
+            f.write(b"-FVE-FS-")
+    final = spec.path
+    if spec.format == "raw":
+        os.replace(job.raw, final)
+    else:
+        disks.convert(str(job.raw), str(final), spec.format, src_fmt="raw", overwrite=True)
+    if spec.truncate_percent:
+        with open(final, "r+b") as f:
+            f.truncate(os.path.getsize(final) * spec.truncate_percent // 100)
+    stamp_path(spec).write_text(json.dumps({"key": cache_key(spec), "format": spec.format}) + "\n")

@@ -1,0 +1,1 @@
+"""One operation per module; each exposes a params model, plan() and apply()."""
