@@ -243,10 +243,17 @@ class Guest:
             return "none"
         return "mbr" if kind == "msdos" else kind
 
-    def filesystems(self) -> list[Filesystem]:
+    def on_device(self, dev: str, device: str | None) -> bool:
+        """Whether partition or whole device ``dev`` belongs to ``device`` (None = any drive)."""
+        return device is None or dev == device or (not self.g.is_whole_device(dev)
+                                                   and self.g.part_to_dev(dev) == device)
+
+    def filesystems(self, device: str | None = None) -> list[Filesystem]:
         g = self.g
         result = []
         for dev, fstype in g.list_filesystems().items():
+            if not self.on_device(dev, device):
+                continue
             fs = Filesystem(device=dev, type=fstype)
             fs.bitlocker = self._has_bitlocker_id(dev)
             if fs.bitlocker:
@@ -266,7 +273,7 @@ class Guest:
     def _describe_partition(self, fs: Filesystem) -> None:
         g = self.g
         fs.size = self._quiet(g.blockdev_getsize64, fs.device, default=0)
-        if not re.search(r"\d$", fs.device) or g.is_whole_device(fs.device):
+        if g.is_whole_device(fs.device):
             return
         parent = g.part_to_dev(fs.device)
         fs.partition = g.part_to_partnum(fs.device)
@@ -293,9 +300,10 @@ class Guest:
         except RuntimeError as exc:
             raise GuestError(f"libguestfs inspection failed: {exc}") from exc
 
-    def windows_root(self, root: str | None = None) -> WindowsRoot:
-        """The single Windows installation on the drives, or a clear error saying why there is none."""
-        roots = self.os_roots()
+    def windows_root(self, root: str | None = None, device: str | None = None) -> WindowsRoot:
+        """The single Windows installation on ``device`` (default: all drives), or a clear error saying why
+        there is none."""
+        roots = [r for r in self.os_roots() if self.on_device(r, device)]
         windows = [r for r in roots if self.g.inspect_get_type(r) == "windows"]
         if root:
             if root not in windows:
@@ -307,11 +315,11 @@ class Guest:
             raise MultipleWindowsRoots(f"the disk holds {len(windows)} Windows installations: {described}; "
                                        f"choose one with --root DEVICE")
         if not windows:
-            self._explain_no_windows(roots)
+            self._explain_no_windows(roots, device)
         return self._describe_root(windows[0])
 
-    def _explain_no_windows(self, roots: list[str]) -> None:
-        filesystems = self.filesystems()
+    def _explain_no_windows(self, roots: list[str], device: str | None) -> None:
+        filesystems = self.filesystems(device)
         if any(fs.bitlocker for fs in filesystems):
             locked = ", ".join(fs.device for fs in filesystems if fs.bitlocker)
             raise BitLockerVolume(f"{locked} is BitLocker-encrypted and cannot be read offline; decrypt the volume "
@@ -321,8 +329,7 @@ class Guest:
                               f"{self.g.inspect_get_major_version(r)} on {r}" for r in roots)
             raise NotWindows(f"no Windows installation found; the disk holds {other}")
         if not any(fs.type not in ("unknown", "swap") for fs in filesystems):
-            tables = {d: self.partition_table(d) for d in self.devices()}
-            if all(t == "none" for t in tables.values()):
+            if all(self.partition_table(d) == "none" for d in self.devices() if self.on_device(d, device)):
                 raise BlankDisk("the disk is blank: no partition table and no filesystem; attach the image's "
                                 "system disk, not a new or wiped one")
             raise NotWindows("the disk has partitions but no filesystem libguestfs can read")

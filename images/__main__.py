@@ -17,6 +17,7 @@ def main() -> None:
     sub.add_parser("list", help="list specs and whether their image is built")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("sh").setLevel(logging.WARNING)
     if args.command == "build":
         build(args.names, force=args.force)
     else:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from ce.registry import Hive, create_empty_hive
 from .content import GuestContent, pe_stub, windows_content
 from .spec import BUILD_DIR, Spec, cache_key, load_all
 
+log = logging.getLogger(__name__)
 MIB = 1 << 20
 SECTOR = 512
 MSR_GUID = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
@@ -52,7 +55,7 @@ class Job:
     volumes: dict[str, dict[str, bytes]] = field(default_factory=dict)   # role -> {path: bytes}
 
 
-def build(names: list[str] | None = None, *, force: bool = False, log=print) -> list[Spec]:
+def build(names: list[str] | None = None, *, force: bool = False, say=print) -> list[Spec]:
     specs = load_all()
     unknown = set(names or []) - set(specs)
     if unknown:
@@ -60,18 +63,18 @@ def build(names: list[str] | None = None, *, force: bool = False, log=print) -> 
     chosen = [specs[n] for n in names] if names else list(specs.values())
     stale = [s for s in chosen if force or not is_fresh(s)]
     if not stale:
-        log(f"sample images up to date in {BUILD_DIR}")
+        say(f"sample images up to date in {BUILD_DIR}")
         return chosen
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=BUILD_DIR, prefix=".work-") as tmp:
         jobs = [plan_job(spec, Path(tmp)) for spec in stale]
         in_guest = [job for job in jobs if job.partitions]
         if in_guest:
-            log(f"laying out {len(in_guest)} disk(s) in one libguestfs appliance ...")
+            say(f"laying out {len(in_guest)} disk(s) in one libguestfs appliance ...")
             populate(in_guest)
         for job in jobs:
             finish(job)
-            log(f"built {job.spec.path.name}: {job.spec.description}")
+            say(f"built {job.spec.path.name}: {job.spec.description}")
     return chosen
 
 
@@ -179,7 +182,9 @@ def populate(jobs: list[Job]) -> None:
     drives = [Drive(str(job.raw), "raw", readonly=False) for job in jobs]
     with Guest(drives) as guest:
         for job, device in zip(jobs, guest.devices()):
+            started = time.monotonic()
             lay_out(guest.g, device, job)
+            log.info("laid out %s in %.1f s", job.spec.name, time.monotonic() - started)
 
 
 def lay_out(g, device: str, job: Job) -> None:
@@ -189,7 +194,7 @@ def lay_out(g, device: str, job: Job) -> None:
     total = g.blockdev_getsz(device)
     start = MIB // SECTOR
     for n, part in enumerate(job.partitions, 1):
-        end = total - start - 1 if part.size_mib is None else start + part.size_mib * MIB // SECTOR - 1
+        end = total - MIB // SECTOR - 1 if part.size_mib is None else start + part.size_mib * MIB // SECTOR - 1
         g.part_add(device, "p", start, end)
         part.start = start * SECTOR
         if table == "gpt":

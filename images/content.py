@@ -89,7 +89,7 @@ def lsa_unicode_string(text: str) -> bytes:
 def domain_sid(netbios: str) -> bytes:
     """A deterministic S-1-5-21-a-b-c domain SID in binary form."""
     a, b, c = (zlib.crc32(f"{netbios}{i}".encode()) for i in range(3))
-    return struct.pack("<BB6s5I", 1, 4, (5).to_bytes(6, "big"), 21, a, b, c)
+    return struct.pack("<BB6s4I", 1, 4, (5).to_bytes(6, "big"), 21, a, b, c)
 
 
 def windows_content(spec: Spec, hostname: str | None = None) -> GuestContent:
@@ -201,13 +201,13 @@ def add_vda(c: GuestContent, ccs: str, vda: dict) -> None:
         c.reg("SOFTWARE", agent, "FarmGUID", SZ, vda["farm_guid"])
     if "policy_list_of_ddcs" in vda:
         c.reg("SOFTWARE", r"Policies\Citrix\VirtualDesktopAgent", "ListOfDDCs", SZ, vda["policy_list_of_ddcs"])
-    c.service(ccs, "BrokerAgent", 0x10, rf'"{vda_dir}\BrokerAgent.exe"', DisplayName="Citrix Desktop Service")
+    c.service(ccs, "BrokerAgent", 0x10, 2, rf'"{vda_dir}\BrokerAgent.exe"', DisplayName="Citrix Desktop Service")
     c.files["Program Files/Citrix/Virtual Desktop Agent/BrokerAgent.exe"] = pe_stub("BrokerAgent")
     c.files["Program Files/Citrix/XenDesktopVdaSetup/XenDesktopVdaSetup.exe"] = pe_stub("XenDesktopVdaSetup")
     if vda.get("mcsio"):
         c.uninstall_entry("{B1C2D3E4-2222-4B4B-8C8C-0123456789AB}", "Citrix MCS IODriver", version,
                           "Citrix Systems, Inc.")
-        c.service(ccs, "CtxMcsWbc", 1, r"System32\drivers\CtxMcsWbc.sys", Group="Filter")
+        c.service(ccs, "CtxMcsWbc", 1, 0, r"System32\drivers\CtxMcsWbc.sys", Group="Filter")
         c.reg("SYSTEM", rf"{ccs}\{DISK_CLASS}", "UpperFilters", MULTI_SZ, ["CtxMcsWbc", "partmgr"])
     if vda.get("misa"):
         c.uninstall_entry("{C2D3E4F5-3333-4C4C-9D9D-0123456789AB}", "Machine Identity Service Agent", version,
@@ -220,11 +220,11 @@ def add_pvs(c: GuestContent, ccs: str, pvs: dict) -> None:
     version = pvs["display_version"]
     c.uninstall_entry("{D3E4F5A6-4444-4D4D-8E8E-0123456789AB}", "Citrix Provisioning Target Device x64", version,
                       "Citrix Systems, Inc.")
-    c.service(ccs, "bnistack", 1, r"System32\drivers\bnistack6.sys", Group="NDIS")
+    c.service(ccs, "bnistack", 1, 0, r"System32\drivers\bnistack6.sys", Group="NDIS")
     c.reg("SYSTEM", rf"{ccs}\Services\bnistack\PVSAgent", "WriteCacheType", DWORD, 9)
-    c.service(ccs, "CVhdMp", 1, r"System32\drivers\CVhdMp.sys", Group="SCSI miniport")
-    c.service(ccs, "CfsDep2", 1, r"System32\drivers\CfsDep2.sys", Group="Filter")
-    c.service(ccs, "BNDevice", 0x10, rf'"{PROGRAM_FILES}\Citrix\Provisioning Services\BNDevice.exe"')
+    c.service(ccs, "CVhdMp", 1, 0, r"System32\drivers\CVhdMp.sys", Group="SCSI miniport")
+    c.service(ccs, "CfsDep2", 1, 0, r"System32\drivers\CfsDep2.sys", Group="Filter")
+    c.service(ccs, "BNDevice", 0x10, 2, rf'"{PROGRAM_FILES}\Citrix\Provisioning Services\BNDevice.exe"')
     c.files["Program Files/Citrix/Provisioning Services/BNDevice.exe"] = pe_stub("BNDevice")
 
 
@@ -233,20 +233,20 @@ def add_tools(c: GuestContent, ccs: str, tools: dict) -> None:
         c.uninstall_entry("{4F1A3F2C-5555-4E4E-9F9F-0123456789AB}", "VMware Tools", tools["vmware"], "VMware, Inc.",
                           UninstallString="MsiExec.exe /I{4F1A3F2C-5555-4E4E-9F9F-0123456789AB}")
         c.reg("SOFTWARE", r"VMware, Inc.\VMware Tools", "InstallPath", SZ, rf"{PROGRAM_FILES}\VMware\VMware Tools")
-        c.service(ccs, "VMTools", 0x10, rf'"{PROGRAM_FILES}\VMware\VMware Tools\vmtoolsd.exe"')
-        c.service(ccs, "pvscsi", 1, r"System32\drivers\pvscsi.sys", Group="SCSI miniport")
-        c.service(ccs, "vmxnet3ndis6", 1, r"System32\drivers\vmxnet3.sys", Group="NDIS")
+        c.service(ccs, "VMTools", 0x10, 2, rf'"{PROGRAM_FILES}\VMware\VMware Tools\vmtoolsd.exe"')
+        c.service(ccs, "pvscsi", 1, 0, r"System32\drivers\pvscsi.sys", Group="SCSI miniport")
+        c.service(ccs, "vmxnet3ndis6", 1, 3, r"System32\drivers\vmxnet3.sys", Group="NDIS")
         c.files["Program Files/VMware/VMware Tools/vmtoolsd.exe"] = pe_stub("vmtoolsd")
     if "xenserver" in tools:
         c.uninstall_entry("{E4F5A6B7-6666-4F4F-8A8A-0123456789AB}", "XenServer VM Tools", tools["xenserver"],
                           "Cloud Software Group, Inc.")
         for svc in ("xenbus", "xenfilt", "xenvbd", "xenvif", "xennet", "xeniface"):
-            c.service(ccs, svc, 1, rf"System32\drivers\{svc}.sys", Group="System Bus Extender")
-        c.service(ccs, "XenAgent", 0x10, rf'"{PROGRAM_FILES}\XenServer\XenTools\XenAgent.exe"')
+            c.service(ccs, svc, 1, 0 if svc in ("xenbus", "xenfilt", "xenvbd") else 3, rf"System32\drivers\{svc}.sys", Group="System Bus Extender")
+        c.service(ccs, "XenAgent", 0x10, 2, rf'"{PROGRAM_FILES}\XenServer\XenTools\XenAgent.exe"')
     if "nutanix" in tools:
         c.uninstall_entry("{F5A6B7C8-7777-4A5A-9B9B-0123456789AB}", "Nutanix VirtIO", tools["nutanix"], "Nutanix")
-        c.service(ccs, "vioscsi", 1, r"System32\drivers\vioscsi.sys", Group="SCSI miniport")
-        c.service(ccs, "netkvm", 1, r"System32\drivers\netkvm.sys", Group="NDIS")
+        c.service(ccs, "vioscsi", 1, 0, r"System32\drivers\vioscsi.sys", Group="SCSI miniport")
+        c.service(ccs, "netkvm", 1, 3, r"System32\drivers\netkvm.sys", Group="NDIS")
     if tools.get("hyperv"):
         # Written by the Hyper-V KVP exchange service while the guest runs on Hyper-V or Azure.
         params = r"Microsoft\Virtual Machine\Guest\Parameters"

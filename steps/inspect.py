@@ -126,21 +126,24 @@ def inspect_path(path: str, root: str | None = None) -> InspectReport:
         return inspect_guest(guest, info, root)
 
 
-def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None) -> InspectReport:
-    filesystems = guest.filesystems()
-    device = guest.devices()[0]
+def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
+                  device: str | None = None) -> InspectReport:
+    """Inspect the drive ``device`` of a launched guest (default: its first drive)."""
+    device = device or guest.devices()[0]
+    filesystems = guest.filesystems(device)
     table = guest.partition_table(device)
-    win = guest.windows_root(root)
+    win = guest.windows_root(root, device)
     guest.mount_windows(win, readonly=True)
     warnings: list[StepWarning] = []
-    with tempfile.TemporaryDirectory(prefix="ce-inspect-") as tmp:
-        hives, dirty = load_hives(guest, Path(tmp), warnings)
-        try:
-            report = build_report(guest, info, win, filesystems, table, hives, dirty, warnings)
-        finally:
-            for hive in hives.values():
-                hive.close()
-    return report
+    hives: dict = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="ce-inspect-") as tmp:
+            hives, dirty = load_hives(guest, Path(tmp), warnings)
+            return build_report(info, win, filesystems, table, hives, dirty, warnings)
+    finally:
+        for hive in hives.values():
+            hive.close()
+        guest.g.umount_all()
 
 
 def load_hives(guest: Guest, tmp: Path, warnings: list[StepWarning]) -> tuple[dict, list[str]]:
@@ -160,7 +163,7 @@ def load_hives(guest: Guest, tmp: Path, warnings: list[StepWarning]) -> tuple[di
     return hives, dirty
 
 
-def build_report(guest, info, win: WindowsRoot, filesystems, table, hives, dirty, warnings) -> InspectReport:
+def build_report(info, win: WindowsRoot, filesystems, table, hives, dirty, warnings) -> InspectReport:
     rules = detection_rules()
     system, software = hives["SYSTEM"], hives["SOFTWARE"]
     ccs = registry.current_control_set(system)
