@@ -9,10 +9,12 @@ and timestamps are not, so caching is by spec + builder source hash, not by imag
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import struct
+import tarfile
 import tempfile
 import time
 import uuid
@@ -28,6 +30,7 @@ from .spec import BUILD_DIR, Spec, cache_key, load_all
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
+FIXED_MTIME = 1_700_000_000
 SECTOR = 512
 MSR_GUID = "E3C9E316-0B5C-4DB8-817D-F92DF00215AE"
 BASIC_DATA_GUID = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
@@ -209,16 +212,32 @@ def lay_out(g, device: str, job: Job) -> None:
         g.part_set_bootable(device, 1, True)
     for n, part in enumerate(job.partitions, 1):
         if part.fstype:
-            fill_volume(g, f"{device}{n}", part, job.volumes.get(part.role, {}))
+            fill_volume(g, f"{device}{n}", part, job.volumes.get(part.role, {}), job.raw.parent)
 
 
-def fill_volume(g, dev: str, part: Partition, files: dict[str, bytes]) -> None:
+def fill_volume(g, dev: str, part: Partition, files: dict[str, bytes], workdir: Path) -> None:
     g.mkfs(part.fstype, dev, label=part.label) if part.label else g.mkfs(part.fstype, dev)
+    if not files:
+        return
     g.mount(dev, "/")
-    for path, data in sorted(files.items()):
-        g.mkdir_p("/" + os.path.dirname(path))
-        g.write("/" + path, data)
+    archive = workdir / f"{dev.rsplit('/', 1)[-1]}.tar"
+    write_tar(archive, files)
+    g.tar_in(str(archive), "/")     # one appliance round trip instead of one per file
     g.umount_all()
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> None:
+    """A tar of ``files`` with fixed owners and times, directories included, so the layout is reproducible."""
+    dirs = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, FIXED_MTIME
+            tar.addfile(info)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, FIXED_MTIME
+            tar.addfile(info, io.BytesIO(data))
 
 
 def stable_guid(*parts: str) -> str:

@@ -20,7 +20,6 @@ from ce.errors import HiveDirty
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
 
 NAME = "inspect"
-CONFIG = "Windows/System32/config"
 CURRENT_VERSION = r"Microsoft\Windows NT\CurrentVersion"
 UNINSTALL_VIEWS = (r"Microsoft\Windows\CurrentVersion\Uninstall",
                    r"WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall")
@@ -138,7 +137,7 @@ def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
     hives: dict = {}
     try:
         with tempfile.TemporaryDirectory(prefix="ce-inspect-") as tmp:
-            hives, dirty = load_hives(guest, Path(tmp), warnings)
+            hives, dirty = load_hives(guest, win, Path(tmp), warnings)
             return build_report(info, win, filesystems, table, hives, dirty, warnings)
     finally:
         for hive in hives.values():
@@ -146,20 +145,27 @@ def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
         guest.g.umount_all()
 
 
-def load_hives(guest: Guest, tmp: Path, warnings: list[StepWarning]) -> tuple[dict, list[str]]:
+def load_hives(guest: Guest, win: WindowsRoot, tmp: Path, warnings: list[StepWarning]) -> tuple[dict, list[str]]:
+    """Download and open SYSTEM, SOFTWARE and SECURITY. A dirty hive is read as it is on disk, with a warning."""
     hives, dirty = {}, []
     for name in ("SYSTEM", "SOFTWARE", "SECURITY"):
-        guest_path = guest.win_path(f"{CONFIG}/{name}")
+        guest_path = guest.win_path(f"{win.systemroot}/System32/config/{name}")
         if name == "SECURITY" and not guest.g.exists(guest_path):
             warnings.append(StepWarning(code="hive_missing", message="no SECURITY hive: domain membership unknown"))
             continue
+        label = f"{win.device}:{guest_path}"
         local = registry.download_hive(guest.g, guest_path, tmp)
         try:
-            registry.check_header(local)
+            registry.check_header(local, label)
         except HiveDirty as exc:
             dirty.append(name)
             warnings.append(StepWarning(code=exc.code, message=exc.message))
-        hives[name] = registry.Hive.open(local, allow_dirty=True)
+        try:
+            hives[name] = registry.Hive.open(local, allow_dirty=True, label=label)
+        except Exception:
+            for hive in hives.values():
+                hive.close()
+            raise
     return hives, dirty
 
 
@@ -217,7 +223,7 @@ def os_facts(software, system, ccs: str, win: WindowsRoot, rules: dict) -> OsFac
         major, minor = (int(x) for x in (get(CURRENT_VERSION, "CurrentVersion") or "0.0").split(".")[:2])
     ubr = get(CURRENT_VERSION, "UBR") or 0
     installation_type = get(CURRENT_VERSION, "InstallationType") or ""
-    product_name = get(CURRENT_VERSION, "ProductName") or win.product_name
+    product_name = get(CURRENT_VERSION, "ProductName") or ""
     tcpip = rf"{ccs}\Services\Tcpip\Parameters"
     return OsFacts(
         product_name=product_name,
@@ -226,7 +232,7 @@ def os_facts(software, system, ccs: str, win: WindowsRoot, rules: dict) -> OsFac
         build=build, ubr=ubr, version=f"{major}.{minor}.{build}.{ubr}",
         release=get(CURRENT_VERSION, "DisplayVersion") or get(CURRENT_VERSION, "ReleaseId") or "",
         arch=win.arch, installation_type=installation_type,
-        hostname=system.get_data(tcpip, "Hostname") or win.hostname,
+        hostname=system.get_data(tcpip, "Hostname") or "",
         computer_name=system.get_data(rf"{ccs}\Control\ComputerName\ComputerName", "ComputerName") or "",
         current_control_set=ccs, systemroot=win.systemroot, root_device=win.device)
 
