@@ -55,14 +55,31 @@ def cmd_inspect(args) -> int:
     return EXIT_OK
 
 
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def describe_filesystem(fs: dict) -> str:
+    text = f"{fs['device']} {fs['type']}"
+    if fs.get("label"):
+        text += f" '{fs['label']}'"
+    if fs.get("role") and fs["role"] != "basic-data":
+        text += f" [{fs['role']}]"
+    if fs.get("ntfs_state") not in (None, "clean"):
+        text += f" ({fs['ntfs_state']})"
+    return text
+
+
 def format_report(r) -> str:
-    size_gib = r.disk.virtual_size / (1 << 30)
     rows = [
         ("Disk", f"{r.disk.path} ({r.disk.format}{'/' + r.disk.subformat if r.disk.subformat else ''}, "
-                 f"{size_gib:.2f} GiB virtual)"),
+                 f"{human_size(r.disk.virtual_size)} virtual)"),
         ("Partitions", f"{r.partition_table.upper()}, firmware {r.firmware.upper()}"),
-        ("Filesystems", ", ".join(f"{fs['device']} {fs['type']}" + (f" '{fs['label']}'" if fs.get('label') else "")
-                                  for fs in r.disk.filesystems)),
+        ("Filesystems", ", ".join(describe_filesystem(fs) for fs in r.disk.filesystems)),
         ("Windows", f"{r.os.product} — {r.os.product_name} ({r.os.edition}, {r.os.installation_type})"),
         ("Version", f"{r.os.version}" + (f" ({r.os.release})" if r.os.release else "") + f", {r.os.arch}"),
         ("Hostname", f"{r.os.hostname} (NetBIOS {r.os.computer_name or '?'})"),

@@ -34,6 +34,11 @@ SYSTEMROOTS = ("Windows", "WINNT")
 ROOT_MARKERS = ("System32/config/SYSTEM", "System32/config/SOFTWARE", "System32/cmd.exe")
 NTFS_PROBE_HIBERNATED, NTFS_PROBE_UNCLEAN = 14, 15
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+PARTITION_ROLES = {ESP_GUID: "efi-system", "E3C9E316-0B5C-4DB8-817D-F92DF00215AE": "microsoft-reserved",
+                   "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7": "basic-data",
+                   "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC": "windows-recovery",
+                   "0FC63DAF-8483-4772-8E79-3D69D8477DE4": "linux", "0x07": "ntfs/exfat", "0x27": "windows-recovery",
+                   "0xee": "gpt-protective", "0x83": "linux", "0x0c": "fat32", "0xef": "efi-system"}
 
 
 class BlankDisk(EmptyDisk):
@@ -56,6 +61,7 @@ class Filesystem:
     size: int = 0
     partition: int | None = None
     partition_type: str = ""          # GPT type GUID or MBR id ("0x07")
+    role: str = ""                    # "efi-system", "microsoft-reserved", "basic-data", ...
     bitlocker: bool = False
     ntfs_state: str = ""              # "clean" | "hibernated" | "unclean" for NTFS
 
@@ -204,7 +210,11 @@ class Guest:
         if self.memsize:
             g.set_memsize(self.memsize)
         for d in self.drives:
-            g.add_drive_opts(d.path, format=d.format, readonly=d.readonly)
+            try:
+                g.add_drive_opts(d.path, format=d.format, readonly=d.readonly)
+            except RuntimeError as exc:
+                g.close()
+                raise GuestError(f"cannot attach {d.path} as a {d.format} disk: {exc}") from exc
         before = _qemu_children()
         started = time.monotonic()
         try:
@@ -278,6 +288,7 @@ class Guest:
             fs.size = int(info.get("PART_ENTRY_SIZE", 0)) * 512
             kind = info.get("PART_ENTRY_TYPE", "")
             fs.partition_type = kind.upper() if info.get("PART_ENTRY_SCHEME") == "gpt" else "0x%02x" % int(kind, 16)
+            fs.role = PARTITION_ROLES.get(fs.partition_type, "")
         if fs.type == "ntfs":
             fs.ntfs_state = self._ntfs_state(dev)
         return fs

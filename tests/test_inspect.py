@@ -223,11 +223,15 @@ def test_lsa_string_decodes_both_layouts():
     assert lsa_string(b"") == "" and lsa_string(b"\x01") == ""
 
 
-def test_accel_can_be_forced(monkeypatch):
-    from ce.guest import choose_accel
-    monkeypatch.setenv("CE_GUEST_ACCEL", "tcg")
-    assert choose_accel() == "tcg"
-    monkeypatch.setenv("CE_GUEST_ACCEL", "fast")
-    with pytest.raises(CeError, match="auto, kvm or tcg"):
-        choose_accel()
 
+
+
+@pytest.mark.slow
+def test_root_option_picks_one_of_two_windows_installations(appliance):
+    device = appliance.device["bad-two-roots"]
+    report = inspect_guest(appliance.guest, appliance.infos["bad-two-roots"], root=f"{device}4", device=device)
+    assert report.os.root_device == f"{device}4"
+    assert report.os.hostname == "DUAL-B"
+    with pytest.raises(CeError, match="not a Windows root") as err:
+        inspect_guest(appliance.guest, appliance.infos["bad-two-roots"], root=f"{device}1", device=device)
+    assert err.value.code == "not_windows"

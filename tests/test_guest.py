@@ -1,0 +1,36 @@
+"""Guest session mechanics that need no sample Windows image: timeouts, bad drives, acceleration choice."""
+from __future__ import annotations
+
+import pytest
+
+from ce.errors import CeError, GuestError, GuestTimeout
+from ce.guest import Drive, Guest, _qemu_children, choose_accel, partition_parent, unescape
+
+
+def test_accel_can_be_forced(monkeypatch):
+    monkeypatch.setenv("CE_GUEST_ACCEL", "tcg")
+    assert choose_accel() == "tcg"
+    monkeypatch.setenv("CE_GUEST_ACCEL", "fast")
+    with pytest.raises(CeError, match="auto, kvm or tcg"):
+        choose_accel()
+
+
+def test_partition_names_and_labels():
+    assert partition_parent("/dev/sdb12") == "/dev/sdb"
+    assert partition_parent("/dev/sdab3") == "/dev/sdab"
+    assert unescape(r"System\ Reserved") == "System Reserved"
+
+
+def test_missing_drive_is_a_clear_error(tmp_path):
+    with pytest.raises(GuestError, match="cannot attach"):
+        Guest([Drive(str(tmp_path / "nope.qcow2"), "qcow2")]).launch()
+
+
+@pytest.mark.slow
+def test_launch_timeout_stops_the_appliance_and_leaves_no_qemu(tmp_path):
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))
+    before = _qemu_children()
+    with pytest.raises(GuestTimeout, match="did not finish within 3 s"):
+        Guest([Drive(str(disk))], launch_timeout=3).launch()
+    assert _qemu_children() - before == set()
