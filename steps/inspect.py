@@ -20,6 +20,7 @@ from ce.errors import HiveDirty
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
 
 NAME = "inspect"
+USER_FORMATS = {qemu: user for user, qemu in disks.DISK_FORMATS.items()}     # "vpc" -> "vhd"
 CURRENT_VERSION = r"Microsoft\Windows NT\CurrentVersion"
 UNINSTALL_VIEWS = (r"Microsoft\Windows\CurrentVersion\Uninstall",
                    r"WOW6432Node\Microsoft\Windows\CurrentVersion\Uninstall")
@@ -46,7 +47,7 @@ class StepWarning(BaseModel):
 
 class DiskFacts(BaseModel):
     path: str
-    format: str
+    format: str                          # raw | qcow2 | vhd | vhdx | vmdk
     subformat: str | None = None
     virtual_size: int
     actual_size: int | None = None
@@ -184,7 +185,7 @@ def build_report(info, win: WindowsRoot, filesystems, table, hives, dirty, warni
                   for name, rule in rules["components"].items()}
     tools = [d for name, rule in rules["tools"].items() if (d := detect(name, rule, arp, services, software))]
     return InspectReport(
-        disk=DiskFacts(path=info.path, format=info.format, subformat=info.subformat,
+        disk=DiskFacts(path=info.path, format=USER_FORMATS.get(info.format, info.format), subformat=info.subformat,
                        virtual_size=info.virtual_size, actual_size=info.actual_size, partition_table=table,
                        firmware=firmware, filesystems=[fs.to_json() for fs in filesystems]),
         firmware=firmware, partition_table=table,
