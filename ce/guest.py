@@ -20,6 +20,7 @@ from pathlib import Path
 
 import guestfs
 
+from . import ntfs
 from .errors import (ApplianceError, BitLockerVolume, EmptyDisk, GuestError, GuestTimeout,
                      HibernatedVolume, MultipleWindowsRoots, NotWindows, UncleanVolume)
 
@@ -151,13 +152,14 @@ def _qemu_children() -> set[int]:
 
 
 @contextmanager
-def _deadline(seconds: float, what: str, known_before: set[int]):
-    """Kill the appliance if ``what`` takes longer than ``seconds``; the blocked libguestfs call then fails."""
+def _deadline(seconds: float, what: str, appliance_pids):
+    """Kill the appliance (``appliance_pids()``) if ``what`` takes longer than ``seconds``; the blocked libguestfs
+    call then fails and is reported as a timeout."""
     fired = threading.Event()
 
     def kill():
         fired.set()
-        for pid in _qemu_children() - known_before:
+        for pid in appliance_pids():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -218,7 +220,9 @@ class Guest:
         before = _qemu_children()
         started = time.monotonic()
         try:
-            with _deadline(self.launch_timeout, "starting the libguestfs appliance", before):
+            # The handle cannot be asked for its pid while launch() runs: find the qemu child it started.
+            with _deadline(self.launch_timeout, "starting the libguestfs appliance",
+                           lambda: _qemu_children() - before):
                 g.launch()
         except RuntimeError as exc:
             g.close()
@@ -243,7 +247,8 @@ class Guest:
     @contextmanager
     def deadline(self, seconds: float, what: str):
         """Bound a sequence of libguestfs calls in time (the step timeout)."""
-        with _deadline(seconds, what, set()):
+        pid = self.g.get_pid()
+        with _deadline(seconds, what, lambda: {pid}):
             yield
 
     # ------------------------------------------------------------ discovery
@@ -300,9 +305,13 @@ class Guest:
             return False
 
     def _ntfs_state(self, dev: str) -> str:
+        """clean | hibernated | unclean (ntfs-3g's verdict, from hiberfil.sys and $LogFile) | dirty (Windows'
+        own VOLUME_IS_DIRTY flag, which ntfs-3g ignores) | unreadable."""
         try:
             code = self.g.ntfs_3g_probe(True, dev)
-        except RuntimeError:
+            if code == 0 and ntfs.volume_is_dirty(lambda offset, size: self.g.pread_device(dev, size, offset)):
+                return "dirty"
+        except (RuntimeError, GuestError):
             return "unreadable"
         return {0: "clean", NTFS_PROBE_HIBERNATED: "hibernated", NTFS_PROBE_UNCLEAN: "unclean"}.get(code,
                                                                                                       f"probe-{code}")
@@ -405,9 +414,11 @@ class Guest:
         if state == "hibernated":
             raise HibernatedVolume(f"{device} is hibernated (Fast Startup or hibernation): writing would lose the "
                                    f"saved session; boot Windows and shut down fully (shutdown /s /t 0) first")
-        if state == "unclean":
-            raise UncleanVolume(f"{device} was not unmounted cleanly; boot Windows once (or run chkdsk) and shut "
-                                f"down normally before preparing the image")
+        if state in ("unclean", "dirty"):
+            raise UncleanVolume(f"{device} was not shut down cleanly (NTFS {state}: a crash, or a snapshot of a "
+                                f"running VM); boot Windows once (or run chkdsk /f) and shut down normally first")
+        if state != "clean":
+            raise GuestError(f"{device} cannot be checked for a clean shutdown ({state}); refusing to write to it")
         g.mount(device, "/")
         self._mounted_rw = True
 

@@ -21,7 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ce import disks
+import sh
+
+from ce import disks, ntfs
 from ce.guest import ESP_GUID, Drive, Guest
 from ce.registry import Hive, create_empty_hive
 
@@ -100,6 +102,7 @@ def plan_job(spec: Spec, tmp: Path) -> Job:
     if spec.kind == "blank":
         return job
     job.partitions = partition_plan(spec)
+    partition(job)
     if spec.kind == "linux":
         job.volumes = {"esp": {"EFI/debian/grubx64.efi": pe_stub("grub")}, "linux": linux_files()}
         return job
@@ -191,28 +194,29 @@ def populate(jobs: list[Job]) -> None:
 
 
 def lay_out(g, device: str, job: Job) -> None:
-    spec = job.spec
-    table = "gpt" if spec.partition_table == "gpt" else "msdos"
-    g.part_init(device, table)
-    total = g.blockdev_getsz(device)
-    start = MIB // SECTOR
-    for n, part in enumerate(job.partitions, 1):
-        end = total - MIB // SECTOR - 1 if part.size_mib is None else start + part.size_mib * MIB // SECTOR - 1
-        g.part_add(device, "p", start, end)
-        part.start = start * SECTOR
-        if table == "gpt":
-            g.part_set_gpt_type(device, n, part.gpt_type)
-            g.part_set_gpt_guid(device, n, stable_guid(spec.name, part.role))
-        else:
-            g.part_set_mbr_id(device, n, 0x07)
-        start = end + 1
-    if table == "gpt":
-        g.part_set_disk_guid(device, stable_guid(spec.name, "disk"))
-    else:
-        g.part_set_bootable(device, 1, True)
     for n, part in enumerate(job.partitions, 1):
         if part.fstype:
             fill_volume(g, f"{device}{n}", part, job.volumes.get(part.role, {}), job.raw.parent)
+
+
+def partition(job: Job) -> None:
+    """Write the partition table on the host with one sfdisk run (in the appliance it takes ~10 slow calls)."""
+    spec = job.spec
+    gpt = spec.partition_table == "gpt"
+    total = os.path.getsize(job.raw) // SECTOR
+    lines = ["label: gpt" if gpt else "label: dos", "unit: sectors",
+             f"label-id: {stable_guid(spec.name, 'disk')}" if gpt else f"label-id: 0x{stable_id(spec.name):08x}"]
+    start = MIB // SECTOR
+    for n, part in enumerate(job.partitions, 1):
+        size = (total - MIB // SECTOR - start) if part.size_mib is None else part.size_mib * MIB // SECTOR
+        part.start = start * SECTOR
+        if gpt:
+            lines.append(f"start={start}, size={size}, type={part.gpt_type}, "
+                         f"uuid={stable_guid(spec.name, part.role)}")
+        else:
+            lines.append(f"start={start}, size={size}, type=7" + (", bootable" if n == 1 else ""))
+        start += size
+    sh.sfdisk("--quiet", "--no-reread", "--no-tell-kernel", str(job.raw), _in="\n".join(lines) + "\n")
 
 
 def fill_volume(g, dev: str, part: Partition, files: dict[str, bytes], workdir: Path) -> None:
@@ -244,12 +248,30 @@ def stable_guid(*parts: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "ce-sample:" + "/".join(parts))).upper()
 
 
+def stable_id(name: str) -> int:
+    return int(stable_guid(name, "mbr")[:8], 16)
+
+
 # ---------------------------------------------------------------- finishing
+
+def mark_ntfs_dirty(raw: Path, volume_start: int) -> None:
+    """Set VOLUME_IS_DIRTY in $Volume (and its $MFTMirr copy), as a crash or a live snapshot leaves it."""
+    with open(raw, "r+b") as f:
+        def read_at(offset: int, size: int) -> bytes:
+            f.seek(volume_start + offset)
+            return f.read(size)
+        for offset in ntfs.volume_flag_offsets(read_at):
+            flags = struct.unpack("<H", read_at(offset, 2))[0]
+            f.seek(volume_start + offset)
+            f.write(struct.pack("<H", flags | ntfs.VOLUME_IS_DIRTY))
+
 
 def finish(job: Job) -> None:
     spec = job.spec
+    system = next((p for p in job.partitions if p.role == "system"), None)
+    if spec.dirty_ntfs:
+        mark_ntfs_dirty(job.raw, system.start)
     if spec.bitlocker:
-        system = next(p for p in job.partitions if p.role == "system")
         with open(job.raw, "r+b") as f:
             f.seek(system.start + 3)
             f.write(b"-FVE-FS-")

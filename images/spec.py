@@ -31,6 +31,7 @@ class Spec:
     truth: dict
     size_mib: int = 128
     hibernated: bool = False
+    dirty_ntfs: bool = False
     bitlocker: bool = False
     second_root: bool = False
     corrupt_hive: str = ""
@@ -66,7 +67,7 @@ def load(path: Path) -> Spec:
     if kind == "windows" and "windows" not in data:
         raise ValueError(f"{path.name}: a Windows spec needs a [windows] table")
     known = {"description", "windows", "vda", "pvs", "tools", "truth", "size_mib", "hibernated", "bitlocker",
-             "second_root", "corrupt_hive", "dirty_hive", "truncate_percent"}
+             "second_root", "dirty_ntfs", "corrupt_hive", "dirty_hive", "truncate_percent"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{path.name}: unknown keys {sorted(unknown)}")
@@ -82,7 +83,8 @@ def load_all() -> dict[str, Spec]:
 def builder_fingerprint() -> str:
     """Hash of the code that turns specs into disks: a change to it invalidates every cached image."""
     h = hashlib.sha256()
-    sources = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "ce" / "registry.py"]
+    ce_dir = Path(__file__).parents[1] / "ce"
+    sources = sorted(Path(__file__).parent.glob("*.py")) + [ce_dir / "registry.py", ce_dir / "ntfs.py"]
     for src in sources:
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     return h.hexdigest()

@@ -176,7 +176,8 @@ def build_report(info, win: WindowsRoot, filesystems, table, hives, dirty, warni
     ccs = registry.current_control_set(system)
     firmware = detect_firmware(table, filesystems)
     root_fs = next(fs for fs in filesystems if fs.device == win.device)
-    state = StateFacts(hibernated=root_fs.ntfs_state == "hibernated", unclean=root_fs.ntfs_state == "unclean",
+    state = StateFacts(hibernated=root_fs.ntfs_state == "hibernated",
+                       unclean=root_fs.ntfs_state in ("unclean", "dirty"),
                        bitlocker=any(fs.bitlocker for fs in filesystems), dirty_hives=dirty)
     warnings.extend(state_warnings(state, win.device))
     services = service_names(system, ccs)
@@ -210,8 +211,9 @@ def state_warnings(state: StateFacts, device: str) -> list[StepWarning]:
         out.append(StepWarning(code="ntfs_hibernated", message=f"{device} is hibernated (Fast Startup): it can be "
                             f"inspected but not prepared; boot Windows and shut down fully first"))
     if state.unclean:
-        out.append(StepWarning(code="ntfs_unclean", message=f"{device} was not unmounted cleanly: run chkdsk or "
-                            f"boot Windows once before preparing"))
+        out.append(StepWarning(code="ntfs_unclean", message=f"{device} was not shut down cleanly (a crash, or a "
+                            f"snapshot of a running VM): it can be inspected but not prepared; boot Windows once "
+                            f"(or run chkdsk /f) and shut down normally first"))
     return out
 
 

@@ -34,3 +34,13 @@ def test_launch_timeout_stops_the_appliance_and_leaves_no_qemu(tmp_path):
     with pytest.raises(GuestTimeout, match="did not finish within 3 s"):
         Guest([Drive(str(disk))], launch_timeout=3).launch()
     assert _qemu_children() - before == set()
+
+
+@pytest.mark.slow
+def test_deadline_stops_a_slow_call_and_the_session_reports_it(tmp_path):
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))
+    with Guest([Drive(str(disk))]) as guest:
+        with pytest.raises(GuestTimeout, match="sleeping did not finish within 1 s"):
+            with guest.deadline(1, "sleeping"):
+                guest.g.sleep(30)

@@ -12,7 +12,7 @@ import pytest
 from regipy.registry import RegistryHive
 
 from ce import registry
-from ce.errors import CeError, HibernatedVolume
+from ce.errors import CeError
 from images.spec import load_all
 from steps.inspect import inspect_guest, lsa_string, parse_ddcs, product_family, vda_release, detection_rules
 from tests.conftest import sha256_file
@@ -21,6 +21,7 @@ SPECS = load_all()
 GOOD = [n for n, s in SPECS.items() if not n.startswith("bad-")]
 FAILING = [n for n, s in SPECS.items() if "error" in s.truth]
 WARNED = [n for n, s in SPECS.items() if "warnings" in s.truth]
+REFUSE_WRITES = [n for n, s in SPECS.items() if "write_error" in s.truth]
 CE = [sys.executable, "-m", "ce.cli"]
 
 _reports: dict = {}
@@ -102,13 +103,15 @@ def test_flawed_but_readable_input_is_inspected_with_a_warning(appliance, name):
 
 
 @pytest.mark.slow
-def test_hibernated_volume_refuses_a_write_mount(appliance):
+@pytest.mark.parametrize("name", REFUSE_WRITES)
+def test_flawed_volume_refuses_a_write_mount(appliance, name):
     guest = appliance.guest
-    root = guest.windows_root(device=appliance.device["bad-hibernated"])
-    assert guest.filesystems(appliance.device["bad-hibernated"])[-1].ntfs_state == "hibernated"
-    with pytest.raises(HibernatedVolume, match="shut down fully"):
+    root = guest.windows_root(device=appliance.device[name])
+    with pytest.raises(CeError) as err:
         guest.mount_windows(root, readonly=False)
     guest.g.umount_all()
+    assert err.value.code == SPECS[name].truth["write_error"]
+    assert "shut down" in err.value.message
 
 
 @pytest.mark.slow
