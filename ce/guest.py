@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import signal
 import subprocess
@@ -430,10 +431,17 @@ class Guest:
             text = text[2:]
         if not text.startswith("/"):
             text = "/" + text
+        return self._resolve_case(posixpath.normpath(text))
+
+    def _resolve_case(self, path: str) -> str:
+        """case_sensitive_path accepts a missing last component only: resolve the existing prefix, keep the rest."""
         try:
-            return self.g.case_sensitive_path(text)
-        except RuntimeError as exc:
-            raise GuestError(f"cannot resolve Windows path {path}: {exc}") from exc
+            return self.g.case_sensitive_path(path)
+        except RuntimeError:
+            parent, name = posixpath.split(path)
+            if parent == path:
+                raise GuestError(f"cannot resolve Windows path {path}") from None
+            return posixpath.join(self._resolve_case(parent), name)
 
     def exists(self, path: str) -> bool:
         return self.g.exists(self.win_path(path))

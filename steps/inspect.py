@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from ce import disks, registry
 from ce.errors import HiveDirty
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
+from ce.plan import StepWarning, hive_path
 
 NAME = "inspect"
 USER_FORMATS = {qemu: user for user, qemu in disks.DISK_FORMATS.items()}     # "vpc" -> "vhd"
@@ -38,11 +39,6 @@ def detection_rules() -> dict:
 class Params(BaseModel):
     disk: str = Field(description="disk image file (raw, qcow2, vhd, vhdx, vmdk) or block device")
     root: str | None = Field(None, description="Windows root device when the disk holds several, e.g. /dev/sda3")
-
-
-class StepWarning(BaseModel):
-    code: str
-    message: str
 
 
 class DiskFacts(BaseModel):
@@ -150,7 +146,7 @@ def load_hives(guest: Guest, win: WindowsRoot, tmp: Path, warnings: list[StepWar
     """Download and open SYSTEM, SOFTWARE and SECURITY. A dirty hive is read as it is on disk, with a warning."""
     hives, dirty = {}, []
     for name in ("SYSTEM", "SOFTWARE", "SECURITY"):
-        guest_path = guest.win_path(f"{win.systemroot}/System32/config/{name}")
+        guest_path = hive_path(guest, win, name)
         if name == "SECURITY" and not guest.g.exists(guest_path):
             warnings.append(StepWarning(code="hive_missing", message="no SECURITY hive: domain membership unknown"))
             continue

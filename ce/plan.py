@@ -1,0 +1,279 @@
+"""The one contract every step follows: ``plan()`` reads and returns typed changes; ``apply()`` performs exactly
+those and reports what happened.
+
+A dry run is the plan alone; the result report is the plan plus the outcome of each change, so the connector sees
+the same document either way ("which values did you change, from what, to what"). Crash safety lives here once:
+registry changes go through ``registry.commit_hive`` (verified, backed up, swapped by a rename) one hive at a time,
+files are staged next to their target and renamed over it.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field
+
+from . import registry
+from .errors import CeError
+from .guest import Guest, WindowsRoot
+from .registry import Hive, RegType, RegValue
+
+HIVES = ("SYSTEM", "SOFTWARE", "SECURITY", "SAM", "DEFAULT")
+STAGED_SUFFIX = ".ce-new"
+
+
+class ImageChangedSincePlan(CeError):
+    code = "image_changed_since_plan"
+
+
+class StepWarning(BaseModel):
+    code: str
+    message: str
+
+
+class RegistrySet(BaseModel):
+    kind: Literal["registry_set"] = "registry_set"
+    hive: str
+    key: str                              # inside the hive, control set resolved: ControlSet002\Services\...
+    name: str                             # "" = the key's default value
+    type: str                             # REG_SZ, REG_DWORD, ...
+    old: dict | None = None               # {"type": ..., "value": ...} before, None if absent
+    new: Any                              # JSON form of the new data (bytes as hex)
+    reason: str = ""
+
+
+class RegistryDeleteValue(BaseModel):
+    kind: Literal["registry_delete_value"] = "registry_delete_value"
+    hive: str
+    key: str
+    name: str
+    old: dict
+    reason: str = ""
+
+
+class RegistryDeleteKey(BaseModel):
+    kind: Literal["registry_delete_key"] = "registry_delete_key"
+    hive: str
+    key: str
+    reason: str = ""
+
+
+class FileWrite(BaseModel):
+    kind: Literal["file_write"] = "file_write"
+    path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd
+    sha256: str
+    size: int
+    old_sha256: str | None = None         # None: the file does not exist yet
+    source: str = Field(exclude=True)     # local file holding the content (never part of a report)
+    reason: str = ""
+
+
+Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite],
+                   Field(discriminator="kind")]
+
+
+class Plan(BaseModel):
+    step: str
+    changes: list[Change] = []
+    warnings: list[StepWarning] = []
+
+
+class ChangeOutcome(BaseModel):
+    change: Change
+    status: Literal["applied", "failed", "not_attempted"]
+
+
+class ApplyResult(BaseModel):
+    step: str
+    outcomes: list[ChangeOutcome]
+    warnings: list[StepWarning]
+    commits: list[dict]                   # registry.CommitResult per hive: sha256 before/after, backup path
+    error: dict | None = None             # {"code", "message"} when a change failed; later ones not attempted
+
+
+# ---------------------------------------------------------------- values
+
+def type_from_name(name: str) -> RegType:
+    try:
+        return RegType.DWORD_BE if name == "REG_DWORD_BIG_ENDIAN" else RegType[name.removeprefix("REG_")]
+    except KeyError:
+        raise CeError(f"unknown registry type {name!r}", code="registry_type_unknown") from None
+
+
+TYPED_IN_JSON = {RegType.SZ, RegType.EXPAND_SZ, RegType.LINK, RegType.MULTI_SZ, RegType.DWORD, RegType.DWORD_BE,
+                 RegType.QWORD}
+
+
+def data_from_json(rtype: RegType, value: Any) -> Any:
+    """Inverse of RegValue.to_json()'s "value": binary-like types travel as hex."""
+    return value if rtype in TYPED_IN_JSON else bytes.fromhex(value)
+
+
+def json_of(value: RegValue | None) -> dict | None:
+    return None if value is None else value.to_json()
+
+
+# ---------------------------------------------------------------- planning
+
+def hive_path(guest: Guest, root: WindowsRoot, hive: str) -> str:
+    return guest.win_path(f"{root.systemroot}/System32/config/{hive}")
+
+
+class Planner:
+    """Collects the changes a step wants, reading current values from downloaded hives. Setting a value to what
+    it already is plans nothing, so a plan applied twice is a no-op the second time."""
+
+    def __init__(self, step: str, guest: Guest, root: WindowsRoot, workdir: Path):
+        self.plan = Plan(step=step)
+        self.guest, self.root, self.workdir = guest, root, workdir
+        self._hives: dict[str, Hive] = {}
+
+    def hive(self, name: str) -> Hive:
+        if name not in HIVES:
+            raise CeError(f"unknown hive {name!r}; known: {', '.join(HIVES)}", code="registry_hive_unknown")
+        if name not in self._hives:
+            path = hive_path(self.guest, self.root, name)
+            local = registry.download_hive(self.guest.g, path, self.workdir)
+            self._hives[name] = Hive.open(local, label=f"{self.root.device}:{path}")
+        return self._hives[name]
+
+    def close(self) -> None:
+        for hive in self._hives.values():
+            hive.close()
+        self._hives.clear()
+
+    def set(self, hive: str, key: str, name: str, rtype: RegType, data: Any, reason: str = "") -> None:
+        registry.encode_value(rtype, data)          # refuse bad data at plan time, not half-way through apply
+        old = self.hive(hive).get(key, name)
+        if old is not None and old.type == rtype and old.data == data:
+            return
+        new = RegValue(rtype, data).to_json()
+        self.plan.changes.append(RegistrySet(hive=hive, key=key, name=name, type=new["type"], old=json_of(old),
+                                             new=new["value"], reason=reason))
+
+    def delete_value(self, hive: str, key: str, name: str, reason: str = "") -> None:
+        old = self.hive(hive).get(key, name)
+        if old is not None:
+            self.plan.changes.append(RegistryDeleteValue(hive=hive, key=key, name=name, old=old.to_json(),
+                                                         reason=reason))
+
+    def delete_key(self, hive: str, key: str, reason: str = "") -> None:
+        if self.hive(hive).key_exists(key):
+            self.plan.changes.append(RegistryDeleteKey(hive=hive, key=key, reason=reason))
+
+    def write_file(self, path: str, source: Path, reason: str = "") -> None:
+        digest, size = sha256_and_size(source)
+        guest_path = self.guest.win_path(path)
+        old = self.guest.g.checksum("sha256", guest_path) if self.guest.g.is_file(guest_path) else None
+        if old != digest:
+            self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
+                                               source=str(source), reason=reason))
+
+    def warn(self, code: str, message: str) -> None:
+        self.plan.warnings.append(StepWarning(code=code, message=message))
+
+
+def sha256_and_size(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+# ---------------------------------------------------------------- applying
+
+def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = None) -> ApplyResult:
+    """Perform exactly ``plan``'s changes on the read-write mounted Windows root. Each change is checked against
+    the value the plan saw; if the image changed in between, nothing of that hive is written."""
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    status = {id(c): "not_attempted" for c in plan.changes}
+    commits, warnings, error = [], list(plan.warnings), None
+    try:
+        with tempfile.TemporaryDirectory(prefix="ce-apply-") as tmp:
+            for hive_name, changes in registry_changes_by_hive(plan).items():
+                result = apply_hive(guest, root, hive_name, changes, Path(tmp), stamp, status)
+                commits.append(result.to_json())
+                warnings += [StepWarning(code="hive_permissions", message=w) for w in result.warnings]
+            for change in plan.changes:
+                if isinstance(change, FileWrite):
+                    status[id(change)] = "failed"
+                    apply_file(guest, change)
+                    status[id(change)] = "applied"
+    except CeError as exc:
+        error = exc.to_dict()
+    except RuntimeError as exc:           # libguestfs
+        error = {"code": "guest_error", "message": f"libguestfs: {exc}"}
+    finally:
+        guest.sync()
+    return ApplyResult(step=plan.step, warnings=warnings, commits=commits, error=error,
+                       outcomes=[ChangeOutcome(change=c, status=status[id(c)]) for c in plan.changes])
+
+
+def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for change in plan.changes:
+        if not isinstance(change, FileWrite):
+            grouped.setdefault(change.hive, []).append(change)
+    return grouped
+
+
+def apply_hive(guest: Guest, root: WindowsRoot, hive_name: str, changes: list, tmp: Path, stamp: str,
+               status: dict) -> registry.CommitResult:
+    path = hive_path(guest, root, hive_name)
+    registry.cleanup_stale(guest.g, path)
+    local = registry.download_hive(guest.g, path, tmp)
+    with Hive.open(local, write=True, label=f"{root.device}:{path}") as hive:
+        for change in changes:
+            require_unchanged(hive, change, path)
+            perform(hive, change)
+        for change in changes:
+            status[id(change)] = "failed"
+        result = registry.commit_hive(guest.g, path, hive, backup_stamp=stamp)
+    for change in changes:
+        status[id(change)] = "applied"
+    return result
+
+
+def require_unchanged(hive: Hive, change, path: str) -> None:
+    if isinstance(change, RegistryDeleteKey):
+        return
+    current = json_of(hive.get(change.key, change.name))
+    if current != change.old:
+        raise ImageChangedSincePlan(f"{path}: {change.key}\\{change.name} is {current} now but was {change.old} "
+                                    f"when planned; nothing in this hive was written, plan again")
+
+
+def perform(hive: Hive, change) -> None:
+    if isinstance(change, RegistrySet):
+        rtype = type_from_name(change.type)
+        hive.set(change.key, change.name, rtype, data_from_json(rtype, change.new))
+    elif isinstance(change, RegistryDeleteValue):
+        hive.delete_value(change.key, change.name)
+    else:
+        hive.delete_key(change.key)
+
+
+def apply_file(guest: Guest, change: FileWrite) -> None:
+    """Upload next to the target, check the bytes, then rename over it: never a half-written file at the name."""
+    g = guest.g
+    target = guest.win_path(change.path)
+    current = g.checksum("sha256", target) if g.is_file(target) else None
+    if current != change.old_sha256:
+        raise ImageChangedSincePlan(f"{change.path} changed since it was planned; plan again")
+    staged = target + STAGED_SUFFIX
+    g.mkdir_p(posixpath.dirname(target))
+    try:
+        g.upload(change.source, staged)
+        if g.checksum("sha256", staged) != change.sha256:
+            raise CeError(f"{change.path}: the uploaded copy does not match its source", code="file_write_failed")
+        g.sync()
+        g.mv(staged, target)
+    finally:
+        if g.exists(staged):
+            g.rm(staged)
