@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="Windows root device when the disk holds several (e.g. /dev/sda3)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
+    for name, doc in (("plan", "dry run: list exactly what a job would change, change nothing"),
+                      ("run", "apply a job to the disk and report what changed, from what, to what")):
+        p = sub.add_parser(name, help=doc)
+        p.add_argument("--job", required=True, help='job file: {"type": "prepare", "params": {...}}')
+        p.add_argument("disk", help="disk image or block device")
+        p.add_argument("--root", help="Windows root device when the disk holds several")
+        p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+        p.set_defaults(func=cmd_job, apply=name == "run")
     return parser
 
 
@@ -72,6 +80,43 @@ def describe_filesystem(fs: dict) -> str:
     if fs.get("ntfs_state") not in (None, "clean"):
         text += f" ({fs['ntfs_state']})"
     return text
+
+
+def cmd_job(args) -> int:
+    from .plan import ApplyResult
+    from .runner import run_job
+    outcome = run_job(args.job, args.disk, apply_changes=args.apply, root=args.root)
+    failed = isinstance(outcome, ApplyResult) and outcome.error is not None
+    if args.json:
+        print(outcome.model_dump_json(indent=2))
+    else:
+        print(format_outcome(outcome))
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def describe_change(c) -> str:
+    if c.kind == "registry_set":
+        old = "absent" if c.old is None else repr(c.old["value"])
+        return f"set    {c.hive}\\{c.key}\\{c.name or '(default)'} = {c.new!r} ({c.type}, was {old})"
+    if c.kind == "registry_delete_value":
+        return f"delete {c.hive}\\{c.key}\\{c.name} (was {c.old['value']!r})"
+    if c.kind == "registry_delete_key":
+        return f"delete {c.hive}\\{c.key}\\ (whole key)"
+    return f"write  {c.path} ({c.size} bytes, sha256 {c.sha256[:12]}…{', replaces a file' if c.old_sha256 else ''})"
+
+
+def format_outcome(outcome) -> str:
+    from .plan import ApplyResult
+    if isinstance(outcome, ApplyResult):
+        lines = [f"{o.status:13} {describe_change(o.change)}" for o in outcome.outcomes]
+        lines += [f"backup        {c['backup_path']}" for c in outcome.commits if c.get("backup_created")]
+        if outcome.error:
+            lines.append(f"error [{outcome.error['code']}]: {outcome.error['message']}")
+    else:
+        lines = [f"would {describe_change(c)}" + (f"  -- {c.reason}" if c.reason else "") for c in outcome.changes]
+        lines = lines or ["nothing to change"]
+    lines += [f"warning [{w.code}]: {w.message}" for w in outcome.warnings]
+    return "\n".join(lines)
 
 
 def format_report(r) -> str:

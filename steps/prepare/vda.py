@@ -1,0 +1,128 @@
+"""xdReconfigure: point the VDA at its controllers or its AD site, offline.
+
+``controllers`` becomes ``ListOfDDCs`` (and the policy copy when one exists, since policy outranks the local
+value); ``site_guid`` becomes ``FarmGUID`` (AD-based discovery) and removes any ``ListOfDDCs`` that would
+outrank it. Options only ``XenDesktopVdaSetup.exe /reconfigure`` can apply need the first-boot mechanism.
+"""
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+from pydantic import BaseModel
+
+from ce.errors import CeError
+from ce.plan import Planner
+from ce.registry import RegType
+
+VDA_KEY = r"Citrix\VirtualDesktopAgent"
+VDA_POLICY_KEY = r"Policies\Citrix\VirtualDesktopAgent"
+FQDN = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+GUID = re.compile(r"^\{?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}?$")
+OFFLINE_OPTIONS = {"controllers", "site_guid"}
+FIRST_BOOT_OPTIONS = {"portnumber", "enable_hdx_ports", "enable_hdx_udp_ports", "enable_real_time_transport"}
+
+
+class InvalidParameter(CeError):
+    code = "invalid_parameter"
+
+
+class NotImplementedYet(CeError):
+    code = "not_implemented"
+
+
+class XdParameter(BaseModel):
+    ParameterName: str
+    ParameterValue: str = ""
+
+
+def support_rules() -> dict:
+    return json.loads(resources.files("ce").joinpath("data/vda_support.json").read_text())
+
+
+def vda_supported(version: str, rules: dict) -> bool:
+    release = version.split(".")[0]
+    cu = ".".join(version.split(".")[:3])
+    return cu in rules["ltsr"].get(release, []) or release in rules["cr"]
+
+
+def parse_controllers(value: str) -> list[str]:
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise InvalidParameter("xdReconfigure controllers contains a control character (newline, tab, ...); "
+                               "separate FQDNs with spaces or commas")
+    names = [n for n in re.split(r"[ ,]+", value) if n]
+    if not names:
+        raise InvalidParameter("xdReconfigure controllers is empty; give one or more controller FQDNs")
+    bad = [n for n in names if not FQDN.match(n)]
+    if bad:
+        raise InvalidParameter(f"xdReconfigure controllers: {', '.join(map(repr, bad))} is not a valid FQDN "
+                               f"(letters, digits and hyphens in dot-separated labels)")
+    return names
+
+
+def parse_site_guid(value: str) -> str:
+    if not GUID.match(value.strip()):
+        raise InvalidParameter(f"xdReconfigure site_guid {value!r} is not a GUID "
+                               f"(e.g. {{6c1b0e1d-3f55-4a0e-9d7b-2d4f8a41c2b7}})")
+    return "{" + value.strip().strip("{}").lower() + "}"
+
+
+def options(params: list[XdParameter]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for p in params:
+        name = p.ParameterName.strip().lower().lstrip("/")
+        if name in found:
+            raise InvalidParameter(f"xdReconfigure lists {name} twice")
+        if name not in OFFLINE_OPTIONS | FIRST_BOOT_OPTIONS and not name.startswith("wem_"):
+            raise InvalidParameter(f"xdReconfigure parameter {p.ParameterName!r} is not supported; supported: "
+                                   f"{', '.join(sorted(OFFLINE_OPTIONS | FIRST_BOOT_OPTIONS))}, wem_*")
+        found[name] = p.ParameterValue
+    return found
+
+
+def validated(params: list[XdParameter]) -> tuple[list[str] | None, str | None]:
+    """(controllers, site_guid) from xdReconfigure, or a clear error for anything invalid or not supported."""
+    wanted = options(params)
+    controllers = parse_controllers(wanted["controllers"]) if "controllers" in wanted else None
+    site_guid = parse_site_guid(wanted["site_guid"]) if "site_guid" in wanted else None
+    deferred = sorted(set(wanted) - OFFLINE_OPTIONS)
+    if deferred:
+        raise NotImplementedYet(f"xdReconfigure {', '.join(deferred)} need XenDesktopVdaSetup.exe /reconfigure at "
+                                f"first boot, which this version of ce cannot stage yet")
+    return controllers, site_guid
+
+
+def plan_vda(planner: Planner, facts, params: list[XdParameter]) -> None:
+    controllers, site_guid = validated(params)
+    if not (controllers or site_guid):
+        return
+    if not facts.vda.installed:
+        planner.warn("vda_missing", "no Citrix VDA is installed: xdReconfigure skipped, the prepare continues")
+        return
+    if not vda_supported(facts.vda.version, support_rules()):
+        planner.warn("vda_unsupported", f"VDA {facts.vda.version} is not a supported release for "
+                     f"reconfiguration (see ce/data/vda_support.json): xdReconfigure skipped, the prepare continues")
+        return
+    if controllers:
+        plan_controllers(planner, facts, " ".join(controllers))
+    if site_guid:
+        plan_site(planner, facts, site_guid, keep_lists=bool(controllers))
+
+
+def plan_controllers(planner: Planner, facts, value: str) -> None:
+    planner.set("SOFTWARE", VDA_KEY, "ListOfDDCs", RegType.SZ, value, reason="xdReconfigure controllers")
+    if facts.vda.policy_list_of_ddcs:
+        planner.set("SOFTWARE", VDA_POLICY_KEY, "ListOfDDCs", RegType.SZ, value,
+                    reason="xdReconfigure controllers (the policy copy outranks the local value)")
+
+
+def plan_site(planner: Planner, facts, guid: str, keep_lists: bool) -> None:
+    planner.set("SOFTWARE", VDA_KEY, "FarmGUID", RegType.SZ, guid, reason="xdReconfigure site_guid")
+    if keep_lists:
+        planner.warn("controllers_outrank_site", "both controllers and site_guid given: ListOfDDCs is used and "
+                     "FarmGUID only as a fallback")
+        return
+    reason = "xdReconfigure site_guid: an explicit controller list would outrank AD site discovery"
+    planner.delete_value("SOFTWARE", VDA_KEY, "ListOfDDCs", reason=reason)
+    planner.delete_value("SOFTWARE", VDA_POLICY_KEY, "ListOfDDCs", reason=reason)
