@@ -8,7 +8,6 @@ files are staged next to their target and renamed over it.
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import tempfile
 from datetime import datetime, timezone
@@ -166,7 +165,7 @@ class Planner:
             self.plan.changes.append(RegistryDeleteKey(hive=hive, key=key, reason=reason))
 
     def write_file(self, path: str, source: Path, reason: str = "") -> None:
-        digest, size = sha256_and_size(source)
+        digest, size = registry.sha256_file(source), source.stat().st_size
         guest_path = self.guest.win_path(path)
         old = self.guest.g.checksum("sha256", guest_path) if self.guest.g.is_file(guest_path) else None
         if old != digest:
@@ -176,14 +175,6 @@ class Planner:
     def warn(self, code: str, message: str) -> None:
         self.plan.warnings.append(StepWarning(code=code, message=message))
 
-
-def sha256_and_size(path: Path) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 # ---------------------------------------------------------------- applying

@@ -25,7 +25,7 @@ import sh
 
 from ce import disks, ntfs
 from ce.guest import ESP_GUID, Drive, Guest
-from ce.registry import Hive, create_empty_hive
+from ce.registry import Hive, create_empty_hive, header_checksum
 
 from .content import GuestContent, pe_stub, windows_content
 from .spec import BUILD_DIR, Spec, cache_key, load_all
@@ -175,10 +175,7 @@ def make_dirty(data: bytes) -> bytes:
     head = bytearray(data[:0x1000])
     primary = struct.unpack_from("<I", head, 4)[0]
     struct.pack_into("<I", head, 4, primary + 1)
-    checksum = 0
-    for (word,) in struct.iter_unpack("<I", bytes(head[:508])):
-        checksum ^= word
-    struct.pack_into("<I", head, 508, checksum)
+    struct.pack_into("<I", head, 508, header_checksum(bytes(head)))
     return bytes(head) + data[0x1000:]
 
 

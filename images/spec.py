@@ -47,9 +47,6 @@ class Spec:
     def partition_table(self) -> str:
         return "gpt" if self.firmware == "uefi" else "mbr"
 
-    @property
-    def is_windows(self) -> bool:
-        return self.kind == "windows"
 
 
 def load(path: Path) -> Spec:

@@ -1,9 +1,7 @@
 """Shared fixtures. libguestfs launches cost 13-25 s here, so sample disks share one appliance per session."""
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import pytest
 
@@ -14,14 +12,6 @@ from images.build import build
 from images.spec import Spec
 
 os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from regipy.registry import RegistryHive
@@ -15,7 +14,7 @@ from ce import registry
 from ce.errors import CeError
 from images.spec import load_all
 from steps.inspect import inspect_guest, lsa_string, parse_ddcs, product_family, vda_release, detection_rules
-from tests.conftest import sha256_file
+from ce.registry import sha256_file
 
 SPECS = load_all()
 GOOD = [n for n, s in SPECS.items() if not n.startswith("bad-")]

@@ -11,7 +11,7 @@ from ce import disks, registry
 from ce.guest import Drive, Guest
 from ce.plan import FileWrite, Plan, Planner, RegistrySet, apply, hive_path
 from ce.registry import Hive, RegType
-from tests.conftest import sha256_file
+from ce.registry import sha256_file
 
 pytestmark = pytest.mark.slow
 PVS = "win2019-vda2203-pvs"

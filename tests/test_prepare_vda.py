@@ -11,7 +11,7 @@ import pytest
 from ce import disks
 from steps.prepare.vda import (InvalidParameter, NotImplementedYet, XdParameter, parse_controllers,
                                parse_site_guid, support_rules, validated, vda_supported)
-from tests.conftest import sha256_file
+from ce.registry import sha256_file
 
 CE = [sys.executable, "-m", "ce.cli"]
 INJECTIONS = ["a.example.com & calc.exe", "a.example.com|whoami", 'a"b.example.com', "%COMSPEC%", "$(reboot)",
