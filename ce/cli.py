@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .errors import CeError
+from .step import StepContext, StepFailed
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -82,16 +83,45 @@ def describe_filesystem(fs: dict) -> str:
     return text
 
 
+class ConsoleContext(StepContext):
+    """Progress on stderr: a bar that redraws in place on a terminal, nothing otherwise (--json stays clean)."""
+
+    def progress(self, percent: float, message: str = "") -> None:
+        if not sys.stderr.isatty():
+            return
+        filled = int(max(0.0, min(percent, 100.0)) / 100 * 30)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}% {message[:60]:<60}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 100 + "\r")
+
+
+def run_step(kind, params) -> tuple[dict, CeError | None]:
+    """Run a step in this process; a StepFailed still yields its partial result."""
+    ctx = ConsoleContext()
+    try:
+        return kind.run(params, ctx), None
+    except StepFailed as exc:
+        return exc.result, exc
+    finally:
+        ctx.done()
+
+
 def cmd_job(args) -> int:
-    from .plan import ApplyResult
-    from .runner import run_job
-    outcome = run_job(args.job, args.disk, apply_changes=args.apply, root=args.root)
-    failed = isinstance(outcome, ApplyResult) and outcome.error is not None
+    from .plan import ApplyResult, Plan
+    from .runner import load_job
+    kind, params = load_job(args.job, disk=args.disk, root=args.root, dryRun=True if not args.apply else None)
+    result, error = run_step(kind, params)
     if args.json:
-        print(outcome.model_dump_json(indent=2))
+        print(json.dumps({**result, **({"error": error.to_dict()} if error else {})}, indent=2))
+    elif kind.name == "prepare":
+        print(format_outcome(ApplyResult.model_validate(result) if "outcomes" in result
+                             else Plan.model_validate(result)))
     else:
-        print(format_outcome(outcome))
-    return EXIT_ERROR if failed else EXIT_OK
+        print(json.dumps(result, indent=2))
+    return EXIT_ERROR if error else EXIT_OK
 
 
 def describe_change(c) -> str:

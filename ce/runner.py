@@ -1,63 +1,66 @@
-"""Run a job's step against a local disk: ``ce plan`` (dry run) and ``ce run`` (apply).
+"""Job files and the guest-step session: ``ce plan`` (dry run) and ``ce run`` (apply).
 
-A job file is ``{"type": "prepare", "params": {...}}`` with the service's parameter names. One libguestfs launch
-per run: inspect (for the facts the step decides on), plan, and -- for ``run`` -- apply, within the job's timeout.
+A job file is ``{"type": "prepare", "params": {...}}`` with the service's parameter names; the disk comes from
+the command line. A guest step does one libguestfs launch: inspect (for the facts the step decides on), plan, and
+-- unless it is a dry run -- apply, all within the step's timeout.
 """
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-from pydantic import ValidationError
-
-import steps.prepare
-
-from . import disks
+from . import disks, step
 from .errors import CeError
 from .guest import Drive, Guest, WindowsRoot
 from .plan import ApplyResult, Plan, Planner, apply
-
-STEPS = {steps.prepare.NAME: steps.prepare}
 
 
 class InvalidJob(CeError):
     code = "invalid_job"
 
 
-def load_job(path: str):
+def load_job(path: str, **overrides) -> tuple[step.StepType, object]:
+    """Read a job file; ``overrides`` (disk, root, dryRun from the command line) replace its params."""
     try:
         job = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InvalidJob(f"cannot read job file {path}: {exc}") from None
-    if not isinstance(job, dict) or job.get("type") not in STEPS:
-        raise InvalidJob(f"{path}: \"type\" must be one of {', '.join(STEPS)}")
-    module = STEPS[job["type"]]
+    types = step.load_all()
+    if not isinstance(job, dict) or job.get("type") not in types:
+        raise InvalidJob(f"{path}: \"type\" must be one of {', '.join(types)}")
+    raw = job.get("params", {})
+    if not isinstance(raw, dict):
+        raise InvalidJob(f"{path}: \"params\" must be an object")
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    kind = types[job["type"]]
     try:
-        return module, module.Params.model_validate(job.get("params", {}))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "params"
-        raise InvalidJob(f"{path}: params.{field}: {first['msg']} ({len(exc.errors())} problem(s))") from None
+        return kind, kind.parse(raw)
+    except step.InvalidParams as exc:
+        raise InvalidJob(f"{path}: {exc.message}") from None
 
 
-def run_job(job_path: str, disk: str, *, apply_changes: bool, root: str | None = None) -> Plan | ApplyResult:
+def guest_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, name: str,
+                  plan_fn: Callable, ctx: step.StepContext) -> Plan | ApplyResult:
+    """One launch: inspect, mount the Windows root, ``plan_fn(planner, facts)``, then apply unless dry run."""
     from steps.inspect import inspect_guest
-    module, params = load_job(job_path)
-    module.validate(params)
-    apply_changes = apply_changes and not getattr(params, "dryRun", False)
     info = disks.info(disk)
-    with Guest([Drive(disk, info.format, readonly=not apply_changes)]) as guest:
-        with guest.deadline(params.timeout, f"the {module.NAME} step"):
+    ctx.progress(2, "starting the appliance")
+    with Guest([Drive(disk, info.format, readonly=dry_run)]) as guest:
+        with guest.deadline(timeout, f"the {name} step"):
+            ctx.progress(20, "inspecting the image")
             facts = inspect_guest(guest, info, root)
             win = WindowsRoot(device=facts.os.root_device, systemroot=facts.os.systemroot, arch=facts.os.arch)
-            guest.mount_windows(win, readonly=not apply_changes)
+            guest.mount_windows(win, readonly=dry_run)
             with tempfile.TemporaryDirectory(prefix="ce-job-") as tmp:
-                planner = Planner(module.NAME, guest, win, Path(tmp))
+                ctx.progress(40, "planning")
+                planner = Planner(name, guest, win, Path(tmp))
                 try:
-                    module.plan(planner, facts, params)
+                    plan_fn(planner, facts)
                 finally:
                     planner.close()
-                if not apply_changes:
+                if dry_run:
                     return planner.plan
+                ctx.progress(60, f"applying {len(planner.plan.changes)} change(s)")
                 return apply(guest, win, planner.plan)

@@ -19,6 +19,7 @@ from ce import disks, registry
 from ce.errors import HiveDirty
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
 from ce.plan import StepWarning, hive_path
+from ce.step import StepContext, StepType, register
 
 NAME = "inspect"
 USER_FORMATS = {qemu: user for user, qemu in disks.DISK_FORMATS.items()}     # "vpc" -> "vhd"
@@ -333,3 +334,12 @@ def detect(name: str, rule: dict, arp, services: set[str], software) -> Detected
         return None
     return Detected(name=name, display_name=display, version=version, evidence=evidence)
 
+
+
+def run(params: Params, ctx: StepContext) -> dict:
+    ctx.progress(5, "inspecting the image")
+    return inspect_path(params.disk, root=params.root).model_dump(mode="json")
+
+
+STEP = register(StepType(name=NAME, summary="describe a disk: format, firmware, Windows, Citrix VDA, hypervisor "
+                         "tools (read-only)", Params=Params, run=run, disk_params=("disk",)))

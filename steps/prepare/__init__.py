@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce.plan import Planner
+from ce import runner
+from ce.plan import ApplyResult, Planner
+from ce.step import StepContext, StepFailed, StepType, register
 
 from .vda import NotImplementedYet, XdParameter, plan_vda, validated
 
@@ -19,6 +21,8 @@ PENDING_OPTIONS = ("installMisa", "installMcsio", "installPvs", "domainUnjoin", 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    disk: str = Field(description="the attached image: disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
+    root: str | None = Field(None, description="Windows root device when the disk holds several")
     provisioningType: Literal["Mcs", "Pvs"]
     xdReconfigure: list[XdParameter] = []
     installMisa: bool = False
@@ -43,3 +47,17 @@ def validate(params: Params) -> None:
 def plan(planner: Planner, facts, params: Params) -> None:
     validate(params)
     plan_vda(planner, facts, params.xdReconfigure)
+
+
+def run(params: Params, ctx: StepContext) -> dict:
+    outcome = runner.guest_session(params.disk, root=params.root, timeout=params.timeout, dry_run=params.dryRun,
+                                   name=NAME, plan_fn=lambda planner, facts: plan(planner, facts, params), ctx=ctx)
+    result = outcome.model_dump(mode="json")
+    if isinstance(outcome, ApplyResult) and outcome.error:
+        raise StepFailed(outcome.error["code"], outcome.error["message"], result)
+    return result
+
+
+STEP = register(StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix "
+                         "provisioning (dry run with dryRun)", Params=Params, run=run, disk_params=("disk",),
+                         validate=validate))
