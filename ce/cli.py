@@ -132,6 +132,8 @@ def describe_change(c) -> str:
         return f"delete {c.hive}\\{c.key}\\{c.name} (was {c.old['value']!r})"
     if c.kind == "registry_delete_key":
         return f"delete {c.hive}\\{c.key}\\ (whole key)"
+    if c.kind == "first_boot_action":
+        return f"stage  first-boot action {c.name} (retries {c.retries}{', required' if c.required else ''})"
     return f"write  {c.path} ({c.size} bytes, sha256 {c.sha256[:12]}…{', replaces a file' if c.old_sha256 else ''})"
 
 
@@ -173,6 +175,13 @@ def format_report(r) -> str:
         found = r.components.get(name)
         rows.append((label, f"yes {found.version}".rstrip() if found else "no"))
     rows.append(("Hypervisor tools", ", ".join(f"{t.name} {t.version}".rstrip() for t in r.tools) or "none"))
+    if r.domain.pending_unjoin:
+        rows.append(("Pending", f"domain unjoin from {r.domain.pending_unjoin} at first boot"))
+    if r.first_boot:
+        fb = r.first_boot
+        rows.append(("First boot", ("armed" if fb.armed else "disarmed") + f", {fb.boots} boot(s): " + ", ".join(
+            f"{a['name']} {a['status']}" + (f" ({a['attempts']}/{a['retries']})" if a["attempts"] else "")
+            for a in fb.staged)))
     flags = [f for f, on in (("hibernated", r.state.hibernated), ("unclean", r.state.unclean),
                              ("BitLocker", r.state.bitlocker)) if on]
     flags += [f"dirty hive {h}" for h in r.state.dirty_hives]

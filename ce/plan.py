@@ -4,7 +4,9 @@ those and reports what happened.
 A dry run is the plan alone; the result report is the plan plus the outcome of each change, so the connector sees
 the same document either way ("which values did you change, from what, to what"). Crash safety lives here once:
 registry changes go through ``registry.commit_hive`` (verified, backed up, swapped by a rename) one hive at a time,
-files are staged next to their target and renamed over it.
+files are staged next to their target and renamed over it. Files go first: a registry value may point at a file
+(a boot driver, the first-boot runner), and a value pointing at a missing file is the one order that can leave an
+image unbootable.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from . import registry
+from . import firstboot, registry
 from .errors import CeError
+from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot
 from .registry import Hive, RegType, RegValue
 
@@ -67,11 +70,11 @@ class FileWrite(BaseModel):
     sha256: str
     size: int
     old_sha256: str | None = None         # None: the file does not exist yet
-    source: str = Field(exclude=True)     # local file holding the content (never part of a report)
+    source: str = Field("", exclude=True)  # local file holding the content (never part of a report)
     reason: str = ""
 
 
-Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite],
+Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction],
                    Field(discriminator="kind")]
 
 
@@ -130,6 +133,7 @@ class Planner:
         self.plan = Plan(step=step)
         self.guest, self.root, self.workdir = guest, root, workdir
         self._hives: dict[str, Hive] = {}
+        self._first_boot: list[FirstBootAction] = []
 
     def hive(self, name: str) -> Hive:
         if name not in HIVES:
@@ -172,6 +176,27 @@ class Planner:
             self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
                                                source=str(source), reason=reason))
 
+    def write_bytes(self, path: str, data: bytes, reason: str = "") -> None:
+        """write_file for content made by the step itself (scripts, parameter files)."""
+        source = Path(tempfile.mkstemp(dir=self.workdir, prefix="content-")[1])
+        source.write_bytes(data)
+        self.write_file(path, source, reason=reason)
+
+    def first_boot(self, name: str, script: str, params: dict, *, retries: int = 3, required: bool = False,
+                   timeout: int = 3600, reason: str = "") -> FirstBootAction:
+        """Stage ``script`` (shipped in ce/data/firstboot) to run at first boot with ``params`` as data."""
+        action = firstboot.make_action(name, script, params, retries=retries, required=required, timeout=timeout,
+                                       reason=reason)
+        staged = {a.id for a in firstboot.read_staged(self.guest, self.root.systemroot)}
+        if action.id not in staged and action.id not in {a.id for a in self._first_boot}:
+            self._first_boot.append(action)
+            self.plan.changes.append(action)
+        return action
+
+    def finish(self) -> None:
+        """Turn the first-boot actions into the files and registry values that run them."""
+        firstboot.stage(self, self._first_boot)
+
     def warn(self, code: str, message: str) -> None:
         self.plan.warnings.append(StepWarning(code=code, message=message))
 
@@ -187,14 +212,17 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
     commits, warnings, error = [], list(plan.warnings), None
     try:
         with tempfile.TemporaryDirectory(prefix="ce-apply-") as tmp:
+            for change in plan.changes:
+                if isinstance(change, FileWrite):
+                    status[id(change)] = "failed"
+                    apply_file(guest, change)
+                    status[id(change)] = "applied"
             for hive_name, changes in registry_changes_by_hive(plan).items():
                 result = apply_hive(guest, root, hive_name, changes, Path(tmp), stamp, status)
                 commits.append(result.to_json())
                 warnings += [StepWarning(code="hive_permissions", message=w) for w in result.warnings]
             for change in plan.changes:
-                if isinstance(change, FileWrite):
-                    status[id(change)] = "failed"
-                    apply_file(guest, change)
+                if isinstance(change, FirstBootAction):      # realised by the files and values above
                     status[id(change)] = "applied"
     except CeError as exc:
         error = exc.to_dict()
@@ -209,7 +237,7 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
 def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
     grouped: dict[str, list] = {}
     for change in plan.changes:
-        if not isinstance(change, FileWrite):
+        if isinstance(change, (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)):
             grouped.setdefault(change.hive, []).append(change)
     return grouped
 

@@ -58,6 +58,7 @@ def guest_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, n
                 planner = Planner(name, guest, win, Path(tmp))
                 try:
                     plan_fn(planner, facts)
+                    planner.finish()
                 finally:
                     planner.close()
                 if dry_run:

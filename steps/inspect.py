@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ce import disks, registry
+from ce import disks, firstboot, registry
 from ce.errors import HiveDirty
+from ce.firstboot import FirstBootStatus
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
 from ce.plan import StepWarning, hive_path
 from ce.step import StepContext, StepType, register
@@ -74,6 +75,7 @@ class DomainFacts(BaseModel):
     joined: bool
     netbios: str
     dns: str
+    pending_unjoin: str = ""             # the domain a staged first-boot unjoin will leave
 
 
 class VdaFacts(BaseModel):
@@ -112,6 +114,7 @@ class InspectReport(BaseModel):
     components: dict[str, Detected | None]
     tools: list[Detected]
     state: StateFacts
+    first_boot: FirstBootStatus | None = None   # actions ce staged and what the runner recorded
     warnings: list[StepWarning]
 
 
@@ -136,7 +139,10 @@ def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
     try:
         with tempfile.TemporaryDirectory(prefix="ce-inspect-") as tmp:
             hives, dirty = load_hives(guest, win, Path(tmp), warnings)
-            return build_report(info, win, filesystems, table, hives, dirty, warnings)
+            report = build_report(info, win, filesystems, table, hives, dirty, warnings)
+            report.first_boot = firstboot.read_status(guest, win.systemroot,
+                                                      hives["SYSTEM"].get_data("Setup", "CmdLine"))
+            return report
     finally:
         for hive in hives.values():
             hive.close()
@@ -188,7 +194,8 @@ def build_report(info, win: WindowsRoot, filesystems, table, hives, dirty, warni
                        firmware=firmware, filesystems=[fs.to_json() for fs in filesystems]),
         firmware=firmware, partition_table=table,
         os=os_facts(software, system, ccs, win, rules),
-        domain=domain_facts(hives.get("SECURITY"), system, ccs),
+        domain=domain_facts(hives.get("SECURITY"), system, ccs).model_copy(update={"pending_unjoin": str(
+            software.get_data(r"Citrix\ImagePortability", "PendingDomainUnjoin", ""))}),
         vda=vda_facts(software, components.get("vda"), rules),
         components=components, tools=tools, state=state, warnings=warnings)
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ce import disks
-from steps.prepare.vda import (InvalidParameter, NotImplementedYet, XdParameter, parse_controllers,
+from steps.prepare.vda import (InvalidParameter, XdParameter, parse_controllers,
                                parse_site_guid, support_rules, validated, vda_supported)
 from ce.registry import sha256_file
 
@@ -53,8 +53,8 @@ def test_unknown_duplicate_and_first_boot_options():
     with pytest.raises(InvalidParameter, match="twice"):
         validated([XdParameter(ParameterName="controllers", ParameterValue="a.b"),
                    XdParameter(ParameterName="/Controllers", ParameterValue="c.d")])
-    with pytest.raises(NotImplementedYet, match="portnumber"):
-        validated(xd(controllers="a.example.com", portnumber="80"))
+    assert validated(xd(controllers="a.example.com", portnumber="80")) == (["a.example.com"], None,
+                                                                          ["/portnumber", "80"])
 
 
 def test_support_table_is_data():

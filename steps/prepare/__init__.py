@@ -1,10 +1,13 @@
 """prepare: make an offline Windows image ready for its target platform and Citrix provisioning.
 
-Each concern is a sub-module contributing changes to one plan (vda: xdReconfigure so far). Options whose
-mechanism has not landed yet are refused with a clear ``not_implemented`` error rather than silently ignored.
+Each concern is a sub-module contributing changes to one plan: vda (xdReconfigure), components (MISA, MCS IO,
+PVS), unjoin (domainUnjoin). Work that needs the running OS becomes first-boot actions (ce/firstboot.py).
+Options whose mechanism has not landed yet are refused with a clear ``not_implemented`` error rather than
+silently ignored.
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,10 +16,14 @@ from ce import runner
 from ce.plan import ApplyResult, Planner
 from ce.step import StepContext, StepFailed, StepType, register
 
+from ce.payloads import PayloadStore, PayloadStoreInvalid
+
+from . import components
+from .unjoin import plan_unjoin
 from .vda import NotImplementedYet, XdParameter, plan_vda, validated
 
 NAME = "prepare"
-PENDING_OPTIONS = ("installMisa", "installMcsio", "installPvs", "domainUnjoin", "targetPlatform", "md5Hash")
+PENDING_OPTIONS = ("targetPlatform", "md5Hash")
 
 
 class Params(BaseModel):
@@ -33,6 +40,8 @@ class Params(BaseModel):
     md5Hash: str | None = None
     timeout: int = Field(7200, ge=60, le=86400, description="seconds")
     dryRun: bool = False
+    payloads: str | None = Field(None, description="payload store directory (installers, drivers); default "
+                                 "$CE_PAYLOADS, or the server's bootstrap 'payloads'")
 
 
 def validate(params: Params) -> None:
@@ -40,13 +49,26 @@ def validate(params: Params) -> None:
     pending = [name for name in PENDING_OPTIONS if getattr(params, name) not in (None, False)]
     if pending:
         raise NotImplementedYet(f"prepare option(s) {', '.join(pending)} are not implemented yet in this version "
-                                f"of ce; only xdReconfigure controllers / site_guid are")
+                                f"of ce")
     validated(params.xdReconfigure)
+    components.validate(params)
+
+
+def payload_store(params: Params):
+    """The store, opened only when an option needs a payload."""
+    root = params.payloads or os.environ.get("CE_PAYLOADS")
+    if not root:
+        raise PayloadStoreInvalid("this prepare needs installers from a payload store: give params.payloads "
+                                  "(a directory with manifest.json) or set CE_PAYLOADS")
+    return PayloadStore(root)
 
 
 def plan(planner: Planner, facts, params: Params) -> None:
     validate(params)
     plan_vda(planner, facts, params.xdReconfigure)
+    components.plan_components(planner, facts, params, lambda: payload_store(params))
+    if params.domainUnjoin:
+        plan_unjoin(planner, facts)
 
 
 def run(params: Params, ctx: StepContext) -> dict:

@@ -2,7 +2,8 @@
 
 ``controllers`` becomes ``ListOfDDCs`` (and the policy copy when one exists, since policy outranks the local
 value); ``site_guid`` becomes ``FarmGUID`` (AD-based discovery) and removes any ``ListOfDDCs`` that would
-outrank it. Options only ``XenDesktopVdaSetup.exe /reconfigure`` can apply need the first-boot mechanism.
+outrank it. Options only ``XenDesktopVdaSetup.exe /reconfigure`` can apply (ports, HDX, WEM) become one
+first-boot action whose arguments are validated tokens passed as data.
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ VDA_POLICY_KEY = r"Policies\Citrix\VirtualDesktopAgent"
 FQDN = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 GUID = re.compile(r"^\{?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}?$")
 OFFLINE_OPTIONS = {"controllers", "site_guid"}
-FIRST_BOOT_OPTIONS = {"portnumber", "enable_hdx_ports", "enable_hdx_udp_ports", "enable_real_time_transport"}
+# /reconfigure switches and the kind of value each takes
+FIRST_BOOT_OPTIONS = {"portnumber": "port", "enable_hdx_ports": "flag", "enable_hdx_udp_ports": "flag",
+                      "enable_real_time_transport": "flag", "wem_server": "fqdn", "wem_cloud_connectors": "fqdns"}
+FLAG_VALUES = {"": True, "true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 class InvalidParameter(CeError):
@@ -74,28 +78,45 @@ def options(params: list[XdParameter]) -> dict[str, str]:
         name = p.ParameterName.strip().lower().lstrip("/")
         if name in found:
             raise InvalidParameter(f"xdReconfigure lists {name} twice")
-        if name not in OFFLINE_OPTIONS | FIRST_BOOT_OPTIONS and not name.startswith("wem_"):
+        if name not in OFFLINE_OPTIONS | set(FIRST_BOOT_OPTIONS):
             raise InvalidParameter(f"xdReconfigure parameter {p.ParameterName!r} is not supported; supported: "
-                                   f"{', '.join(sorted(OFFLINE_OPTIONS | FIRST_BOOT_OPTIONS))}, wem_*")
+                                   f"{', '.join(sorted(OFFLINE_OPTIONS | set(FIRST_BOOT_OPTIONS)))}")
         found[name] = p.ParameterValue
     return found
 
 
-def validated(params: list[XdParameter]) -> tuple[list[str] | None, str | None]:
-    """(controllers, site_guid) from xdReconfigure, or a clear error for anything invalid or not supported."""
+def reconfigure_arguments(name: str, value: str) -> list[str]:
+    """The argv entries for one /reconfigure switch, from a strictly validated value."""
+    kind, text = FIRST_BOOT_OPTIONS[name], value.strip()
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise InvalidParameter(f"xdReconfigure {name} contains a control character (newline, tab, ...)")
+    if kind == "port":
+        if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+            raise InvalidParameter(f"xdReconfigure portnumber {value!r} is not a TCP port (1-65535)")
+        return [f"/{name}", str(int(text))]
+    if kind == "flag":
+        if text.lower() not in FLAG_VALUES:
+            raise InvalidParameter(f"xdReconfigure {name} takes no value or true/false, not {value!r}")
+        return [f"/{name}"] if FLAG_VALUES[text.lower()] else []
+    names = parse_controllers(value)
+    if kind == "fqdn" and len(names) != 1:
+        raise InvalidParameter(f"xdReconfigure {name} takes one FQDN, not {value!r}")
+    return [f"/{name}", ",".join(names)]
+
+
+def validated(params: list[XdParameter]) -> tuple[list[str] | None, str | None, list[str]]:
+    """(controllers, site_guid, /reconfigure argv) from xdReconfigure, or a clear error for anything invalid."""
     wanted = options(params)
     controllers = parse_controllers(wanted["controllers"]) if "controllers" in wanted else None
     site_guid = parse_site_guid(wanted["site_guid"]) if "site_guid" in wanted else None
-    deferred = sorted(set(wanted) - OFFLINE_OPTIONS)
-    if deferred:
-        raise NotImplementedYet(f"xdReconfigure {', '.join(deferred)} need XenDesktopVdaSetup.exe /reconfigure at "
-                                f"first boot, which this version of ce cannot stage yet")
-    return controllers, site_guid
+    argv = [arg for name in sorted(set(wanted) - OFFLINE_OPTIONS)
+            for arg in reconfigure_arguments(name, wanted[name])]
+    return controllers, site_guid, argv
 
 
 def plan_vda(planner: Planner, facts, params: list[XdParameter]) -> None:
-    controllers, site_guid = validated(params)
-    if not (controllers or site_guid):
+    controllers, site_guid, argv = validated(params)
+    if not (controllers or site_guid or argv):
         return
     if not facts.vda.installed:
         planner.warn("vda_missing", "no Citrix VDA is installed: xdReconfigure skipped, the prepare continues")
@@ -108,6 +129,10 @@ def plan_vda(planner: Planner, facts, params: list[XdParameter]) -> None:
         plan_controllers(planner, facts, " ".join(controllers))
     if site_guid:
         plan_site(planner, facts, site_guid, keep_lists=bool(controllers))
+    if argv:
+        planner.first_boot("vda-reconfigure", "vda-reconfigure.ps1", {"arguments": argv}, retries=2,
+                           required=False, timeout=1800,
+                           reason=f"XenDesktopVdaSetup.exe /reconfigure {' '.join(argv)}")
 
 
 def plan_controllers(planner: Planner, facts, value: str) -> None:
