@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup apt venv images test test-fast inspect-sample clean clean-images
+.PHONY: setup apt venv images test test-fast inspect-sample plan-sample clean clean-images
 
 setup: apt venv images
 
@@ -33,6 +33,10 @@ test-fast: venv
 
 inspect-sample: venv images
 	$(VENV)/bin/ce inspect images/build/win2019-vda2203-pvs.qcow2
+
+# the main job on an embedded default: a dry run of a prepare with every first-boot option (disk unchanged)
+plan-sample: venv images
+	$(VENV)/bin/ce plan --job examples/prepare-mcs.json images/build/win2016-vda1912.qcow2
 
 clean-images:
 	rm -rf images/build
