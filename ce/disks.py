@@ -55,6 +55,7 @@ VHD_TYPES = {2: "fixed", 3: "dynamic", 4: "differencing"}
 VHDX_REGION_TABLE = 192 * 1024
 VHDX_METADATA_REGION = uuid.UUID("8B7CA206-4790-4B9A-B8FE-575F050F886E").bytes_le
 VHDX_FILE_PARAMETERS = uuid.UUID("CAA16737-FA36-4D43-B3B6-33F0AA44E76B").bytes_le
+VHDX_VIRTUAL_DISK_SIZE = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8").bytes_le
 VHDX_LEAVE_BLOCKS_ALLOCATED, VHDX_HAS_PARENT = 1, 2
 
 
@@ -292,21 +293,44 @@ def _vhd_type(footer: bytes) -> str | None:
 
 
 def _vhdx_type(path: str) -> str | None:
-    """fixed / dynamic / differencing from the VHDX File Parameters metadata item (MS-VHDX 2.6.2.1)."""
-    metadata = _vhdx_metadata_offset(_read_at(path, VHDX_REGION_TABLE, 64 * 1024))
+    return _vhdx_facts(functools.partial(_read_at, path))[0]
+
+
+def _vhdx_facts(read_at) -> tuple[str | None, int | None]:
+    """(fixed / dynamic / differencing, virtual size) from the VHDX metadata items (MS-VHDX 2.6.2)."""
+    metadata = _vhdx_metadata_offset(read_at(VHDX_REGION_TABLE, 64 * 1024))
     if metadata is None:
-        return None
-    table = _read_at(path, metadata, 64 * 1024)
+        return None, None
+    table = read_at(metadata, 64 * 1024)
     if table[:8] != b"metadata":
-        return None
+        return None, None
+    kind = size = None
     for i in range(struct.unpack_from("<H", table, 10)[0]):
         entry = table[32 + 32 * i:64 + 32 * i]
+        item = metadata + struct.unpack_from("<I", entry, 16)[0]
         if entry[:16] == VHDX_FILE_PARAMETERS:
-            flags = struct.unpack("<I", _read_at(path, metadata + struct.unpack_from("<I", entry, 16)[0] + 4, 4))[0]
-            if flags & VHDX_HAS_PARENT:
-                return "differencing"
-            return "fixed" if flags & VHDX_LEAVE_BLOCKS_ALLOCATED else "dynamic"
-    return None
+            flags = struct.unpack("<I", read_at(item + 4, 4))[0]
+            kind = ("differencing" if flags & VHDX_HAS_PARENT
+                    else "fixed" if flags & VHDX_LEAVE_BLOCKS_ALLOCATED else "dynamic")
+        elif entry[:16] == VHDX_VIRTUAL_DISK_SIZE:
+            size = struct.unpack("<Q", read_at(item, 8))[0]
+    return kind, size
+
+
+def header_facts(read_at, size: int) -> tuple[str, str, int]:
+    """(qemu format, subformat, virtual size) of a VHD or VHDX read through ``read_at(offset, length)``.
+
+    For images that are not on a local disk (a share): reads only the footer or the metadata region."""
+    if read_at(0, 8) == b"vhdxfile":
+        kind, virtual = _vhdx_facts(read_at)
+        if kind and virtual:
+            return "vhdx", kind, virtual
+        raise DiskUnreadable("the VHDX has no readable metadata (file parameters and virtual disk size)")
+    footer = read_at(max(size - SECTOR, 0), SECTOR)
+    kind = _vhd_type(footer)
+    if kind is None:
+        raise DiskUnreadable("it is neither a VHD (no 'conectix' footer) nor a VHDX (no 'vhdxfile' signature)")
+    return "vpc", kind, struct.unpack_from(">Q", footer, 48)[0]
 
 
 def _vhdx_metadata_offset(regions: bytes) -> int | None:
@@ -374,6 +398,33 @@ def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = 
         if result.backing_file != backing:
             raise ChildDiskFailed(f"{child} was written with backing file {result.backing_file!r}, not {backing!r}")
     return replace(result, path=child)
+
+
+def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel=None) -> DiskInfo:
+    """Write the contents of ``src`` over the existing disk ``target`` (a file or block device), in ``target``'s
+    own format, from offset 0; ``target`` must be at least as large. Areas that are zero in ``src`` are zeroed
+    in ``target`` (qemu-img uses write-zeroes / discard), so stale data never shows through.
+
+    There is no partial name for an attached disk: a failure or cancel leaves it partly written, and the error
+    says so."""
+    src, target = os.fspath(src), os.fspath(target)
+    source = info(src, src_fmt)
+    _refuse_differencing(source)
+    dest = info(target, "raw" if _is_raw_target(target) else None)
+    if dest.virtual_size < source.virtual_size:
+        raise DiskError(f"{target} holds {dest.virtual_size} bytes but the image needs {source.virtual_size}",
+                        code="disk_too_small")
+    _stop_if_canceled(cancel)
+    doing = f"writing {src} onto {target} failed (the disk is now partly written)"
+    _run_watched(["convert", *CONVERT_FLAGS, "-n", "-f", source.format, "-O", dest.format, src, target],
+                 progress=progress, cancel=cancel, doing=doing, canceled_message="writing onto the disk was "
+                 "canceled; the disk is partly written: run the step again before using it")
+    return dest
+
+
+def _is_raw_target(path: str) -> bool:
+    """Attached disks are raw unless the file says otherwise (a probe of a block device is never trusted)."""
+    return _disk_kind(path) or _probe(path) == "raw"
 
 
 def _choose_subformat(fmt: str, subformat: str | None, azure_fixed: bool) -> str | None:
@@ -461,7 +512,7 @@ def _run(*args: str, ok=(0,), fails_as: type[DiskError], doing: str):
         raise fails_as(f"{doing}: {_reason(exc.stderr)}") from None
 
 
-def _run_watched(args: list[str], *, progress, cancel, doing: str) -> None:
+def _run_watched(args: list[str], *, progress, cancel, doing: str, canceled_message: str | None = None) -> None:
     """Run a long qemu-img command, reporting its -p progress; kill it on cancel or when ``progress`` raises."""
     log.debug("qemu-img %s", " ".join(args))
     meter = _ProgressMeter(progress)
@@ -476,7 +527,7 @@ def _run_watched(args: list[str], *, progress, cancel, doing: str) -> None:
                 proc.wait()
     if meter.error:
         raise meter.error
-    _stop_if_canceled(cancel)
+    _stop_if_canceled(cancel, canceled_message)
     try:
         proc.wait()
     except sh.ErrorReturnCode as exc:
@@ -521,9 +572,9 @@ def _is_set(cancel) -> bool:
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 
-def _stop_if_canceled(cancel) -> None:
+def _stop_if_canceled(cancel, message: str | None = None) -> None:
     if _is_set(cancel):
-        raise Canceled("the disk operation was canceled; no output was kept")
+        raise Canceled(message or "the disk operation was canceled; no output was kept")
 
 
 def _reason(stderr: bytes) -> str:

@@ -258,6 +258,7 @@ class RemoteStat:
     allocated: int           # bytes the server reports as allocated
     is_dir: bool
     modified: datetime
+    sent: int | None = None  # after an upload: bytes that went over the wire (holes and zero chunks are skipped)
 
 
 class SmbShare:
@@ -451,10 +452,12 @@ class SmbShare:
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
             self._require_space(data_bytes, remote_name)
-            self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel)
-        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents)", os.fspath(local_path), self.location,
-                 remote_name, size, data_bytes)
-        return self.stat(remote_name)
+            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel)
+        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent)", os.fspath(local_path),
+                 self.location, remote_name, size, data_bytes, sent)
+        stored = self.stat(remote_name)
+        stored.sent = sent
+        return stored
 
     def download(self, remote_name: str, local_path, progress: Progress | None = None, cancel=None,
                  overwrite: bool = False) -> int:
@@ -487,12 +490,12 @@ class SmbShare:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
 
-    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel) -> None:
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel) -> int:
         handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
                             options=CreateOptions.FILE_NON_DIRECTORY_FILE)
         try:
             self._mark_sparse(handle)
-            self._send_extents(handle, fd, size, extents, progress, cancel)
+            sent = self._send_extents(handle, fd, size, extents, progress, cancel)
             self._set_info(handle, _end_of_file(size))
             self._verify_size(handle, size)
             self._rename_handle(handle, final, overwrite)
@@ -502,6 +505,7 @@ class SmbShare:
         finally:
             _close_quietly(handle)
         _report(progress, size, size)
+        return sent
 
     def _mark_sparse(self, handle: Open) -> None:
         """Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with zeros."""
@@ -518,9 +522,10 @@ class SmbShare:
                 raise
             log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
 
-    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel) -> None:
-        """Write the non-zero chunks of the data extents."""
+    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel) -> int:
+        """Write the non-zero chunks of the data extents; returns the bytes sent."""
         pipeline = _Pipeline(self._connection, progress, size)
+        sent = 0
         for offset, length in _chunks(extents, self._chunk):
             _stop_if_canceled(cancel)
             data = os.pread(fd, length, offset)
@@ -532,7 +537,9 @@ class SmbShare:
             pipeline.make_room(length)
             request, _ = handle.write(data, offset, send=False)
             pipeline.add(self._send(request), offset + length, functools.partial(_check_written, offset, length))
+            sent += length
         pipeline.drain()
+        return sent
 
     def _verify_size(self, handle: Open, size: int) -> None:
         stored = self._query_info(handle, FileStandardInformation)["end_of_file"].get_value()

@@ -1,0 +1,114 @@
+"""Local scratch space and stop conditions for steps that move disks between an attached disk and a share.
+
+qemu-img cannot write to SMB (no smb:// driver) and the kernel cannot mount CIFS here, so an export converts into
+a local scratch file and uploads it; a reverse image downloads into one. The scratch directory is ``$CE_SCRATCH``
+when set, else the system temp directory; its free space is checked before any byte is written, and it is
+removed whatever happens.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from . import disks
+from .errors import CeError
+from .step import StepCanceled, StepContext
+
+SCRATCH_ENV = "CE_SCRATCH"
+SCRATCH_MARGIN = 64 << 20            # headroom for qemu-img metadata and the file system itself
+
+
+class ScratchSpaceShort(CeError):
+    code = "local_space_short"
+
+
+class StepTimedOut(CeError):
+    code = "step_timeout"
+
+
+def scratch_base() -> str:
+    return os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()
+
+
+def scratch_free(base: str | None = None) -> int:
+    stats = os.statvfs(base or scratch_base())
+    return stats.f_bavail * stats.f_frsize
+
+
+def require_scratch(needed: int, what: str) -> dict:
+    """Refuse clearly when the scratch directory cannot hold ``needed`` bytes; returns the facts for a plan."""
+    base = scratch_base()
+    if not os.path.isdir(base):
+        raise ScratchSpaceShort(f"the scratch directory {base} does not exist: create it or unset {SCRATCH_ENV}")
+    free = scratch_free(base)
+    if free < needed + SCRATCH_MARGIN:
+        raise ScratchSpaceShort(f"{what} needs {_mib(needed + SCRATCH_MARGIN)} of local scratch space but {base} has "
+                                f"{_mib(free)} free; set {SCRATCH_ENV} to a directory on a larger disk")
+    return {"directory": base, "free": free, "needed": needed}
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"ce-{prefix}-", dir=scratch_base()))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def output_estimate(source: disks.DiskInfo, fmt: str, subformat: str | None) -> int:
+    """Bytes a converted copy of ``source`` takes on a local disk: the whole virtual size for fixed outputs,
+    qemu-img's measure of the allocated data (an upper bound: zeros it has not seen yet count) otherwise."""
+    if disks.qemu_format(fmt) == "raw" or subformat == "fixed":
+        return source.virtual_size
+    try:
+        return disks.measure(source.path, "qcow2", src_fmt=source.format).required
+    except CeError:
+        return source.virtual_size
+
+
+class Stopper:
+    """The ``cancel`` callable handed to long operations: true once the step is canceled or its time is up."""
+
+    def __init__(self, ctx: StepContext, timeout: float | None, name: str):
+        self.ctx = ctx
+        self.name = name
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout if timeout else None
+
+    def __call__(self) -> bool:
+        return self.ctx.canceled() or self.expired
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    @contextmanager
+    def translating(self) -> Iterator[None]:
+        """A mechanism's own "canceled" error becomes the step's canceled or timed-out error, message kept."""
+        try:
+            yield
+        except CeError as exc:
+            if exc.code != "canceled":
+                raise
+            if self.expired and not self.ctx.canceled():
+                raise StepTimedOut(f"the {self.name} step ran out of its {self.timeout:g} s timeout: "
+                                   f"{exc.message}") from None
+            raise StepCanceled(exc.message) from None
+
+
+def progress_band(ctx: StepContext, start: float, end: float, message: str):
+    """A (done, total) callback that maps onto ``start..end`` percent of the step."""
+    def report(done: float, total: float = 100.0) -> None:
+        fraction = done / total if total else 1.0
+        ctx.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+    return report
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"

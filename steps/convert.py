@@ -1,0 +1,174 @@
+"""convert: any supported disk format -> any other (raw, qcow2, vhd, vhdx, vmdk), locally or to / from SMB.
+
+The source is a local file or block device (``source``) or a file on a share (``inputStorageLocation`` +
+``inputImageFilename``, downloaded into local scratch space first: qemu-img cannot read SMB). The output is a local
+file (``output``, written as ``output.partial`` and renamed once read back right) or a file on a share
+(``outputStorageLocation`` + ``outputImageFilename``, converted into scratch space and uploaded as ``.partial``,
+renamed once its size on the share is verified). ``azureFixed`` writes a fixed VHD whose virtual size is a whole
+number of MiB (rounded up with zeros), as Azure requires.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ce import disks, staging
+from ce.smb import RemoteExists, normalize_path
+from ce.smbtarget import StorageLocation
+from ce.step import StepContext, StepType, register
+
+NAME = "convert"
+EXTENSION_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vhd": "vpc", ".vhdx": "vhdx",
+                     ".vmdk": "vmdk"}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    source: str | None = Field(None, description="local disk file or block device")
+    inputStorageLocation: StorageLocation | None = None
+    inputImageFilename: str | None = None
+    sourceFormat: str | None = Field(None, description="default: probed (a fixed VHD is recognised by its footer)")
+    output: str | None = Field(None, description="local output file")
+    outputStorageLocation: StorageLocation | None = None
+    outputImageFilename: str | None = None
+    outputFormat: Literal["raw", "qcow2", "vhd", "vhdx", "vmdk"]
+    subformat: str | None = Field(None, description="vhd/vhdx: dynamic|fixed; vmdk: monolithicSparse|streamOptimized")
+    azureFixed: bool = Field(False, description="fixed VHD, virtual size rounded up to a whole MiB")
+    overwriteOutput: bool = False
+    timeout: int = Field(7200, ge=10, le=7 * 86400)
+    dryRun: bool = False
+
+    @model_validator(mode="after")
+    def _one_source_one_output(self):
+        if (self.source is None) == (self.inputStorageLocation is None):
+            raise ValueError("give either source (a local disk) or inputStorageLocation + inputImageFilename")
+        if (self.output is None) == (self.outputStorageLocation is None):
+            raise ValueError("give either output (a local file) or outputStorageLocation + outputImageFilename")
+        if (self.inputStorageLocation is None) != (self.inputImageFilename is None):
+            raise ValueError("inputStorageLocation and inputImageFilename go together")
+        if (self.outputStorageLocation is None) != (self.outputImageFilename is None):
+            raise ValueError("outputStorageLocation and outputImageFilename go together")
+        return self
+
+
+def validate(params: Params) -> None:
+    fmt = disks.qemu_format(params.outputFormat)
+    disks._choose_subformat(fmt, params.subformat, params.azureFixed)
+    if params.sourceFormat:
+        disks.qemu_format(params.sourceFormat)
+    for name in (params.inputImageFilename, params.outputImageFilename):
+        if name is not None:
+            normalize_path(name)
+
+
+# ---------------------------------------------------------------- plan
+
+def plan(params: Params) -> dict:
+    validate(params)
+    fmt = disks.qemu_format(params.outputFormat)
+    subformat = disks._choose_subformat(fmt, params.subformat, params.azureFixed)
+    source, download = _plan_source(params)
+    upload = _plan_upload(params) if params.outputStorageLocation else None
+    if params.output:
+        _require_local_output(params.output, params.overwriteOutput)
+    size = source["virtual_size"]
+    if params.azureFixed and size is not None:
+        size = -(-size // (1 << 20)) << 20
+    scratch_needed = (download or 0) + (_estimate(params, source, fmt, subformat) if upload is not None else 0)
+    scratch = staging.require_scratch(scratch_needed, "this conversion") if scratch_needed else None
+    output = {"format": _label(fmt), "subformat": subformat, "virtual_size": size, "azure_fixed": params.azureFixed}
+    if upload is not None:
+        output.update(upload)
+    else:
+        output["path"] = params.output
+    return {"step": NAME, "dryRun": True, "source": source, "output": output, "scratch": scratch}
+
+
+def _plan_source(params: Params) -> tuple[dict, int | None]:
+    if params.source:
+        info = disks.info(params.source, params.sourceFormat)
+        disks._refuse_differencing(info)
+        return ({"path": info.path, "format": _label(info.format), "subformat": info.subformat,
+                 "virtual_size": info.virtual_size, "is_block_device": info.is_block_device}, None)
+    where = params.inputStorageLocation
+    with where.share() as share:
+        found = share.stat(params.inputImageFilename)
+    fmt = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(params.inputImageFilename)[1].lower())
+    return ({"location": str(where.location), "name": params.inputImageFilename, "file_size": found.size,
+             "format": _label(disks.qemu_format(fmt)) if fmt else None, "virtual_size": None}, found.allocated or found.size)
+
+
+def _label(fmt: str) -> str:
+    return disks.FORMAT_LABELS[fmt].lower()            # vpc -> vhd
+
+
+def _plan_upload(params: Params) -> dict:
+    where = params.outputStorageLocation
+    with where.share() as share:
+        exists = share.exists(params.outputImageFilename)
+        free, _ = share.free_space()
+    if exists and not params.overwriteOutput:
+        raise RemoteExists(f"{where.location}\\{params.outputImageFilename} already exists: set overwriteOutput to "
+                           "replace it or choose another outputImageFilename")
+    return {"location": str(where.location), "name": params.outputImageFilename, "replaces_existing": exists,
+            "share_free": free}
+
+
+def _require_local_output(path: str, overwrite: bool) -> None:
+    disks._require_destination(path, overwrite)
+
+
+def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> int:
+    if params.source:
+        return staging.output_estimate(disks.info(params.source, params.sourceFormat), fmt, subformat)
+    return source["file_size"] if subformat != "fixed" else 2 * source["file_size"]
+
+
+# ---------------------------------------------------------------- run
+
+def run(params: Params, ctx: StepContext) -> dict:
+    planned = plan(params)
+    if params.dryRun:
+        return planned
+    started = time.monotonic()
+    stop = staging.Stopper(ctx, params.timeout, NAME)
+    out = planned["output"]
+    bands = _bands(params)
+    with stop.translating(), staging.scratch_dir(NAME) as scratch:
+        source = params.source
+        if source is None:
+            source = scratch / "source"
+            with params.inputStorageLocation.share() as share:
+                share.download(params.inputImageFilename, source, cancel=stop,
+                               progress=staging.progress_band(ctx, *bands["download"], "downloading"))
+        local = params.output or scratch / "output"
+        converted = disks.convert(source, local, out["format"], src_fmt=planned["source"]["format"],
+                                  subformat=out["subformat"], azure_fixed=params.azureFixed,
+                                  overwrite=params.overwriteOutput, cancel=stop,
+                                  progress=staging.progress_band(ctx, *bands["convert"], "converting"))
+        sent = None
+        if params.outputStorageLocation:
+            with params.outputStorageLocation.share() as share:
+                stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput,
+                                      cancel=stop, progress=staging.progress_band(ctx, *bands["upload"], "uploading"))
+            sent, file_size = stored.sent, stored.size
+        else:
+            file_size = os.path.getsize(local)
+    ctx.progress(100, "done")
+    return {**planned, "dryRun": False,
+            "output": {**out, "subformat": converted.subformat, "virtual_size": converted.virtual_size,
+                       "file_size": file_size},
+            "bytes_sent": sent, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _bands(params: Params) -> dict:
+    download = 30 if params.inputStorageLocation else 0
+    upload = 60 if params.outputStorageLocation else 100
+    return {"download": (0, download), "convert": (download, upload), "upload": (upload, 100)}
+
+
+STEP = register(StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
+                         Params=Params, run=run, disk_params=("source",), validate=validate))

@@ -1,0 +1,167 @@
+"""export: the attached disk -> a VHDX (default) or VHD file on an SMB share, optionally with its md5 / sha256.
+
+qemu-img cannot write to SMB, so the disk is converted into a local scratch file and that file is uploaded with
+its holes skipped (ce.smb), as ``NAME.partial`` renamed to ``NAME`` once its size on the share is verified. Why
+not stream: VHDX and dynamic VHD keep their block tables at the front and fill them in as blocks are written, so a
+sequential stream would need a second writer of those formats; converting locally costs a fraction of the upload
+time here (``make bench``: local conversion runs at several times the SMB upload rate) and the scratch file is
+sparse, so it needs about as much local space as the disk holds data.
+
+Checked before any work, in this order: the disk is readable; the share accepts the account; ``SmbDiskName`` is
+free (or ``overwriteTargetFile``); the share has at least twice the disk's virtual size free (the service's rule);
+the local scratch directory can hold the converted file.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ce import disks, hashing, smb, staging
+from ce.errors import CeError
+from ce.smb import RemoteExists, ShareFull, SmbShare
+from ce.smbtarget import StorageLocation
+from ce.step import StepContext, StepType, register
+
+NAME = "export"
+FORMATS = {"VhdxDiskFormat": ("vhdx", "dynamic", ".vhdx"), "VhdDiskFormat": ("vhd", "dynamic", ".vhd")}
+DISK_EXTENSIONS = (".vhdx", ".vhd", ".avhdx", ".avhd", ".vmdk", ".qcow2", ".raw", ".img")
+SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
+
+
+class InvalidName(CeError):
+    code = "invalid_params"
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    disk: str = Field(description="the attached source disk: disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
+    outputStorageLocation: StorageLocation
+    SmbDiskName: str = Field(min_length=1, max_length=200,
+                             description="file name on the share; the format's extension is added when missing")
+    SmbDiskFormat: Literal["VhdxDiskFormat", "VhdDiskFormat"] = "VhdxDiskFormat"
+    SmbDiskSubformat: Literal["dynamic", "fixed"] = Field("dynamic", description="dynamic (sparse) or fixed")
+    overwriteTargetFile: bool = False
+    hashDisk: bool = Field(False, description="return the md5 and sha256 of the disk's contents in the result")
+    timeout: int = Field(7200, ge=10, le=7 * 86400, description="seconds for the whole step")
+    dryRun: bool = False
+
+
+def file_name(params: Params) -> str:
+    """SmbDiskName with the format's extension; a name with another disk extension is refused."""
+    fmt, _, extension = FORMATS[params.SmbDiskFormat]
+    name = params.SmbDiskName
+    if "\\" in smb.normalize_path(name):         # refuses '..', absolute and UNC paths, device names first
+        raise InvalidName(f"params.SmbDiskName {name!r} must be a file name, not a path: put the folder in "
+                          "outputStorageLocation.Location")
+    lowered = name.lower()
+    if lowered.endswith(extension):
+        return name
+    other = next((e for e in DISK_EXTENSIONS if lowered.endswith(e)), None)
+    if other:
+        raise InvalidName(f"params.SmbDiskName {name!r} ends with {other} but SmbDiskFormat is "
+                          f"{params.SmbDiskFormat}: use a {extension} name or change the format")
+    return name + extension
+
+
+def validate(params: Params) -> None:
+    file_name(params)
+
+
+# ---------------------------------------------------------------- plan
+
+def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
+    """What the export would do, from reads only: source facts, target, share space, scratch space."""
+    name = name or file_name(params)
+    fmt, _, _ = FORMATS[params.SmbDiskFormat]
+    source = disks.info(params.disk)
+    disks._refuse_differencing(source)
+    target = params.outputStorageLocation
+    with target.share() as share:
+        existing = _existing(share, name, params.overwriteTargetFile)
+        free, total = share.free_space()
+    required = SPACE_FACTOR * source.virtual_size
+    available = free + (existing or 0)
+    if available < required:
+        raise ShareFull(f"{target.location} has {_mib(free)} free but exporting a {_mib(source.virtual_size)} disk "
+                        f"needs {_mib(required)} (twice its virtual size); free space on the share or choose "
+                        "another location")
+    scratch = staging.require_scratch(staging.output_estimate(source, fmt, params.SmbDiskSubformat),
+                                      f"converting {params.disk} to {fmt.upper()}")
+    return {
+        "step": step, "dryRun": True,
+        "source": _source_facts(source),
+        "target": {"location": str(target.location), "name": name, "path": f"{target.location}\\{name}",
+                   "format": fmt, "subformat": params.SmbDiskSubformat, "virtual_size": source.virtual_size,
+                   "replaces_existing": existing is not None},
+        "space": {"share_free": free, "share_total": total, "required": required},
+        "scratch": scratch,
+        "hash": list(hashing.ALGORITHMS) if params.hashDisk else None,
+    }
+
+
+def _existing(share: SmbShare, name: str, overwrite: bool) -> int | None:
+    """The allocated size of a file already at ``name`` (None when there is none); refused unless overwrite."""
+    if not share.exists(name):
+        return None
+    found = share.stat(name)
+    if found.is_dir:
+        raise RemoteExists(f"{share.location}\\{name} is a folder: choose another SmbDiskName")
+    if not overwrite:
+        raise RemoteExists(f"{share.location}\\{name} already exists: set overwriteTargetFile to replace it or "
+                           "choose another SmbDiskName")
+    return found.allocated
+
+
+def _source_facts(source: disks.DiskInfo) -> dict:
+    return {"path": source.path, "format": disks.FORMAT_LABELS[source.format].lower(),
+            "subformat": source.subformat, "virtual_size": source.virtual_size,
+            "actual_size": source.actual_size, "is_block_device": source.is_block_device}
+
+
+# ---------------------------------------------------------------- run
+
+def run(params: Params, ctx: StepContext, name: str | None = None, step: str = NAME) -> dict:
+    planned = plan(params, name, step)
+    if params.dryRun:
+        return planned
+    return upload_converted(params, ctx, planned, step)
+
+
+def upload_converted(params: Params, ctx: StepContext, planned: dict, step: str) -> dict:
+    started = time.monotonic()
+    target, name = planned["target"], planned["target"]["name"]
+    stop = staging.Stopper(ctx, params.timeout, step)
+    result = {"step": step, "dryRun": False, "source": planned["source"], "hashes": None}
+    with stop.translating():
+        convert_from = 0.0
+        if params.hashDisk:
+            ctx.progress(0, "hashing the disk")
+            digest = hashing.hash_disk(params.disk, progress=staging.progress_band(ctx, 0, 30, "hashing the disk"),
+                                       cancel=stop)
+            result["hashes"] = digest.hashes
+            convert_from = 30.0
+        upload_from = convert_from + (100 - convert_from) * 0.35
+        with staging.scratch_dir(step) as scratch:
+            local = scratch / "disk"
+            converting = f"converting to {target['format'].upper()}"
+            converted = disks.convert(params.disk, local, target["format"], subformat=target["subformat"],
+                                      progress=staging.progress_band(ctx, convert_from, upload_from, converting),
+                                      cancel=stop)
+            with params.outputStorageLocation.share() as share:
+                stored = share.upload(local, name, overwrite=params.overwriteTargetFile, cancel=stop,
+                                      progress=staging.progress_band(ctx, upload_from, 100, f"uploading {name}"))
+    ctx.progress(100, "done")
+    return {**result,
+            "target": {**target, "virtual_size": converted.virtual_size, "file_size": stored.size,
+                       "allocated_on_share": stored.allocated},
+            "bytes_sent": stored.sent, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+STEP = register(StepType(name=NAME, summary="export the attached disk to a VHDX or VHD file on an SMB share",
+                         Params=Params, run=run, disk_params=("disk",), validate=validate))
