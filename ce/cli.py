@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ce", description="Compositing Engine worker")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .cli_disks import add_disk_commands   # convert, export, publish, reverse-image, hash
+    add_disk_commands(sub)
     p = sub.add_parser("inspect", help="describe a disk: format, firmware, Windows, Citrix VDA, tools")
     p.add_argument("disk", help="disk image (raw, qcow2, vhd, vhdx, vmdk) or block device")
     p.add_argument("--root", help="Windows root device when the disk holds several (e.g. /dev/sda3)")
