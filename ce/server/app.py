@@ -1,0 +1,175 @@
+"""The Flask app: JSON API under ``/v1``. ``create_app(bootstrap)`` wires the store, the supervisor and the
+callback notifier; gunicorn serves it (``ce.server.serve``), tests of the app object may use ``test_client()``."""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .. import __version__, disks as disk_info
+from ..errors import CeError
+from ..step import InvalidParams, StepType
+from . import api, openapi
+from .auth import PUBLIC_ENDPOINTS, token_ok
+from .bootstrap import Bootstrap
+from .callback import Notifier
+from .steps import step_types
+from .store import Store
+from .supervisor import DEFAULT_TIMEOUT, Conflict, NotFound, Supervisor
+
+log = logging.getLogger("ce.server")
+MAX_BODY = 1 << 20
+STATUS = {"invalid_request": 400, "unauthorized": 401, "not_found": 404, "conflict": 409, "disk_busy": 409,
+          "step_finished": 409, "invalid_params": 422}
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") \
+        if ts else None
+
+
+def step_doc(row: dict) -> dict:
+    return {"id": row["id"], "type": row["type"], "status": row["status"], "progressPercent": row["progress"],
+            "message": row["message"], "warnings": row["warnings"], "error": row["error"], "result": row["result"],
+            "params": row["params"], "timeoutSeconds": row["timeout"], "createdAt": iso(row["created"]),
+            "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"])}
+
+
+def error(code: str, message: str, status: int | None = None, field: str | None = None):
+    body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
+    response = jsonify(body)
+    response.status_code = status or STATUS.get(code, 400)
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, notifier=None,
+               default_timeout: int = DEFAULT_TIMEOUT) -> Flask:
+    types = types if types is not None else step_types()
+    store = Store(boot.state_dir / "ce.sqlite")
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.warning("steps interrupted by a restart: %s", ", ".join(interrupted))
+    if notifier is None and boot.callback:
+        notifier = Notifier(boot.callback.url, boot.callback.policy(), boot.token)
+    supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
+                            notify=lambda row: notifier(step_doc(row)) if notifier else None,
+                            default_timeout=default_timeout, payloads=boot.payloads)
+    app = Flask("ce.server")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["ce"] = {"store": store, "supervisor": supervisor, "notifier": notifier, "boot": boot}
+    spec = openapi.document(types)
+
+    @app.before_request
+    def authenticate():
+        request.environ["ce.started"] = time.monotonic()
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if not token_ok(request.headers.get("Authorization"), boot.token):
+            return error("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token> from the "
+                                         "job's bootstrap)")
+        return None
+
+    @app.after_request
+    def access_log(response: Response):
+        took = (time.monotonic() - request.environ.get("ce.started", time.monotonic())) * 1000
+        level = logging.DEBUG if request.method == "GET" and response.status_code < 400 else logging.INFO
+        log.log(level, "%s %s %d", request.method, request.path, response.status_code,
+                extra={"method": request.method, "path": request.path, "status": response.status_code,
+                       "duration_ms": round(took, 1), "step_id": (request.view_args or {}).get("step_id")})
+        return response
+
+    @app.get("/v1/health")
+    def health():
+        return jsonify({"status": "ok", "version": __version__})
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return jsonify(spec)
+
+    @app.get("/v1/disks")
+    def list_disks():
+        out = []
+        for path in boot.attached_disks():
+            entry = {"path": path, "inUseBy": supervisor.disk_owner(path)}
+            try:
+                info = disk_info.info(path)
+                entry.update(format=disk_info.FORMAT_LABELS.get(info.format, info.format).lower(),
+                             subformat=info.subformat, virtualSize=info.virtual_size, actualSize=info.actual_size)
+            except CeError as exc:
+                entry["error"] = exc.to_dict()
+            out.append(entry)
+        return jsonify({"disks": out})
+
+    @app.get("/v1/steps")
+    def list_step_types():
+        return jsonify({"types": [{"name": k.name, "summary": k.summary, "diskParams": list(k.disk_params),
+                                   "paramsSchema": k.Params.model_json_schema()} for k in types.values()]})
+
+    @app.post("/v1/steps")
+    def create_step():
+        body = request.get_json(force=True, silent=True)
+        if not isinstance(body, dict):
+            return error("invalid_request", "the request body must be a JSON object {id, type, params}")
+        try:
+            create = api.StepCreate.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error("invalid_params", f"{where}: {first['msg']}", field=where)
+        row, _ = supervisor.submit(create.id, create.type, create.params)
+        response = jsonify(step_doc(row))
+        response.status_code = 202
+        response.headers["Location"] = f"/v1/steps/{create.id}"
+        return response
+
+    @app.get("/v1/steps/<step_id>")
+    def get_step(step_id: str):
+        row = store.get(step_id)
+        if row is None:
+            return error("not_found", f"no step {step_id}")
+        return jsonify(step_doc(row))
+
+    @app.get("/v1/steps/<step_id>/log")
+    def get_step_log(step_id: str):
+        since = request.args.get("since", "0")
+        if not since.isdigit() or int(since) > 2**62:
+            return error("invalid_request", "since must be a non-negative integer (a log line's seq)",
+                         field="since")
+        if store.get(step_id) is None:
+            return error("not_found", f"no step {step_id}")
+        lines = store.log(step_id, int(since))
+        return jsonify({"lines": lines, "next": lines[-1]["seq"] if lines else int(since)})
+
+    @app.post("/v1/steps/<step_id>/cancel")
+    def cancel_step(step_id: str):
+        row = supervisor.cancel(step_id)
+        response = jsonify(step_doc(row))
+        response.status_code = 202
+        return response
+
+    @app.errorhandler(CeError)
+    def ce_error(exc: CeError):
+        field = getattr(exc, "field", None)
+        if isinstance(exc, InvalidParams) and field and field != "type":
+            field = f"params.{field}"
+        # Anything else a request raises is a refusal of that request's content (a step's own validation).
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
+        return error(exc.code, exc.message, status, field)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error(code, exc.description or exc.name, exc.code)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error("internal_error", "the server failed on this request; its log has the details", 500)
+
+    return app

@@ -1,0 +1,163 @@
+"""The per-job bootstrap file: how a CE VM learns its token, TLS material, connector callback and disks.
+
+``bootstrap.json`` (relative paths are relative to the file's directory)::
+
+    {"version": 1, "token": "...", "listen": "0.0.0.0:443",
+     "tls": {"cert": "server.crt", "key": "server.key", "client_ca": "client-ca.crt"},
+     "callback": {"url": "https://connector:8443/ce/steps", "ca": "callback-ca.crt",
+                  "sha1_fingerprint": null, "check_hostname": true},
+     "state_dir": "/var/lib/ce", "disks": ["/dev/sdb"], "payloads": "/var/lib/ce/payloads"}
+
+``token`` and ``tls`` are required; ``callback`` is optional (vSphere deployments) and takes at most one of ``ca``
+/ ``sha1_fingerprint``. ``disks`` lists what steps may touch (paths or globs); without it every whole block device
+that holds no mounted filesystem of the CE itself.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import CeError
+from ..tls import OutboundPolicy, TlsConfigError, normalize_sha1
+
+MIN_TOKEN = 32
+
+
+class BootstrapInvalid(CeError):
+    code = "bootstrap_invalid"
+
+
+class TlsFiles(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+class Callback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://")
+    ca: Path | None = None
+    sha1_fingerprint: str | None = None
+    check_hostname: bool = True
+
+    @field_validator("sha1_fingerprint")
+    @classmethod
+    def _sha1(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return normalize_sha1(v)
+        except TlsConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _one_trust_source(self):
+        if self.ca and self.sha1_fingerprint:
+            raise ValueError("give either ca or sha1_fingerprint, not both")
+        return self
+
+    def policy(self) -> OutboundPolicy:
+        return OutboundPolicy(ca=self.ca, sha1_fingerprint=self.sha1_fingerprint, check_hostname=self.check_hostname)
+
+
+class Bootstrap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    token: str = Field(min_length=MIN_TOKEN, repr=False)
+    listen: str = "0.0.0.0:443"
+    tls: TlsFiles
+    callback: Callback | None = None
+    state_dir: Path = Path("/var/lib/ce")
+    disks: list[str] | None = None
+    payloads: Path | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(f"version {v} is not supported; this ce reads version 1")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen must be HOST:PORT, e.g. 0.0.0.0:443")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def hmac_key(self) -> bytes:
+        """A key for the idempotency fingerprint of step params, derived from (never equal to) the token."""
+        return hmac.new(self.token.encode(), b"ce-step-params-v1", hashlib.sha256).digest()
+
+    def attached_disks(self) -> list[str]:
+        """The disks steps may touch, as real paths: the configured paths/globs, or every free whole disk."""
+        if self.disks is None:
+            return free_block_devices()
+        found: list[str] = []
+        for pattern in self.disks:
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            found += [os.path.realpath(m) for m in matches if os.path.exists(m)]
+        return list(dict.fromkeys(found))
+
+
+def load(path: str | Path) -> Bootstrap:
+    """Read and validate a bootstrap file; relative paths are resolved against its directory."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BootstrapInvalid(f"bootstrap file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise BootstrapInvalid(f"cannot read bootstrap file {path}: {exc}") from None
+    try:
+        boot = Bootstrap.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise BootstrapInvalid(f"{path}: {where}: {first['msg']}") from None
+    base = path.parent.resolve()
+    resolve = (lambda p: p if p is None or p.is_absolute() else base / p)
+    boot.tls = TlsFiles(**{k: resolve(v) for k, v in boot.tls.model_dump().items()})
+    if boot.callback and boot.callback.ca:
+        boot.callback.ca = resolve(boot.callback.ca)
+    boot.state_dir = resolve(boot.state_dir)
+    boot.payloads = resolve(boot.payloads)
+    for name, file in [*boot.tls.model_dump().items(), *([("callback.ca", boot.callback.ca)]
+                                                          if boot.callback and boot.callback.ca else [])]:
+        if not Path(file).is_file():
+            raise BootstrapInvalid(f"{path}: {name}: {file} does not exist")
+    return boot
+
+
+def free_block_devices() -> list[str]:
+    """Whole disks (/sys/block, not loop/ram/optical/device-mapper) none of whose partitions -- or the LVM/RAID
+    devices built on them -- is mounted here."""
+    mounted = {Path(line.split()[0]).resolve().name for line in Path("/proc/mounts").read_text().splitlines()
+               if line.startswith("/dev/")}
+    disks = []
+    for dev in sorted(Path("/sys/block").iterdir()):
+        name = dev.name
+        if name.startswith(("loop", "ram", "zram", "sr", "dm-", "md", "nbd")):
+            continue
+        parts = [dev, *dev.glob(f"{name}*")]
+        used = {p.name for p in parts} | {h.name for p in parts for h in (p / "holders").glob("*")}
+        if used & mounted:
+            continue
+        disks.append(f"/dev/{name}")
+    return disks

@@ -1,0 +1,93 @@
+"""``/openapi.json`` (OpenAPI 3.1) from the API models and every step type's ``Params`` model."""
+from __future__ import annotations
+
+from pydantic.json_schema import models_json_schema
+
+from .. import __version__
+from ..step import StepType
+from . import api
+
+REF = "#/components/schemas/{model}"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def error_responses(*codes: int) -> dict:
+    text = {400: "malformed request", 401: "missing or wrong bearer token", 404: "no such step",
+            409: "conflict (see error.code)", 413: "request too large", 422: "invalid input (error.field names it)"}
+    return {str(c): {"description": text[c], "content": {"application/json": {"schema": ref("ErrorResponse")}}}
+            for c in codes}
+
+
+def json_response(description: str, schema: str, headers: dict | None = None) -> dict:
+    out = {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def step_schemas(types: dict[str, StepType]) -> tuple[dict, list[dict]]:
+    """Components for each type's params, and one create-request variant per type."""
+    components, variants = {}, []
+    for name, kind in types.items():
+        schema = kind.Params.model_json_schema(ref_template=f"#/components/schemas/{name}.{{model}}")
+        for def_name, definition in schema.pop("$defs", {}).items():
+            components[f"{name}.{def_name}"] = definition
+        components[f"{name}.Params"] = schema
+        variant = f"{name}.StepCreate"
+        components[variant] = {
+            "type": "object", "title": f"create a {name} step", "additionalProperties": False,
+            "required": ["id", "type", "params"],
+            "properties": {"id": {"type": "string", "pattern": api.STEP_ID}, "type": {"const": name},
+                           "params": ref(f"{name}.Params")}}
+        variants.append(ref(variant))
+    return components, variants
+
+
+def document(types: dict[str, StepType]) -> dict:
+    _, defs = models_json_schema(
+        [(m, "validation") for m in (api.StepCreate,)] +
+        [(m, "serialization") for m in (api.ErrorResponse, api.Step, api.StepTypes, api.Disks, api.Health,
+                                        api.StepLog)], ref_template=REF)
+    components = dict(defs.get("$defs", {}))
+    step_components, variants = step_schemas(types)
+    components.update(step_components)
+    step_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": api.STEP_ID}}
+    location = {"Location": {"description": "the step's URL", "schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ce step server", "version": __version__,
+                 "description": "Drives the Compositing Engine one step at a time. Every connection needs a client "
+                                "certificate (mutual TLS); every route except GET /v1/health needs the bearer token."},
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/health": {"get": {"operationId": "health", "security": [], "summary": "liveness, no secrets",
+                                   "responses": {"200": json_response("alive", "Health")}}},
+            "/v1/disks": {"get": {"operationId": "listDisks", "summary": "attached disks with format and size",
+                                  "responses": {"200": json_response("disks", "Disks"), **error_responses(401)}}},
+            "/v1/steps": {
+                "get": {"operationId": "listStepTypes", "summary": "step types and their parameter schemas",
+                        "responses": {"200": json_response("step types", "StepTypes"), **error_responses(401)}},
+                "post": {"operationId": "createStep", "summary": "start a step (idempotent on id)",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"oneOf": variants} if variants else ref("StepCreate")}}},
+                         "responses": {"202": json_response("accepted: the step as it is now", "Step", location),
+                                       **error_responses(400, 401, 409, 413, 422)}}},
+            "/v1/steps/{id}": {"get": {
+                "operationId": "getStep", "parameters": [step_id], "summary": "a step's status and result",
+                "responses": {"200": json_response("the step", "Step"), **error_responses(401, 404)}}},
+            "/v1/steps/{id}/log": {"get": {
+                "operationId": "getStepLog", "summary": "a step's log lines",
+                "parameters": [step_id, {"name": "since", "in": "query", "required": False,
+                                         "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": json_response("log lines", "StepLog"), **error_responses(400, 401, 404)}}},
+            "/v1/steps/{id}/cancel": {"post": {
+                "operationId": "cancelStep", "parameters": [step_id], "summary": "stop a step and clean up",
+                "responses": {"202": json_response("cancel under way (or done)", "Step"),
+                              **error_responses(401, 404, 409)}}},
+        },
+    }

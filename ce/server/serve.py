@@ -1,0 +1,71 @@
+"""``ce serve --bootstrap FILE``: gunicorn (one worker process, gthread) terminating mutual TLS in front of the app.
+
+One worker process because the step runner's state -- which disk is locked by which step, the child processes --
+lives in that process; threads serve the concurrent pollers. The TLS context is built once (gunicorn's default
+factory would re-read the key and certificates for every connection).
+"""
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from .. import logs, tls
+from .bootstrap import Bootstrap
+from .supervisor import DEFAULT_TIMEOUT
+
+log = logging.getLogger("ce.server")
+THREADS = 16
+
+LOGCONFIG = {
+    "version": 1, "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "ce.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+                "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True}},
+}
+
+
+class CeServer(BaseApplication):
+    def __init__(self, boot: Bootstrap, *, threads: int = THREADS, default_timeout: int = DEFAULT_TIMEOUT,
+                 verbose: bool = False):
+        self.boot, self.default_timeout = boot, default_timeout
+        self.context = tls.server_context(boot.tls.cert, boot.tls.key, boot.tls.client_ca)
+        self.options = {
+            "bind": [f"[{boot.host}]:{boot.port}" if ":" in boot.host else f"{boot.host}:{boot.port}"],
+            "workers": 1, "worker_class": "gthread", "threads": threads,
+            "certfile": str(boot.tls.cert), "keyfile": str(boot.tls.key), "ca_certs": str(boot.tls.client_ca),
+            "cert_reqs": 2,                            # ssl.CERT_REQUIRED
+            "ssl_context": lambda config, default: self.context,
+            "timeout": 60, "graceful_timeout": 20, "keepalive": 30,
+            "accesslog": None, "logconfig_dict": {**LOGCONFIG, "root": {**LOGCONFIG["root"],
+                                                  "level": "DEBUG" if verbose else "INFO"}},
+            "control_socket_disable": True, "proc_name": "ce-serve",
+            "worker_exit": self._worker_exit,
+        }
+        self.app = None
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+        logs.add_secret(self.boot.token)
+        self.app = create_app(self.boot, default_timeout=self.default_timeout)
+        return self.app
+
+    def _worker_exit(self, server, worker):
+        """Stop running steps with the service (a restart then reports them as interrupted)."""
+        if self.app is not None:
+            self.app.extensions["ce"]["supervisor"].shutdown()
+
+
+def serve(boot: Bootstrap, **kwargs) -> None:
+    logs.setup()
+    logs.add_secret(boot.token)
+    log.info("serving on %s (mutual TLS, client CA %s)", boot.listen, boot.tls.client_ca)
+    CeServer(boot, **kwargs).run()

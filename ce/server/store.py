@@ -1,0 +1,129 @@
+"""Step state in SQLite (WAL) under the bootstrap's ``state_dir``, so a restarted service still knows its steps.
+
+Only the public form of params is stored (SecretStr fields dump as ``**********``) plus an HMAC of the full params
+for the idempotency check: no secret reaches the file. On start-up every step left ``pending`` or ``running`` is
+marked ``failed`` with error ``interrupted`` -- its process died with the previous service.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+TERMINAL = ("succeeded", "failed", "canceled")
+ACTIVE = ("pending", "running")
+JSON_COLUMNS = ("params", "disks", "warnings", "error", "result")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    params TEXT NOT NULL,
+    params_hmac TEXT NOT NULL,
+    disks TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    result TEXT,
+    timeout INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS step_log (
+    step_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (step_id, seq)
+);
+"""
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------ steps
+
+    def insert(self, row: dict) -> None:
+        row = {**row, **{k: json.dumps(row[k]) for k in JSON_COLUMNS if k in row and row[k] is not None}}
+        cols = ", ".join(row)
+        with self._lock:
+            self._db.execute(f"INSERT INTO steps ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+    def get(self, step_id: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM steps WHERE id = ?", (step_id,)).fetchone()
+        return decode(row) if row else None
+
+    def active(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM steps WHERE status IN {ACTIVE}").fetchall()
+        return [decode(r) for r in rows]
+
+    def update(self, step_id: str, **fields) -> None:
+        fields = {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE steps SET {sets} WHERE id = ?", [*fields.values(), step_id])
+
+    def finish(self, step_id: str, status: str, **fields) -> bool:
+        """Move an active step to a terminal status; False if it was already terminal (first finisher wins)."""
+        fields = {"status": status, "finished": time.time(), **fields}
+        fields = {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            cur = self._db.execute(f"UPDATE steps SET {sets} WHERE id = ? AND status IN {ACTIVE}",
+                                   [*fields.values(), step_id])
+        return cur.rowcount == 1
+
+    def mark_interrupted(self) -> list[str]:
+        """Steps a previous service left active: failed, ``interrupted``."""
+        error = {"code": "interrupted", "message": "the ce service restarted while this step ran; its work was "
+                 "stopped part-way: run the step again with a new id"}
+        with self._lock:
+            ids = [r[0] for r in self._db.execute(f"SELECT id FROM steps WHERE status IN {ACTIVE}")]
+            self._db.execute(f"UPDATE steps SET status = 'failed', error = ?, finished = ? WHERE status IN {ACTIVE}",
+                             (json.dumps(error), time.time()))
+        return ids
+
+    # ------------------------------------------------------------ log
+
+    def append_log(self, step_id: str, time_text: str, level: str, message: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO step_log (step_id, seq, time, level, message) VALUES "
+                             "(?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM step_log WHERE step_id = ?), ?, ?, ?)",
+                             (step_id, step_id, time_text, level, message))
+
+    def log(self, step_id: str, since: int = 0, limit: int = 1000) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT seq, time, level, message FROM step_log WHERE step_id = ? AND seq > ? "
+                                    "ORDER BY seq LIMIT ?", (step_id, since, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+
+def decode(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    for k in JSON_COLUMNS:
+        if out.get(k) is not None:
+            out[k] = json.loads(out[k])
+    return out

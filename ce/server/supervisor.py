@@ -1,0 +1,343 @@
+"""Runs steps: one child process per step (``ce.server.worker``), one step at a time per disk, a deadline per step,
+cancel that really stops the work, state kept in the store, status changes handed to the notifier.
+
+Stopping a step (cancel or timeout) is cooperative first: the child's ``ctx.canceled()`` turns true and the step
+cleans up its ``.partial`` files. After ``grace`` seconds the whole process group -- the worker, qemu-img, the
+libguestfs appliance and its recovery process -- gets SIGTERM, then SIGKILL. This process is a child subreaper,
+so whatever the worker leaves behind is re-parented here and reaped: no orphan or zombie survives a step.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from .. import logs
+from ..errors import CeError
+from ..step import InvalidParams, StepType
+from .store import TERMINAL, Store
+
+log = logging.getLogger("ce.server")
+
+DEFAULT_TIMEOUT = 7200          # seconds; the service's own default job timeout
+CANCEL_GRACE = 15.0             # seconds between the cooperative cancel and SIGTERM of the group
+KILL_GRACE = 5.0                # seconds between SIGTERM and SIGKILL
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Conflict(CeError):
+    code = "conflict"
+
+
+class NotFound(CeError):
+    code = "not_found"
+
+
+def become_subreaper() -> bool:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def canonical_params(type_name: str, params: BaseModel) -> bytes:
+    """The full params (secrets revealed) as canonical JSON: equal params give equal bytes."""
+    def reveal(obj):
+        if isinstance(obj, (SecretStr, SecretBytes)):
+            value = obj.get_secret_value()
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if isinstance(obj, Enum):
+            return obj.value
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj, key=str)
+        return str(obj)
+    return json.dumps({"type": type_name, "params": params.model_dump(mode="python")}, default=reveal,
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Running:
+    id: str
+    kind: StepType
+    raw_params: dict
+    disks: list[str]
+    timeout: int
+    secrets: list[str]
+    proc: subprocess.Popen | None = None
+    cancel_requested: bool = False
+    timed_out: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Supervisor:
+    def __init__(self, store: Store, types: dict[str, StepType], *, hmac_key: bytes, allowed_disks,
+                 notify=lambda doc: None, default_timeout: int = DEFAULT_TIMEOUT, payloads: Path | None = None,
+                 cancel_grace: float = CANCEL_GRACE, kill_grace: float = KILL_GRACE):
+        self.store, self.types, self.hmac_key = store, types, hmac_key
+        self.allowed_disks = allowed_disks          # () -> list of real paths steps may touch
+        self.notify = notify
+        self.default_timeout = default_timeout
+        self.payloads = payloads
+        self.cancel_grace, self.kill_grace = cancel_grace, kill_grace
+        self._lock = threading.Lock()
+        self._disk_owner: dict[str, str] = {}
+        self._running: dict[str, Running] = {}
+        self.subreaper = become_subreaper()
+
+    # ------------------------------------------------------------ API
+
+    def submit(self, step_id: str, type_name: str, raw_params: dict) -> tuple[dict, bool]:
+        """Create a step (or return the existing one with the same id and params). Returns (row, created)."""
+        kind = self.types.get(type_name)
+        if kind is None:
+            raise InvalidParams(f"unknown step type {type_name!r}; known: {', '.join(self.types)}", field="type")
+        params = kind.parse(raw_params)
+        fingerprint = hmac.new(self.hmac_key, canonical_params(type_name, params), hashlib.sha256).hexdigest()
+        with self._lock:
+            existing = self.store.get(step_id)
+            if existing:
+                if not hmac.compare_digest(existing["params_hmac"], fingerprint):
+                    raise Conflict(f"step {step_id} already exists with a different type or params; "
+                                   f"use a new step id for different work")
+                return existing, False
+            disks = self._check_disks(kind, params)
+            for disk in disks:
+                if disk in self._disk_owner:
+                    raise Conflict(f"disk {disk} is in use by step {self._disk_owner[disk]}; wait for it to finish "
+                                   f"or cancel it", code="disk_busy")
+            timeout = int(getattr(params, "timeout", None) or self.default_timeout)
+            now = time.time()
+            self.store.insert({"id": step_id, "type": type_name, "params": params.model_dump(mode="json"),
+                               "params_hmac": fingerprint, "disks": disks, "status": "pending", "timeout": timeout,
+                               "created": now})
+            for disk in disks:
+                self._disk_owner[disk] = step_id
+            running = Running(step_id, kind, raw_params, disks, timeout, logs.secret_values(params))
+            self._running[step_id] = running
+        for secret in running.secrets:
+            logs.add_secret(secret)
+        row = self.store.get(step_id)
+        self.notify(row)
+        threading.Thread(target=self._supervise, args=(running,), daemon=True, name=f"step-{step_id}").start()
+        return row, True
+
+    def cancel(self, step_id: str) -> dict:
+        row = self.store.get(step_id)
+        if row is None:
+            raise NotFound(f"no step {step_id}")
+        if row["status"] in ("succeeded", "failed"):
+            raise Conflict(f"step {step_id} already {row['status']}; nothing to cancel", code="step_finished")
+        with self._lock:
+            running = self._running.get(step_id)
+        if running and not running.cancel_requested:
+            running.cancel_requested = True
+            self.store.update(step_id, cancel_requested=1, message="canceling")
+            log.info("cancel requested", extra={"step_id": step_id})
+            self._stop(running)
+        return self.store.get(step_id)
+
+    def disk_owner(self, disk: str) -> str | None:
+        return self._disk_owner.get(disk)
+
+    def shutdown(self) -> None:
+        """Service stopping: stop every running step (they will read as interrupted after a restart)."""
+        with self._lock:
+            running = list(self._running.values())
+        for r in running:
+            self._stop(r, grace=0)
+
+    # ------------------------------------------------------------ internals
+
+    def _check_disks(self, kind: StepType, params: BaseModel) -> list[str]:
+        wanted = kind.disks(params)
+        if not wanted:
+            return []
+        allowed = self.allowed_disks()
+        out = []
+        for name, value in zip(kind.disk_params, (getattr(params, n, None) for n in kind.disk_params)):
+            if not value:
+                continue
+            try:
+                real = os.path.realpath(str(value))
+            except (ValueError, OSError):
+                real = None
+            if real not in allowed:
+                raise InvalidParams(f"params.{name}: {value!r} is not a disk attached to this CE; attached: "
+                                    f"{', '.join(allowed) or 'none'}", field=name)
+            out.append(real)
+        return list(dict.fromkeys(out))
+
+    def _supervise(self, r: Running) -> None:
+        with logs.step_scope(r.id):
+            try:
+                self._run_child(r)
+            except Exception:
+                log.exception("supervising the step failed")
+                self._finish(r, "failed", error={"code": "internal_error",
+                                                 "message": "the service could not run the step; see its log"})
+            finally:
+                with self._lock:
+                    for disk in r.disks:
+                        if self._disk_owner.get(disk) == r.id:
+                            del self._disk_owner[disk]
+                    self._running.pop(r.id, None)
+                for secret in r.secrets:
+                    logs.remove_secret(secret)
+
+    def _run_child(self, r: Running) -> None:
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ)
+        if self.payloads:
+            env["CE_PAYLOADS"] = str(self.payloads)
+        with r.lock:
+            if r.cancel_requested:
+                os.close(read_fd), os.close(write_fd)
+                self._finish(r, "canceled", error={"code": "canceled", "message": "the step was canceled"})
+                return
+            r.proc = subprocess.Popen([sys.executable, "-m", "ce.server.worker", str(write_fd)],
+                                      stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
+                                      pass_fds=(write_fd,), start_new_session=True, env=env, text=True)
+        os.close(write_fd)
+        r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "params": r.raw_params}) + "\n")
+        r.proc.stdin.flush()
+        r.raw_params = {}                         # the child has them; drop the secrets from this process
+        deadline = threading.Timer(r.timeout, self._on_timeout, args=(r,))
+        deadline.daemon = True
+        deadline.start()
+        done = None
+        try:
+            with os.fdopen(read_fd, encoding="utf-8") as events:
+                for line in events:
+                    event = json.loads(line)
+                    if event["event"] == "done":
+                        done = event
+                    else:
+                        self._on_event(r, event)
+            code = r.proc.wait()
+        finally:
+            deadline.cancel()
+            self._reap_group(r.proc.pid)
+            try:
+                r.proc.stdin.close()
+            except OSError:
+                pass
+        self._conclude(r, done, code)
+
+    def _on_event(self, r: Running, event: dict) -> None:
+        kind = event["event"]
+        if kind == "started":
+            self.store.update(r.id, status="running", started=time.time())
+            self.notify(self.store.get(r.id))
+        elif kind == "progress":
+            self.store.update(r.id, progress=event["percent"], message=event["message"])
+        elif kind == "warning":
+            row = self.store.get(r.id)
+            self.store.update(r.id, warnings=[*row["warnings"], {"code": event["code"], "message": event["message"]}])
+        elif kind == "log":
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event["time"]))
+            self.store.append_log(r.id, stamp, event["level"], event["message"])
+            logging.getLogger(event.get("logger") or "ce.step").log(
+                logging.getLevelName(event["level"].upper()), "%s", event["message"], extra={"step_id": r.id})
+
+    def _conclude(self, r: Running, done: dict | None, exit_code: int) -> None:
+        result = done.get("result") if done else None
+        if done and done["status"] == "succeeded":
+            self._finish(r, "succeeded", result=result, progress=100.0, message="done")
+        elif r.timed_out:
+            self._finish(r, "failed", result=result, error={
+                "code": "timeout", "message": f"the step did not finish within its timeout of {r.timeout} s and was "
+                f"stopped; raise params.timeout or check the CE's load"})
+        elif r.cancel_requested:
+            self._finish(r, "canceled", result=result, error={"code": "canceled", "message": "the step was canceled"})
+        elif done:
+            self._finish(r, done["status"], result=result, error=done.get("error"))
+        else:
+            self._finish(r, "failed", error={"code": "worker_died", "message": f"the step's process ended without a "
+                         f"result (exit status {exit_code}); see the step log"})
+
+    def _finish(self, r: Running, status: str, **fields) -> None:
+        if self.store.finish(r.id, status, **fields):
+            row = self.store.get(r.id)
+            log.info("step %s", status, extra={"step_id": r.id, "event": status,
+                                               "code": (row.get("error") or {}).get("code")})
+            self.notify(row)
+
+    def _on_timeout(self, r: Running) -> None:
+        r.timed_out = True
+        log.warning("step timed out after %d s", r.timeout, extra={"step_id": r.id})
+        self.store.update(r.id, message="timed out, stopping")
+        self._stop(r)
+
+    def _stop(self, r: Running, grace: float | None = None) -> None:
+        """Cooperative cancel now; SIGTERM to the group after the grace period, SIGKILL after that."""
+        with r.lock:
+            proc = r.proc
+            if proc is None or r.stopping.is_set():
+                return
+            r.stopping.set()
+        try:
+            proc.stdin.write("cancel\n")
+            proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+        threading.Thread(target=self._escalate, args=(proc, self.cancel_grace if grace is None else grace),
+                         daemon=True, name=f"stop-{r.id}").start()
+
+    def _escalate(self, proc: subprocess.Popen, grace: float) -> None:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, self.kill_grace)):
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+
+    def _reap_group(self, pgid: int, within: float = 30.0) -> None:
+        """Kill and reap whatever is left in the step's process group (re-parented to us as subreaper)."""
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            members = group_members(pgid)
+            if not members:
+                return
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for pid in members:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass            # not ours (no subreaper): init reaps it
+            time.sleep(0.1)
+        log.error("processes of step group %d survive: %s", pgid, group_members(pgid))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes in process group ``pgid`` that are alive, or zombies waiting for *us* to reap them (a zombie
+    re-parented elsewhere is its new parent's to reap)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rpartition(") ")[2].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and (state != "Z" or int(ppid) == os.getpid()):
+            pids.append(int(stat.parent.name))
+    return pids

@@ -1,0 +1,138 @@
+"""One step in its own process: ``python -m ce.server.worker REPORT_FD`` (started by the supervisor).
+
+The supervisor starts this in a new session (its own process group, so qemu-img and the libguestfs appliance are in
+it too) and writes the job -- ``{"id", "type", "params"}`` with the *real* params, secrets included -- as the first
+line of stdin; secrets never travel through argv, the environment or the state file. Later stdin lines are commands
+(``cancel``). End of stdin means the service is gone: the step stops and takes its children with it.
+
+Everything the step reports goes back as JSON lines on REPORT_FD: ``started``, ``progress``, ``warning``, ``log``
+and one final ``done`` with the status, the result document and/or the error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from .. import logs
+from ..errors import CeError
+from ..step import StepCanceled, StepContext, StepFailed
+from .steps import step_types
+
+EXIT_GRACE = 20          # seconds the step has to unwind after the service disappeared
+
+
+class Terminated(CeError):
+    code = "terminated"
+
+
+class Reporter:
+    def __init__(self, fd: int):
+        self._out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def send(self, event: str, **fields) -> None:
+        line = json.dumps({"event": event, **fields}, default=str)
+        with self._lock:
+            try:
+                self._out.write(line + "\n")
+            except (BrokenPipeError, ValueError):
+                pass            # the service is gone; stdin's end of file stops us
+
+
+class ReportHandler(logging.Handler):
+    """Log records of the step (and of ce's mechanisms) travel to the service, redacted, as ``log`` events."""
+
+    def __init__(self, reporter: Reporter):
+        super().__init__(logging.DEBUG)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.reporter.send("log", time=time.time(), level=record.levelname.lower(), logger=record.name,
+                               message=logs.redact(message))
+        except Exception:       # a log line must never break the step
+            self.handleError(record)
+
+
+class WorkerContext(StepContext):
+    def __init__(self, step_id: str, reporter: Reporter):
+        super().__init__(step_id=step_id, log=logging.getLogger("ce.step"))
+        self.reporter = reporter
+
+    def progress(self, percent: float, message: str = "") -> None:
+        self.reporter.send("progress", percent=max(0.0, min(float(percent), 100.0)), message=logs.redact(message))
+
+    def warn(self, code: str, message: str) -> None:
+        super().warn(code, logs.redact(message))
+        self.reporter.send("warning", code=code, message=logs.redact(message))
+
+
+def watch_stdin(ctx: WorkerContext) -> None:
+    for line in sys.stdin:
+        if line.strip() == "cancel":
+            ctx.log.info("cancel requested")
+            ctx.cancel_event.set()
+    # The service closed the pipe (or died): stop the step and everything it started.
+    ctx.cancel_event.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(EXIT_GRACE)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def on_sigterm(signum, frame):
+    raise Terminated("the step was stopped by the service (cancel or timeout)")
+
+
+def run(job: dict, reporter: Reporter) -> None:
+    kind = step_types()[job["type"]]
+    params = kind.parse(job["params"])
+    for secret in logs.secret_values(params):
+        logs.add_secret(secret)
+    ctx = WorkerContext(job["id"], reporter)
+    threading.Thread(target=watch_stdin, args=(ctx,), daemon=True, name="stdin").start()
+    reporter.send("started", pid=os.getpid())
+    try:
+        result = kind.run(params, ctx)
+    except StepCanceled as exc:
+        reporter.send("done", status="canceled", error=exc.to_dict())
+    except StepFailed as exc:
+        reporter.send("done", status="failed", error=exc.to_dict(), result=exc.result)
+    except CeError as exc:
+        if ctx.canceled() and exc.code in ("canceled", "terminated"):
+            reporter.send("done", status="canceled", error=exc.to_dict())
+        else:
+            reporter.send("done", status="failed", error=exc.to_dict())
+    else:
+        reporter.send("done", status="succeeded", result=result)
+
+
+def main() -> int:
+    reporter = Reporter(int(sys.argv[1]))
+    signal.signal(signal.SIGTERM, on_sigterm)
+    root = logging.getLogger()
+    root.handlers[:] = [ReportHandler(reporter)]
+    root.setLevel(logging.INFO)
+    try:
+        job = json.loads(sys.stdin.readline())
+        with logs.step_scope(job["id"]):
+            run(job, reporter)
+    except CeError as exc:
+        reporter.send("done", status="failed", error=exc.to_dict())
+    except Exception as exc:        # a bug: one line to the connector, the traceback to the step's log
+        logging.getLogger("ce.worker").error("step crashed:\n%s", logs.redact(traceback.format_exc()))
+        reporter.send("done", status="failed", error={"code": "internal_error", "message": logs.redact(
+            f"the step crashed ({type(exc).__name__}: {exc}); its log has the details")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
