@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", help="Windows root device when the disk holds several")
         p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
         p.set_defaults(func=cmd_job, apply=name == "run")
+    from .cli_server import register as register_server
+    register_server(sub)
     return parser
 
 
