@@ -77,7 +77,7 @@ def validate(params: Params) -> None:
 
 def plan(params: Params) -> dict:
     fmt = expected_format(params)
-    target = disks.info(params.disk, "raw" if _looks_raw(params.disk) else None)
+    target = _target_info(params.disk)
     with params.inputStorageLocation.share() as share:
         found = share.stat(params.inputImageFilename)
         if found.is_dir:
@@ -105,8 +105,11 @@ def plan(params: Params) -> dict:
             "scratch": scratch}
 
 
-def _looks_raw(path: str) -> bool:
-    return disks._is_raw_target(path)
+def _target_info(path: str) -> disks.DiskInfo:
+    """An empty regular file is a thin disk of size 0 that grows to outputSizeMb; anything else must be a disk."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return disks.DiskInfo(path=path, format="raw", virtual_size=0, actual_size=0)
+    return disks.info(path, "raw" if disks._is_raw_target(path) else None)
 
 
 def _reader_at(reader):
@@ -145,6 +148,8 @@ def _check_target(params: Params, target: disks.DiskInfo, size: int) -> int | No
 
 def _first_mib_is_zero(target: disks.DiskInfo) -> bool:
     length = min(MiB, target.virtual_size)
+    if length == 0:
+        return True
     if target.format == "raw":
         blocks = hashing._file_blocks(target.path, length)
     else:

@@ -1,0 +1,631 @@
+"""The disk steps (convert, export, publish, reverseImage, hash) end to end: a sample Windows disk, real qemu-img,
+a real Samba smbd on 127.0.0.1, libvhdi / libvmdk as independent readers. No mocks."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ce import disks, hashing, staging
+from ce.errors import CeError
+from ce.smb import Credentials, SmbShare
+from ce.step import StepCanceled, StepContext, load_all
+from tests.smbserver import PASSWORD, USER, SambaServer
+
+MiB = 1 << 20
+SAMPLE = "win2016-vda1912"
+TINY_FREE, TINY_TOTAL = 64 * MiB, 100 * MiB        # less than twice the sample's 128 MiB
+STEPS = load_all()
+
+FORMATS = [("raw", None), ("qcow2", None), ("vhd", "fixed"), ("vhd", "dynamic"), ("vhdx", "dynamic"),
+           ("vhdx", "fixed"), ("vmdk", "monolithicSparse"), ("vmdk", "streamOptimized")]
+READERS = {"vhd": ("vhdiinfo", {"fixed": "Fixed", "dynamic": "Dynamic"}),
+           "vhdx": ("vhdiinfo", {"fixed": "Fixed", "dynamic": "Dynamic"}),
+           "vmdk": ("vmdkinfo", {"monolithicSparse": "Monolithic sparse", "streamOptimized": "Stream optimized"})}
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+class Recorder(StepContext):
+    """A step context that keeps every progress report and can cancel itself at a chosen point."""
+
+    def __init__(self, cancel_when=None):
+        super().__init__()
+        self.reports: list[tuple[float, str]] = []
+        self.cancel_when = cancel_when
+
+    def progress(self, percent: float, message: str = "") -> None:
+        self.reports.append((percent, message))
+        if self.cancel_when and self.cancel_when(percent, message):
+            self.cancel_event.set()
+
+
+@pytest.fixture(scope="module")
+def windows(samples) -> Path:
+    return samples[SAMPLE].path
+
+
+@pytest.fixture(scope="module")
+def windows_raw(windows, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("raw") / "win2016.raw"
+    disks.convert(windows, out, "raw")
+    return out
+
+
+@pytest.fixture(scope="module")
+def samba(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samba-steps")
+    dfree = root / "dfree"
+    dfree.write_text(f"#!/bin/sh\necho {TINY_TOTAL // 1024} {TINY_FREE // 1024}\n")
+    dfree.chmod(0o755)
+    with SambaServer(root, shares={"share": {}, "tiny": {"dfree command": str(dfree)}}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def full_samba(tmp_path_factory):
+    """Files on this server cannot grow past 4 MiB (writes beyond fail with STATUS_DISK_FULL)."""
+    with SambaServer(tmp_path_factory.mktemp("samba-full"), file_size_limit=4 * MiB) as server:
+        yield server
+
+
+@pytest.fixture
+def folder(samba, request) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+    path = samba.share_dir("share") / f"{name}-{hashlib.sha1(request.node.name.encode()).hexdigest()[:6]}"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch) -> Path:
+    """The steps' local scratch directory, so tests can see that nothing is left in it."""
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setenv(staging.SCRATCH_ENV, str(path))
+    return path
+
+
+def location(server: SambaServer, share: str = "share", folder: str = "", password: str = PASSWORD,
+             user: str = USER) -> dict:
+    return {"Location": server.unc(share, folder), "port": server.port,
+            "credentials": {"username": user, "password": password}}
+
+
+def run(step: str, params: dict, ctx: StepContext | None = None) -> dict:
+    kind = STEPS[step]
+    result = kind.run(kind.parse(params), ctx or Recorder())
+    json.dumps(result)                                     # a result document is plain JSON
+    return result
+
+
+def content_hashes(path: Path, fmt: str | None = None) -> dict:
+    """Independent of ce.hashing: qemu-img writes the raw contents, hashlib reads them."""
+    raw = path.parent / (path.name + ".check.raw")
+    subprocess.run(["qemu-img", "convert", *(["-f", fmt] if fmt else []), "-O", "raw", str(path), str(raw)],
+                   check=True)
+    try:
+        data = raw.read_bytes()
+    finally:
+        raw.unlink()
+    return {"md5": hashlib.md5(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def reader_report(fmt: str, path: Path) -> str:
+    tool = READERS[fmt][0]
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} not installed (Debian libvhdi-utils / libvmdk-utils)")
+    return subprocess.run([tool, str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def assert_readable_by_independent_reader(fmt: str, subformat: str | None, path: Path, size: int) -> None:
+    if fmt not in READERS:
+        return
+    report = reader_report(fmt, path)
+    assert re.search(rf"Disk type\s*:\s*{READERS[fmt][1][subformat]}\b", report), report
+    assert f"({size} bytes)" in report, report
+
+
+def file_name(fmt: str, subformat: str | None) -> str:
+    return f"disk-{fmt}-{subformat or 'plain'}.{fmt}"
+
+
+# ---------------------------------------------------------------- convert: every pair of formats
+
+@pytest.fixture(scope="module")
+def windows_as(windows, tmp_path_factory):
+    """The Windows sample in every format, written by the convert step."""
+    out = tmp_path_factory.mktemp("formats")
+    made = {}
+    for fmt, subformat in FORMATS:
+        path = out / file_name(fmt, subformat)
+        result = run("convert", {"source": str(windows), "output": str(path), "outputFormat": fmt,
+                                 "subformat": subformat})
+        assert result["output"]["format"] == fmt and result["output"]["subformat"] == subformat
+        made[(fmt, subformat)] = path
+    return made
+
+
+@pytest.mark.parametrize("fmt,subformat", FORMATS)
+def test_convert_writes_each_format_readable_by_an_independent_reader(windows, windows_as, fmt, subformat):
+    path = windows_as[(fmt, subformat)]
+    size = disks.info(windows).virtual_size
+    described = disks.info(path, "raw" if fmt == "raw" else None)
+    assert (described.format, described.subformat, described.virtual_size) == \
+        (disks.qemu_format(fmt), subformat, size)
+    assert_readable_by_independent_reader(fmt, subformat, path, size)
+    assert disks.compare(windows, path)
+
+
+def test_every_format_pair_converts_to_identical_content(windows, windows_as, tmp_path):
+    expected = content_hashes(windows)
+    for (src, dst) in itertools.permutations(FORMATS, 2):
+        out = tmp_path / ("pair-" + file_name(*dst))
+        result = run("convert", {"source": str(windows_as[src]), "output": str(out), "outputFormat": dst[0],
+                                 "subformat": dst[1], "sourceFormat": "raw" if src[0] == "raw" else None})
+        assert result["output"]["subformat"] == dst[1], (src, dst)
+        assert disks.compare(windows, out, fmt_b="raw" if dst[0] == "raw" else None), (src, dst)
+        if dst[0] in ("vhdx", "vmdk"):          # one hash per pair family is enough to prove compare's verdict
+            assert hashing.hash_disk(out).hashes == expected, (src, dst)
+        out.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_convert_refuses_an_existing_output_unless_overwrite(windows, tmp_path):
+    out = tmp_path / "kept.vhdx"
+    out.write_bytes(b"precious")
+    with pytest.raises(CeError) as refused:
+        run("convert", {"source": str(windows), "output": str(out), "outputFormat": "vhdx"})
+    assert refused.value.code == "disk_exists" and out.read_bytes() == b"precious"
+    run("convert", {"source": str(windows), "output": str(out), "outputFormat": "vhdx", "overwriteOutput": True})
+    assert disks.compare(windows, out)
+
+
+def test_convert_azure_fixed_vhd(windows, tmp_path):
+    out = tmp_path / "azure.vhd"
+    result = run("convert", {"source": str(windows), "output": str(out), "outputFormat": "vhd", "azureFixed": True})
+    disks.verify_azure_vhd(out)
+    assert result["output"]["virtual_size"] % MiB == 0 and (out.stat().st_size - 512) % MiB == 0
+
+
+def test_convert_dry_run_writes_nothing(windows, tmp_path):
+    out = tmp_path / "never.vmdk"
+    plan = run("convert", {"source": str(windows), "output": str(out), "outputFormat": "vmdk", "dryRun": True})
+    assert plan["dryRun"] and plan["output"]["path"] == str(out) and not out.exists()
+
+
+def test_convert_to_and_from_smb(samba, folder, windows, tmp_path, scratch):
+    up = run("convert", {"source": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                         "outputImageFilename": "win.vhdx", "outputFormat": "vhdx"})
+    assert up["bytes_sent"] and disks.compare(windows, folder / "win.vhdx")
+    back = tmp_path / "back.vmdk"
+    down = run("convert", {"inputStorageLocation": location(samba, folder=folder.name),
+                           "inputImageFilename": "win.vhdx", "output": str(back), "outputFormat": "vmdk"})
+    assert down["source"]["format"] == "vhdx" and disks.compare(windows, back)
+    both = run("convert", {"inputStorageLocation": location(samba, folder=folder.name), "inputImageFilename": "win.vhdx",
+                           "outputStorageLocation": location(samba, folder=folder.name),
+                           "outputImageFilename": "win.vhd", "outputFormat": "vhd", "subformat": "fixed"})
+    assert both["output"]["subformat"] == "fixed" and disks.compare(windows, folder / "win.vhd", fmt_b="vpc")
+    assert sorted(p.name for p in folder.iterdir()) == ["win.vhd", "win.vhdx"]
+    assert list(scratch.iterdir()) == []
+
+
+def test_convert_params_need_one_source_and_one_output():
+    for params in ({"outputFormat": "vhdx", "output": "/tmp/x"},
+                   {"outputFormat": "vhdx", "source": "/tmp/a"},
+                   {"outputFormat": "vdi", "source": "/tmp/a", "output": "/tmp/b"}):
+        with pytest.raises(CeError) as refused:
+            STEPS["convert"].parse(params)
+        assert refused.value.code == "invalid_params"
+
+
+# ---------------------------------------------------------------- export
+
+@pytest.mark.parametrize("fmt,ext,subformat", [("VhdxDiskFormat", "vhdx", "dynamic"),
+                                               ("VhdDiskFormat", "vhd", "dynamic"),
+                                               ("VhdDiskFormat", "vhd", "fixed")])
+def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows, scratch, fmt, ext, subformat):
+    ctx = Recorder()
+    result = run("export", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                            "SmbDiskName": "golden", "SmbDiskFormat": fmt, "SmbDiskSubformat": subformat,
+                            "hashDisk": True}, ctx)
+    stored = folder / f"golden.{ext}"
+    assert sorted(p.name for p in folder.iterdir()) == [stored.name]
+    assert result["target"]["name"] == stored.name and result["target"]["file_size"] == stored.stat().st_size
+    assert result["hashes"] == content_hashes(windows) == content_hashes(stored, "vpc" if ext == "vhd" else None)
+    assert disks.compare(windows, stored, fmt_b="vpc" if ext == "vhd" else None)
+    assert_readable_by_independent_reader(ext, subformat, stored, result["source"]["virtual_size"])
+    percents = [p for p, _ in ctx.reports]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert list(scratch.iterdir()) == []
+    if subformat == "dynamic":               # holes were skipped: far less than the 128 MiB virtual size was sent
+        assert result["bytes_sent"] < 32 * MiB
+
+
+def test_export_from_a_block_device(samba, folder, windows_raw, scratch):
+    device = subprocess.run(["losetup", "--read-only", "--find", "--show", str(windows_raw)], capture_output=True,
+                            text=True)
+    if device.returncode:
+        pytest.skip(f"no loop device here: {device.stderr.strip()}")
+    try:
+        result = run("export", {"disk": device.stdout.strip(), "SmbDiskName": "from-device", "hashDisk": True,
+                                "outputStorageLocation": location(samba, folder=folder.name)})
+    finally:
+        subprocess.run(["losetup", "--detach", device.stdout.strip()], check=True)
+    assert result["source"]["is_block_device"]
+    assert result["hashes"] == content_hashes(windows_raw, "raw")
+    assert disks.compare(windows_raw, folder / "from-device.vhdx", fmt_a="raw")
+
+
+def test_export_refuses_an_existing_file_before_any_work(samba, folder, windows, scratch):
+    (folder / "taken.vhdx").write_bytes(b"someone else's disk")
+    params = {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+              "SmbDiskName": "taken.vhdx"}
+    with pytest.raises(CeError) as refused:
+        run("export", params)
+    assert refused.value.code == "smb_exists" and "overwriteTargetFile" in refused.value.message
+    assert (folder / "taken.vhdx").read_bytes() == b"someone else's disk"
+    run("export", {**params, "overwriteTargetFile": True})
+    assert disks.compare(windows, folder / "taken.vhdx")
+    assert sorted(p.name for p in folder.iterdir()) == ["taken.vhdx"]
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"password": "wrong-password"}, "smb_auth_failed"),
+    ({"share": "no-such-share"}, "smb_share_not_found"),
+    ({"folder": "missing-folder"}, "smb_not_found"),
+    ({"share": "tiny"}, "smb_share_full"),
+])
+def test_export_location_errors_are_clear_and_leave_nothing(samba, windows, scratch, change, code):
+    where = location(samba, **change)
+    with pytest.raises(CeError) as refused:
+        run("export", {"disk": str(windows), "outputStorageLocation": where, "SmbDiskName": "never"})
+    assert refused.value.code == code
+    assert PASSWORD not in refused.value.message and "wrong-password" not in refused.value.message
+    assert not list(samba.share_dir("tiny").iterdir()) and not (samba.share_dir("share") / "never.vhdx").exists()
+    assert list(scratch.iterdir()) == []
+
+
+def test_too_little_space_names_the_rule(samba, windows, scratch):
+    with pytest.raises(CeError) as refused:
+        run("export", {"disk": str(windows), "outputStorageLocation": location(samba, "tiny"), "SmbDiskName": "x"})
+    assert "twice its virtual size" in refused.value.message
+
+
+@pytest.mark.parametrize("name", ["..\\escape", "../escape", "\\\\evil\\share\\x", "/etc/x", "C:\\x", "a\\b",
+                                  "CON", "x:stream", "bad?name"])
+def test_export_refuses_path_tricks_in_the_name(samba, folder, windows, name):
+    with pytest.raises(CeError) as refused:
+        STEPS["export"].parse({"disk": str(windows), "SmbDiskName": name,
+                               "outputStorageLocation": location(samba, folder=folder.name)})
+    assert refused.value.code in ("smb_path_refused", "invalid_params")
+    assert list(folder.iterdir()) == [] and not list(samba.share_dir("share").glob("escape*"))
+
+
+def test_export_refuses_a_location_with_credentials_in_it(samba, windows):
+    where = {**location(samba), "Location": f"smb://{USER}:{PASSWORD}@127.0.0.1/share"}
+    with pytest.raises(CeError) as refused:
+        STEPS["export"].parse({"disk": str(windows), "SmbDiskName": "x", "outputStorageLocation": where})
+    assert refused.value.code == "invalid_params" and PASSWORD not in refused.value.message
+
+
+def test_cancel_in_the_middle_of_the_upload_leaves_nothing(samba, folder, dense_disk, scratch):
+    ctx = Recorder(cancel_when=lambda percent, message: message.startswith("uploading") and percent > 50)
+    with pytest.raises(StepCanceled):
+        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
+                       "SmbDiskName": "canceled"}, ctx)
+    assert any(m.startswith("uploading") for _, m in ctx.reports)
+    assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_cancel_while_converting_leaves_nothing(samba, folder, dense_disk, scratch):
+    ctx = Recorder(cancel_when=lambda percent, message: message.startswith("converting"))
+    with pytest.raises(StepCanceled):
+        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
+                       "SmbDiskName": "canceled", "SmbDiskFormat": "VhdDiskFormat"}, ctx)
+    assert not any(m.startswith("uploading") for _, m in ctx.reports)
+    assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_timeout_is_reported_as_such(windows, tmp_path):
+    stop = staging.Stopper(StepContext(), 10, "export")
+    stop.deadline = time.monotonic() - 1                  # the step's time is already up
+    with pytest.raises(staging.StepTimedOut, match="10 s timeout"), stop.translating():
+        disks.convert(windows, tmp_path / "late.vhdx", "vhdx", cancel=stop)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_share_running_full_mid_upload_leaves_nothing(full_samba, dense_disk, scratch):
+    with pytest.raises(CeError) as refused:
+        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(full_samba),
+                       "SmbDiskName": "too-big"})
+    assert refused.value.code == "smb_share_full"
+    assert list(full_samba.share_dir("share").iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_local_scratch_too_small_is_refused_before_any_work(samba, folder, windows, tmp_path, monkeypatch):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False, capture_output=True)
+    if not os.path.ismount(small):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        monkeypatch.setenv(staging.SCRATCH_ENV, str(small))
+        with pytest.raises(CeError) as refused:
+            run("export", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                           "SmbDiskName": "nope", "SmbDiskSubformat": "fixed"})
+        assert refused.value.code == "local_space_short" and staging.SCRATCH_ENV in refused.value.message
+        assert list(folder.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_export_dry_run_plans_without_writing(samba, folder, windows, scratch):
+    plan = run("export", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                          "SmbDiskName": "planned", "hashDisk": True, "dryRun": True})
+    assert plan["dryRun"] and plan["target"]["path"].endswith("\\planned.vhdx")
+    assert plan["space"]["required"] == 2 * plan["source"]["virtual_size"] and plan["hash"] == ["md5", "sha256"]
+    assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_password_never_appears_in_results_or_logs(samba, folder, windows, scratch, caplog):
+    caplog.set_level("DEBUG")
+    kind = STEPS["export"]
+    params = kind.parse({"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                         "SmbDiskName": "secret-check"})
+    result = kind.run(params, Recorder())
+    for text in (json.dumps(result), repr(params), str(params), params.model_dump_json(), caplog.text):
+        assert PASSWORD not in text
+
+
+@pytest.fixture(scope="module")
+def dense_disk(tmp_path_factory) -> Path:
+    """64 MiB of random data: big enough that an upload reports progress many times."""
+    path = tmp_path_factory.mktemp("dense") / "dense.raw"
+    with open(path, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MiB))
+    return path
+
+
+# ---------------------------------------------------------------- publish
+
+def test_publish_names_the_vdisk_and_leaves_the_pvp_to_pvs(samba, folder, windows, scratch):
+    result = run("publish", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                             "vDiskName": "Win2016 VDA", "hashDisk": True})
+    assert sorted(p.name for p in folder.iterdir()) == ["Win2016 VDA.vhdx"]
+    assert result["target"]["vDiskName"] == "Win2016 VDA" and "PVS console" in result["target"]["pvp"]
+    assert result["hashes"] == content_hashes(folder / "Win2016 VDA.vhdx")
+    assert disks.compare(windows, folder / "Win2016 VDA.vhdx")
+
+
+def test_publish_refuses_a_vdisk_pvs_has_open_or_with_versions(samba, folder, windows, scratch):
+    params = {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+              "vDiskName": "base", "overwriteTargetFile": True}
+    (folder / "base.vhdx").write_bytes(b"old base")
+    (folder / "base.lok").write_bytes(b"")
+    with pytest.raises(CeError) as refused:
+        run("publish", params)
+    assert refused.value.code == "vdisk_in_use"
+    (folder / "base.lok").unlink()
+    (folder / "base.1.avhdx").write_bytes(b"a version")
+    with pytest.raises(CeError) as refused:
+        run("publish", params)
+    assert refused.value.code == "smb_exists" and "base.1.avhdx" in refused.value.message
+    assert (folder / "base.vhdx").read_bytes() == b"old base"
+    (folder / "base.1.avhdx").unlink()
+    (folder / "base.pvp").write_text("[General]\n")
+    result = run("publish", params)
+    assert result["target"]["pvp"] == "kept as it is" and (folder / "base.pvp").read_text() == "[General]\n"
+    assert disks.compare(windows, folder / "base.vhdx")
+
+
+@pytest.mark.parametrize("name", ["with.dot", "..", "a\\b", "", "x" * 101])
+def test_publish_refuses_unusable_vdisk_names(samba, windows, name):
+    with pytest.raises(CeError) as refused:
+        STEPS["publish"].parse({"disk": str(windows), "outputStorageLocation": location(samba), "vDiskName": name})
+    assert refused.value.code == "invalid_params"
+
+
+# ---------------------------------------------------------------- reverseImage
+
+@pytest.fixture(scope="module")
+def image_on_share(samba, windows):
+    """The Windows sample exported once as VHDX and once as a fixed VHD to its own folder."""
+    folder = samba.share_dir("share") / "reverse-source"
+    folder.mkdir()
+    for fmt, subformat in (("VhdxDiskFormat", "dynamic"), ("VhdDiskFormat", "fixed")):
+        run("export", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+                       "SmbDiskName": "golden", "SmbDiskFormat": fmt, "SmbDiskSubformat": subformat})
+    return folder
+
+
+def reverse(samba, disk, name="golden.vhdx", **extra) -> dict:
+    return run("reverseImage", {"disk": str(disk), "inputStorageLocation": location(samba, folder="reverse-source"),
+                                "inputImageFilename": name, **extra})
+
+
+@pytest.mark.parametrize("name", ["golden.vhdx", "golden.vhd"])
+def test_reverse_image_writes_the_disk(samba, image_on_share, windows, tmp_path, scratch, name):
+    size = disks.info(windows).virtual_size
+    target = tmp_path / "attached.raw"
+    target.write_bytes(b"")
+    os.truncate(target, size)
+    result = reverse(samba, target, name)
+    assert result["target"]["output_size"] == size and target.stat().st_size == size
+    assert hashing.hash_disk(target).hashes == content_hashes(windows)
+    assert list(scratch.iterdir()) == []
+
+
+def test_reverse_image_grows_a_file_to_output_size_with_zeros(samba, image_on_share, windows, tmp_path, scratch):
+    target = tmp_path / "thin.raw"
+    target.write_bytes(bytes(4096))
+    size_mb = disks.info(windows).virtual_size // MiB + 16
+    reverse(samba, target, outputSizeMb=size_mb)
+    assert target.stat().st_size == size_mb * MiB
+    assert disks.compare(windows, target, fmt_b="raw")       # equal, and the 16 MiB tail reads as zeros
+
+
+def test_reverse_image_refuses_a_non_empty_disk_unless_overwrite(samba, image_on_share, windows, tmp_path, scratch):
+    size = disks.info(windows).virtual_size
+    target = tmp_path / "used.raw"
+    with open(target, "wb") as f:                             # old data everywhere, a boot sector first
+        for _ in range(size // MiB + 8):
+            f.write(os.urandom(MiB))
+    before = hashlib.sha256(target.read_bytes()).hexdigest()
+    with pytest.raises(CeError) as refused:
+        reverse(samba, target)
+    assert refused.value.code == "disk_not_empty" and "overwriteOutput" in refused.value.message
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == before
+    reverse(samba, target, overwriteOutput=True, outputSizeMb=size // MiB + 8)
+    assert disks.compare(windows, target, fmt_b="raw")       # no old byte shows through, tail included
+
+
+def test_reverse_image_size_and_format_rules(samba, image_on_share, windows, tmp_path):
+    target = tmp_path / "small.raw"
+    target.write_bytes(b"")
+    os.truncate(target, MiB)
+    too_small = disks.info(windows).virtual_size // MiB - 1
+    for extra, code in (({"outputSizeMb": too_small}, "disk_too_small"),
+                        ({"inputImageFormat": "VhdDiskFormat"}, "image_format_mismatch")):
+        with pytest.raises(CeError) as refused:
+            reverse(samba, target, **extra)
+        assert refused.value.code == code
+    with pytest.raises(CeError) as refused:
+        reverse(samba, target, name="missing.vhdx")
+    assert refused.value.code == "smb_not_found"
+
+
+def test_reverse_image_onto_a_block_device(samba, image_on_share, windows, tmp_path, scratch):
+    size = disks.info(windows).virtual_size
+    backing = tmp_path / "lun.raw"
+    backing.write_bytes(b"")
+    os.truncate(backing, size + 8 * MiB)
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if device.returncode:
+        pytest.skip(f"no loop device here: {device.stderr.strip()}")
+    try:
+        result = reverse(samba, device.stdout.strip(), outputSizeMb=size // MiB + 8)
+        assert result["target"]["is_block_device"]
+        with pytest.raises(CeError) as refused:               # the device is no longer empty
+            reverse(samba, device.stdout.strip())
+        assert refused.value.code == "disk_not_empty"
+        with pytest.raises(CeError) as refused:               # a block device cannot grow
+            reverse(samba, device.stdout.strip(), overwriteOutput=True, outputSizeMb=size // MiB + 9)
+        assert refused.value.code == "disk_too_small"
+    finally:
+        subprocess.run(["losetup", "--detach", device.stdout.strip()], check=True)
+    assert disks.compare(windows, backing, fmt_b="raw")
+
+
+# ---------------------------------------------------------------- hash
+
+def test_content_hash_is_the_same_in_every_format(windows, windows_as):
+    expected = content_hashes(windows)
+    for (fmt, subformat), path in windows_as.items():
+        result = run("hash", {"disk": str(path), "format": fmt if fmt in ("raw", "vhd") else None})
+        assert result["hashes"] == expected, (fmt, subformat)
+        assert result["size"] == disks.info(windows).virtual_size
+
+
+def test_file_hash_and_expected_values(windows_as):
+    path = windows_as[("vhdx", "dynamic")]
+    data = path.read_bytes()
+    result = run("hash", {"disk": str(path), "of": "file", "algorithms": ["sha256"]})
+    assert result["hashes"] == {"sha256": hashlib.sha256(data).hexdigest()} and result["size"] == len(data)
+    md5 = content_hashes(path)["md5"]
+    assert run("hash", {"disk": str(path), "algorithms": ["md5"], "expected": {"md5": md5.upper()}})["verified"] == ["md5"]
+    with pytest.raises(CeError) as refused:
+        run("hash", {"disk": str(path), "algorithms": ["md5"], "expected": {"md5": "0" * 32}})
+    assert refused.value.code == "hash_mismatch" and md5 in refused.value.message
+
+
+def test_hash_of_a_sparse_raw_file_reads_holes_as_zeros(tmp_path):
+    path = tmp_path / "sparse.raw"
+    with open(path, "wb") as f:
+        f.truncate(40 * MiB)
+        f.seek(17 * MiB + 3)
+        f.write(b"middle")
+        f.seek(40 * MiB - 5)
+        f.write(b"end!!")
+    data = path.read_bytes()
+    assert hashing.hash_disk(path).hashes == {"md5": hashlib.md5(data).hexdigest(),
+                                             "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_hash_across_several_slices(tmp_path, monkeypatch):
+    """Images larger than one decoding slice are hashed slice by slice, in order."""
+    monkeypatch.setattr(hashing, "SLICE", 3 * MiB)
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(os.urandom(10 * MiB + 512))
+    vhdx = tmp_path / "d.vhdx"
+    disks.convert(raw, vhdx, "vhdx")
+    assert hashing.hash_disk(vhdx).hashes == hashing.hash_disk(raw).hashes
+    assert hashing.hash_disk(vhdx).hashes["md5"] == hashlib.md5(raw.read_bytes()).hexdigest()
+
+
+def test_hash_cancel(windows_as):
+    ctx = Recorder(cancel_when=lambda percent, message: True)
+    with pytest.raises(StepCanceled):
+        run("hash", {"disk": str(windows_as[("vhdx", "dynamic")])}, ctx)
+
+
+# ---------------------------------------------------------------- command line
+
+def ce(*args, env=None, input_text=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ce.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, input=input_text, cwd=Path(__file__).parent.parent)
+
+
+def test_cli_export_reads_the_password_from_the_environment(samba, folder, windows, scratch):
+    where = f"smb://127.0.0.1:{samba.port}/share/{folder.name}"
+    run_ = ce("export", str(windows), where, "--user", USER, "--name", "cli", "--hash", "--json",
+              env={"CE_SMB_PASSWORD": PASSWORD})
+    assert run_.returncode == 0, run_.stderr
+    result = json.loads(run_.stdout)
+    assert result["hashes"] == content_hashes(windows) and (folder / "cli.vhdx").exists()
+    assert PASSWORD not in run_.stdout + run_.stderr
+
+
+def test_cli_never_takes_a_password_argument_and_fails_clearly_without_one(samba, windows):
+    assert "--password" not in ce("export", "--help").stdout
+    env = {k: v for k, v in os.environ.items() if k != "CE_SMB_PASSWORD"}
+    run_ = subprocess.run([sys.executable, "-m", "ce.cli", "export", str(windows), samba.unc("share"), "--user", USER],
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert run_.returncode == 1 and "CE_SMB_PASSWORD" in run_.stderr
+
+
+def test_cli_convert_and_reverse_image_round_trip(samba, folder, windows, tmp_path, scratch):
+    env = {"CE_SMB_PASSWORD": PASSWORD, "CE_SMB_USER": USER}
+    remote = f"smb://127.0.0.1:{samba.port}/share/{folder.name}/disk.vhd"
+    run_ = ce("convert", str(windows), remote, "-O", "vhd", env=env)
+    assert run_.returncode == 0, run_.stderr
+    assert "converted" in run_.stdout and disks.compare(windows, folder / "disk.vhd", fmt_b="vpc")
+    target = tmp_path / "attached.raw"
+    target.write_bytes(b"")
+    run_ = ce("reverse-image", remote, str(target), env=env)
+    assert run_.returncode == 0, run_.stderr
+    assert disks.compare(windows, target, fmt_b="raw")
+    run_ = ce("hash", str(target), "--json")
+    assert json.loads(run_.stdout)["hashes"] == content_hashes(windows)
+    run_ = ce("reverse-image", remote, str(target), env=env)
+    assert run_.returncode == 1 and "[disk_not_empty]" in run_.stderr
+
+
+def test_cli_dry_run_and_errors(samba, windows, scratch):
+    env = {"CE_SMB_PASSWORD": "not-the-password", "CE_SMB_USER": USER}
+    run_ = ce("publish", str(windows), f"smb://127.0.0.1:{samba.port}/share", "--vdisk", "x", "--dry-run", env=env)
+    assert run_.returncode == 1 and "[smb_auth_failed]" in run_.stderr and "not-the-password" not in run_.stderr
+    run_ = ce("publish", str(windows), f"smb://127.0.0.1:{samba.port}/share", "--vdisk", "planned", "--dry-run",
+              env={**env, "CE_SMB_PASSWORD": PASSWORD})
+    assert run_.returncode == 0, run_.stderr
+    assert "would publish" in run_.stdout and not (samba.share_dir("share") / "planned.vhdx").exists()
