@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=16, help="request threads (default 16)")
     p.add_argument("--step-timeout", type=int, default=None,
                    help="seconds a step may run when its params give no timeout (default 7200)")
+    p.add_argument("--cancel-grace", type=float, default=None,
+                   help="seconds a canceled or timed-out step has to stop by itself before its processes are "
+                        "killed (default 15)")
     p.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("client", help="the connector's side of the step API (for operators and tests)")
@@ -53,9 +56,9 @@ def register(sub) -> None:
 def cmd_serve(args) -> int:
     from .server.bootstrap import load
     from .server.serve import serve
-    from .server.supervisor import DEFAULT_TIMEOUT
+    from .server.supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
     serve(load(args.bootstrap), threads=args.threads, default_timeout=args.step_timeout or DEFAULT_TIMEOUT,
-          verbose=args.verbose)
+          cancel_grace=CANCEL_GRACE if args.cancel_grace is None else args.cancel_grace, verbose=args.verbose)
     return EXIT_OK
 
 

@@ -116,3 +116,4 @@ def setup(level: int = logging.INFO, stream=None) -> None:
         root.removeHandler(h)
     root.addHandler(json_handler(stream))
     root.setLevel(level)
+    logging.getLogger("sh").setLevel(logging.WARNING)       # one INFO line per qemu-img run otherwise

@@ -19,7 +19,7 @@ from .bootstrap import Bootstrap
 from .callback import Notifier
 from .steps import step_types
 from .store import Store
-from .supervisor import DEFAULT_TIMEOUT, Conflict, NotFound, Supervisor
+from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT, Conflict, NotFound, Supervisor
 
 log = logging.getLogger("ce.server")
 MAX_BODY = 1 << 20
@@ -49,7 +49,7 @@ def error(code: str, message: str, status: int | None = None, field: str | None 
 
 
 def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, notifier=None,
-               default_timeout: int = DEFAULT_TIMEOUT) -> Flask:
+               default_timeout: int = DEFAULT_TIMEOUT, cancel_grace: float = CANCEL_GRACE) -> Flask:
     types = types if types is not None else step_types()
     store = Store(boot.state_dir / "ce.sqlite")
     interrupted = store.mark_interrupted()
@@ -59,7 +59,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         notifier = Notifier(boot.callback.url, boot.callback.policy(), boot.token)
     supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
                             notify=lambda row: notifier(step_doc(row)) if notifier else None,
-                            default_timeout=default_timeout, payloads=boot.payloads)
+                            default_timeout=default_timeout, payloads=boot.payloads, cancel_grace=cancel_grace)
     app = Flask("ce.server")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["ce"] = {"store": store, "supervisor": supervisor, "notifier": notifier, "boot": boot}
@@ -81,7 +81,8 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         level = logging.DEBUG if request.method == "GET" and response.status_code < 400 else logging.INFO
         log.log(level, "%s %s %d", request.method, request.path, response.status_code,
                 extra={"method": request.method, "path": request.path, "status": response.status_code,
-                       "duration_ms": round(took, 1), "step_id": (request.view_args or {}).get("step_id")})
+                       "duration_ms": round(took, 1),
+                       "step_id": (request.view_args or {}).get("step_id") or request.environ.get("ce.step_id")})
         return response
 
     @app.get("/v1/health")
@@ -122,6 +123,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return error("invalid_params", f"{where}: {first['msg']}", field=where)
+        request.environ["ce.step_id"] = create.id
         row, _ = supervisor.submit(create.id, create.type, create.params)
         response = jsonify(step_doc(row))
         response.status_code = 202

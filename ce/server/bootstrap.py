@@ -138,8 +138,10 @@ def load(path: str | Path) -> Bootstrap:
         boot.callback.ca = resolve(boot.callback.ca)
     boot.state_dir = resolve(boot.state_dir)
     boot.payloads = resolve(boot.payloads)
-    for name, file in [*boot.tls.model_dump().items(), *([("callback.ca", boot.callback.ca)]
-                                                          if boot.callback and boot.callback.ca else [])]:
+    files = [(f"tls.{k}", v) for k, v in boot.tls.model_dump().items()]
+    if boot.callback and boot.callback.ca:
+        files.append(("callback.ca", boot.callback.ca))
+    for name, file in files:
         if not Path(file).is_file():
             raise BootstrapInvalid(f"{path}: {name}: {file} does not exist")
     return boot

@@ -12,7 +12,7 @@ from gunicorn.app.base import BaseApplication
 
 from .. import logs, tls
 from .bootstrap import Bootstrap
-from .supervisor import DEFAULT_TIMEOUT
+from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
 
 log = logging.getLogger("ce.server")
 THREADS = 16
@@ -23,14 +23,15 @@ LOGCONFIG = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
-                "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True}},
+                "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+                "sh": {"level": "WARNING"}},
 }
 
 
 class CeServer(BaseApplication):
     def __init__(self, boot: Bootstrap, *, threads: int = THREADS, default_timeout: int = DEFAULT_TIMEOUT,
-                 verbose: bool = False):
-        self.boot, self.default_timeout = boot, default_timeout
+                 cancel_grace: float = CANCEL_GRACE, verbose: bool = False):
+        self.boot, self.default_timeout, self.cancel_grace = boot, default_timeout, cancel_grace
         self.context = tls.server_context(boot.tls.cert, boot.tls.key, boot.tls.client_ca)
         self.options = {
             "bind": [f"[{boot.host}]:{boot.port}" if ":" in boot.host else f"{boot.host}:{boot.port}"],
@@ -55,7 +56,7 @@ class CeServer(BaseApplication):
     def load(self):
         from .app import create_app
         logs.add_secret(self.boot.token)
-        self.app = create_app(self.boot, default_timeout=self.default_timeout)
+        self.app = create_app(self.boot, default_timeout=self.default_timeout, cancel_grace=self.cancel_grace)
         return self.app
 
     def _worker_exit(self, server, worker):

@@ -121,6 +121,7 @@ def main() -> int:
     root = logging.getLogger()
     root.handlers[:] = [ReportHandler(reporter)]
     root.setLevel(logging.INFO)
+    logging.getLogger("sh").setLevel(logging.WARNING)
     try:
         job = json.loads(sys.stdin.readline())
         with logs.step_scope(job["id"]):
