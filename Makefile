@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup apt venv images test test-fast inspect-sample plan-sample clean clean-images
+.PHONY: setup apt venv images test test-fast inspect-sample plan-sample test-faults clean clean-images
 
 setup: apt venv images
 
@@ -27,6 +27,10 @@ images: venv
 
 test: venv images
 	$(PY) -m pytest tests
+
+# crash injection at every second libguestfs call of a prepare's apply (>= 50 kill points; slow, ~1 h under TCG)
+test-faults: venv images
+	CE_FAULT_POINTS=all $(PY) -m pytest -s tests/test_faults_prepare.py
 
 test-fast: venv
 	$(PY) -m pytest tests -m 'not slow'

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import guestfs
 
-from . import ntfs
+from . import faults, ntfs
 from .errors import (ApplianceError, BitLockerVolume, EmptyDisk, GuestError, GuestTimeout,
                      HibernatedVolume, MultipleWindowsRoots, NotWindows, UncleanVolume)
 
@@ -230,7 +230,7 @@ class Guest:
             raise ApplianceError(f"could not start the libguestfs appliance ({self.accel}): {exc}; "
                                  f"run `libguestfs-test-tool` for details, or set {ACCEL_ENV}=tcg") from exc
         self.launch_seconds = time.monotonic() - started
-        self.g = g
+        self.g = faults.instrument(g)
         log.info("appliance up in %.1f s (%s)", self.launch_seconds, self.accel)
 
     def close(self) -> None:

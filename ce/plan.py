@@ -187,9 +187,11 @@ class Planner:
         """Stage ``script`` (shipped in ce/data/firstboot) to run at first boot with ``params`` as data."""
         action = firstboot.make_action(name, script, params, retries=retries, required=required, timeout=timeout,
                                        reason=reason)
-        staged = {a.id for a in firstboot.read_staged(self.guest, self.root.systemroot)}
-        if action.id not in staged and action.id not in {a.id for a in self._first_boot}:
-            self._first_boot.append(action)
+        if action.id in {a.id for a in self._first_boot}:
+            return action
+        self._first_boot.append(action)             # staged files and Setup values are re-checked even when
+        staged = {a.id for a in firstboot.read_staged(self.guest, self.root.systemroot)}   # already staged
+        if action.id not in staged:
             self.plan.changes.append(action)
         return action
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import disks, step
+from . import disks, faults, step
 from .errors import CeError
 from .guest import Drive, Guest, WindowsRoot
 from .plan import ApplyResult, Plan, Planner, apply
@@ -64,4 +64,5 @@ def guest_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, n
                 if dry_run:
                     return planner.plan
                 ctx.progress(60, f"applying {len(planner.plan.changes)} change(s)")
+                faults.note("# apply")
                 return apply(guest, win, planner.plan)
