@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup apt venv images test test-fast inspect-sample plan-sample test-faults clean clean-images
+.PHONY: setup apt venv images test test-fast inspect-sample plan-sample test-faults clean clean-images bench
 
 setup: apt venv images
 
@@ -41,6 +41,11 @@ inspect-sample: venv images
 # the main job on an embedded default: a dry run of a prepare with every first-boot option (disk unchanged)
 plan-sample: venv images
 	$(VENV)/bin/ce plan --job examples/prepare-mcs.json images/build/win2016-vda1912.qcow2
+
+# ce vs the physical limit, side by side on the same data (a few minutes); one script per line
+BENCH_SCRIPTS := bench/disks.py
+bench: venv
+	@set -e; for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(PY) $$script; done
 
 clean-images:
 	rm -rf images/build
