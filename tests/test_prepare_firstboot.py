@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from regipy.registry import RegistryHive
 
-from ce import disks, firstboot, registry
+from ce import disks, firstboot, hashing, registry
 from ce.guest import Drive, Guest
 from ce.payloads import PayloadMismatch, PayloadMissing, PayloadStore, PayloadStoreInvalid, write_manifest
 from ce.plan import hive_path
@@ -282,11 +282,25 @@ def test_inspect_reports_the_staged_actions_and_the_pending_unjoin(prepared):
 
 # ---------------------------------------------------------------- other images, dry runs only
 
+def test_md5_pre_check_refuses_another_disk_before_launching(samples, tmp_path):
+    disk = str(samples["win2022-vda2411-mcs"].path)
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Mcs", "md5Hash": "0" * 32}}))
+    proc = subprocess.run([*CE, "plan", "--job", str(job), disk], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "error [md5_mismatch]: the contents of" in proc.stderr
+    assert f"the job expects {'0' * 32}: wrong or damaged disk" in proc.stderr
+    job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Mcs", "md5Hash": "xyz"}}))
+    proc = subprocess.run([*CE, "plan", "--job", str(job), disk], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "params.md5Hash: String should match pattern" in proc.stderr
+
+
 def test_components_already_present_stage_nothing_and_need_no_store(samples, tmp_path):
+    disk = str(samples["win2022-vda2411-mcs"].path)
+    md5 = hashing.hash_disk(disk, algorithms=("md5",)).hashes["md5"]
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Mcs", "installMisa": True,
-                                                             "installMcsio": True}}))
-    plan = ce_json("plan", "--job", str(job), str(samples["win2022-vda2411-mcs"].path))
+                                                             "installMcsio": True, "md5Hash": md5.upper()}}))
+    plan = ce_json("plan", "--job", str(job), disk)
     assert plan["changes"] == []
     assert sorted(w["code"] for w in plan["warnings"]) == ["mcsio_present", "misa_present"]
 

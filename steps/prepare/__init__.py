@@ -12,18 +12,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce import runner
+from ce import hashing, runner
+from ce.errors import CeError
 from ce.plan import ApplyResult, Planner
 from ce.step import StepContext, StepFailed, StepType, register
 
 from ce.payloads import PayloadStore, PayloadStoreInvalid
 
 from . import components
+from .platform import plan_platform
 from .unjoin import plan_unjoin
 from .vda import NotImplementedYet, XdParameter, plan_vda, validated
 
 NAME = "prepare"
-PENDING_OPTIONS = ("targetPlatform", "md5Hash")
+PENDING_OPTIONS: tuple[str, ...] = ()
 
 
 class Params(BaseModel):
@@ -37,7 +39,8 @@ class Params(BaseModel):
     installPvs: str | None = None
     domainUnjoin: bool = False
     targetPlatform: Literal["azure", "aws", "gcp", "vsphere", "xenserver", "nutanix"] | None = None
-    md5Hash: str | None = None
+    md5Hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$", description="md5 of the disk's contents "
+                                "(what export's hashDisk reports); checked before anything else, a mismatch fails")
     timeout: int = Field(7200, ge=60, le=86400, description="seconds")
     dryRun: bool = False
     payloads: str | None = Field(None, description="payload store directory (installers, drivers); default "
@@ -69,9 +72,28 @@ def plan(planner: Planner, facts, params: Params) -> None:
     components.plan_components(planner, facts, params, lambda: payload_store(params))
     if params.domainUnjoin:
         plan_unjoin(planner, facts)
+    if params.targetPlatform:
+        plan_platform(planner, facts, params.targetPlatform,
+                      lambda: payload_store(params) if params.payloads or os.environ.get("CE_PAYLOADS") else None)
+
+
+class Md5Mismatch(CeError):
+    code = "md5_mismatch"
+
+
+def check_md5(params: Params, ctx: StepContext) -> None:
+    """The service's pre-check: refuse to touch a disk that is not the one the job was made for."""
+    if not params.md5Hash:
+        return
+    ctx.progress(1, "checking the disk's md5")
+    found = hashing.hash_disk(params.disk, algorithms=("md5",), cancel=ctx.canceled).hashes["md5"]
+    if found != params.md5Hash.lower():
+        raise Md5Mismatch(f"the contents of {params.disk} have md5 {found}, the job expects "
+                          f"{params.md5Hash.lower()}: wrong or damaged disk, nothing was changed")
 
 
 def run(params: Params, ctx: StepContext) -> dict:
+    check_md5(params, ctx)
     outcome = runner.guest_session(params.disk, root=params.root, timeout=params.timeout, dry_run=params.dryRun,
                                    name=NAME, plan_fn=lambda planner, facts: plan(planner, facts, params), ctx=ctx)
     result = outcome.model_dump(mode="json")
