@@ -30,7 +30,8 @@ class Notifier:
     def __init__(self, url: str, policy: OutboundPolicy, token: str, *, retries: int = RETRIES,
                  backoff: float = BACKOFF):
         self.url = url
-        retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
+        # other=0: a TLS failure (wrong pin, untrusted peer) will not fix itself by retrying.
+        retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0, backoff_factor=backoff,
                       backoff_max=60, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
                       respect_retry_after_header=True, raise_on_status=False)
         self.session = outbound_session(policy, max_retries=retry)
