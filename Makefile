@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export LIBGUESTFS_BACKEND ?= direct
 
-.PHONY: setup apt venv images test test-fast inspect-sample plan-sample test-faults clean clean-images bench
+.PHONY: setup apt venv images test test-fast inspect-sample plan-sample test-faults clean clean-images bench image image-test
 
 setup: apt venv images
 
@@ -46,6 +46,14 @@ plan-sample: venv images
 BENCH_SCRIPTS := bench/disks.py
 bench: venv
 	@set -e; for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(PY) $$script; done
+
+# The CE VM image (packer/README.md): debootstrap base disk (cached), packer build under TCG, per-platform outputs
+image: venv
+	PYTHON=$(PY) packer/scripts/build-image.sh
+
+# boots build/image/out/ce.qcow2 with a config drive and a sample disk, drives its API over mTLS (slow: nested TCG)
+image-test: venv images
+	CE_IMAGE_TEST=1 $(PY) -m pytest tests/test_image_boot.py -v
 
 clean-images:
 	rm -rf images/build
