@@ -157,10 +157,12 @@ def install_driver(ctx: PlatformPlan, driver: dict, payloads: list[Payload], why
             ctx.planner.write_file(driver_file_path(ctx, driver), source, reason=f"{why} ({digest})")
         ctx.planner.write_file(rf"{folder}\{payload.file}", source, reason=f"driver package ({digest})")
     plan_service(ctx, driver, why)
-    for pci_id in driver.get("pci", []):
-        if ctx.facts.os.build >= FIRST_DRIVER_DATABASE_BUILD:
-            plan_driver_database(ctx, driver, pci_id, why)
-        else:
+    if not driver.get("pci"):
+        return
+    if ctx.facts.os.build >= FIRST_DRIVER_DATABASE_BUILD:
+        plan_driver_database(ctx, driver, driver["pci"], why)
+    else:
+        for pci_id in driver["pci"]:
             plan_critical_device(ctx, driver, pci_id, why)
 
 
@@ -168,22 +170,23 @@ def package_folder(ctx: PlatformPlan, driver: dict) -> str:
     return rf"{ctx.windows}\{ctx.data['common']['driver_packages']['folder']}\{driver['service'].lower()}"
 
 
-def plan_driver_database(ctx: PlatformPlan, driver: dict, pci_id: str, why: str) -> None:
+def plan_driver_database(ctx: PlatformPlan, driver: dict, pci_ids: list[str], why: str) -> None:
     """Windows 8+ binds a boot device through SYSTEM\\DriverDatabase (the hive root, not a control set): an INF
-    record, the hardware ID pointing at it, and a driver package whose configuration names the service."""
+    record, a driver package whose configuration names the service, and each hardware ID pointing at both."""
     service = driver["service"]
     inf, label, config = f"ce-{service.lower()}.inf", f"ce-{service.lower()}.inf_ce", f"ce_{service.lower()}"
     ddb, set_ = "DriverDatabase", ctx.planner.set
-    why = f"{why}; binds PCI\\{pci_id} at boot (Windows 8+ DriverDatabase, {cite(ctx.data, 'V2V')})"
+    why = f"{why}; binds PCI\\{', '.join(pci_ids)} at boot (Windows 8+ DriverDatabase, {cite(ctx.data, 'V2V')})"
     set_("SYSTEM", rf"{ddb}\DriverInfFiles\{inf}", "", RegType.MULTI_SZ, [label], reason=why)
     set_("SYSTEM", rf"{ddb}\DriverInfFiles\{inf}", "Active", RegType.SZ, label, reason=why)
     set_("SYSTEM", rf"{ddb}\DriverInfFiles\{inf}", "Configurations", RegType.MULTI_SZ, [config], reason=why)
-    set_("SYSTEM", rf"{ddb}\DeviceIds\PCI\{pci_id}", inf, RegType.BINARY, bytes([1, 0xFF, 0, 0]), reason=why)
     package = rf"{ddb}\DriverPackages\{label}"
     set_("SYSTEM", package, "Version", RegType.BINARY, package_version(driver), reason=why)
     set_("SYSTEM", rf"{package}\Configurations\{config}", "ConfigFlags", RegType.DWORD, 0, reason=why)
     set_("SYSTEM", rf"{package}\Configurations\{config}", "Service", RegType.SZ, service, reason=why)
-    set_("SYSTEM", rf"{package}\Descriptors\PCI\{pci_id}", "Configuration", RegType.SZ, config, reason=why)
+    for pci_id in pci_ids:
+        set_("SYSTEM", rf"{ddb}\DeviceIds\PCI\{pci_id}", inf, RegType.BINARY, bytes([1, 0xFF, 0, 0]), reason=why)
+        set_("SYSTEM", rf"{package}\Descriptors\PCI\{pci_id}", "Configuration", RegType.SZ, config, reason=why)
 
 
 def package_version(driver: dict) -> bytes:
@@ -225,7 +228,7 @@ def plan_tools(ctx: PlatformPlan) -> None:
     kept = set(ctx.spec["keep"])
     keep_services = {s.lower() for t in kept for s in tools.get(t, {}).get("services", [])}
     keep_services |= {d["service"].lower() for d in ctx.spec["drivers"]}
-    disabled = []
+    disabled: set[str] = set()                 # a driver can belong to two tool families (virtio, nutanix)
     for tool in ctx.facts.tools:
         if tool.name in kept or tool.name not in tools:
             continue
@@ -233,12 +236,13 @@ def plan_tools(ctx: PlatformPlan) -> None:
         why = ctx.why(f"{tool.display_name or tool.name} does not belong on {ctx.platform}: disabled",
                       rule["source"])
         for service in rule["services"]:
-            if service.lower() not in keep_services and ctx.system.key_exists(ctx.service_key(service)):
-                ctx.planner.set("SYSTEM", ctx.service_key(service), "Start", RegType.DWORD, DISABLED, reason=why)
-                disabled.append(service)
+            if service.lower() in keep_services | disabled or not ctx.system.key_exists(ctx.service_key(service)):
+                continue
+            ctx.planner.set("SYSTEM", ctx.service_key(service), "Start", RegType.DWORD, DISABLED, reason=why)
+            disabled.add(service.lower())
         plan_removal(ctx, tool)
     if disabled:
-        strip_class_filters(ctx, {s.lower() for s in disabled})
+        strip_class_filters(ctx, disabled)
 
 
 def plan_removal(ctx: PlatformPlan, tool) -> None:
