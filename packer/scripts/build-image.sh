@@ -30,7 +30,7 @@ rm -rf "$dir/out"
 t0=$SECONDS
 args=(-var "base_image=$(readlink -f "$dir/base.qcow2")" -var "output_dir=$dir/out" -var "wheelhouse=$dir/wheels"
       -var "ssh_private_key_file=$keys/build_key" -var "ssh_public_key_file=$keys/build_key.pub"
-      -var "serial_log=$dir/build-serial.log" -var "python=$(readlink -f "$python")"
+      -var "serial_log=$dir/build-serial.log" -var "python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
       -var "accelerator=${CE_IMAGE_ACCEL:-tcg}")
 [ -z "${CE_IMAGE_FORMATS:-}" ] || args+=(-var "formats=$CE_IMAGE_FORMATS")
 PACKER_LOG=1 PACKER_LOG_PATH="$dir/packer.log" packer build -color=false "${args[@]}" packer/ce.pkr.hcl
