@@ -1,7 +1,6 @@
 """`ce serve --bootstrap FILE` and `ce client --bootstrap FILE ... steps create|get|wait|cancel|log`."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

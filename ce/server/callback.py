@@ -46,15 +46,6 @@ class Notifier:
         """Queue one status change (a step document); returns at once."""
         self._queue.put({k: doc.get(k) for k in CALLBACK_FIELDS})
 
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every queued change has been delivered or given up on (for shutdown and tests)."""
-        with self._queue.all_tasks_done:
-            if timeout is None:
-                while self._queue.unfinished_tasks:
-                    self._queue.all_tasks_done.wait()
-                return True
-            return self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
-
     def _loop(self) -> None:
         while True:
             body = self._queue.get()

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-TERMINAL = ("succeeded", "failed", "canceled")
 ACTIVE = ("pending", "running")
 JSON_COLUMNS = ("params", "disks", "warnings", "error", "result")
 

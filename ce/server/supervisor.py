@@ -28,7 +28,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from .. import logs
 from ..errors import CeError
 from ..step import InvalidParams, StepType
-from .store import TERMINAL, Store
+from .store import Store
 
 log = logging.getLogger("ce.server")
 
