@@ -227,7 +227,8 @@ class Guest:
                 g.launch()
         except RuntimeError as exc:
             g.close()
-            raise ApplianceError(f"could not start the libguestfs appliance ({self.accel}): {exc}; "
+            reason = " ".join(str(exc).split())[:300]
+            raise ApplianceError(f"could not start the libguestfs appliance ({self.accel}): {reason}; "
                                  f"run `libguestfs-test-tool` for details, or set {ACCEL_ENV}=tcg") from exc
         self.launch_seconds = time.monotonic() - started
         self.g = faults.instrument(g)

@@ -6,19 +6,58 @@ the command line. A guest step does one libguestfs launch: inspect (for the fact
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import stat
+import struct
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 from . import disks, faults, step
-from .errors import CeError
+from .errors import CeError, HiveDirty
 from .guest import Drive, Guest, WindowsRoot
 from .plan import ApplyResult, Plan, Planner, apply
 
 
 class InvalidJob(CeError):
     code = "invalid_job"
+
+
+BLKROGET = 0x125E                                # linux/fs.h: is the block device read-only?
+
+
+class DiskReadOnly(CeError):
+    code = "disk_read_only"
+
+
+class WindowsUnsupported(CeError):
+    code = "windows_unsupported"
+
+
+def require_writable(disk: str) -> None:
+    """Checked before a launch: qemu would otherwise fail late with a lock or permission message."""
+    try:
+        fd = os.open(disk, os.O_RDWR)           # not os.access: root passes that even on a read-only file
+        try:
+            if stat.S_ISBLK(os.fstat(fd).st_mode) and struct.unpack("i", fcntl.ioctl(fd, BLKROGET, b"\0" * 4))[0]:
+                raise OSError(errno.EROFS, "read-only block device")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise DiskReadOnly(f"{disk}: {exc.strerror}: the disk cannot be opened for writing (read-only file, "
+                           f"device or mount); nothing was changed, a dry run (ce plan) can still read it") from None
+
+
+def require_supported_windows(facts) -> None:
+    rules = json.loads(resources.files("ce").joinpath("data/windows_support.json").read_text())
+    if facts.os.product not in rules["products"] or facts.os.arch not in rules["architectures"]:
+        raise WindowsUnsupported(f"{facts.os.product_name} (build {facts.os.build}, {facts.os.arch}) is not a "
+                                 f"Windows release prepare supports ({', '.join(rules['products'])}, "
+                                 f"{'/'.join(rules['architectures'])}): nothing was changed")
 
 
 def load_job(path: str, **overrides) -> tuple[step.StepType, object]:
@@ -46,16 +85,24 @@ def guest_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, n
     """One launch: inspect, mount the Windows root, ``plan_fn(planner, facts)``, then apply unless dry run."""
     from steps.inspect import inspect_guest
     info = disks.info(disk)
+    if not dry_run:
+        require_writable(disk)
     ctx.progress(2, "starting the appliance")
     with Guest([Drive(disk, info.format, readonly=dry_run)]) as guest:
         with guest.deadline(timeout, f"the {name} step"):
             ctx.progress(20, "inspecting the image")
             facts = inspect_guest(guest, info, root)
+            require_supported_windows(facts)
+            if facts.state.dirty_hives and not dry_run:
+                raise HiveDirty(f"hive(s) {', '.join(facts.state.dirty_hives)} have transactions pending in their "
+                                f".LOG files (Windows was not shut down cleanly): boot and shut down Windows once, "
+                                f"then prepare again; nothing was changed")
             win = WindowsRoot(device=facts.os.root_device, systemroot=facts.os.systemroot, arch=facts.os.arch)
             guest.mount_windows(win, readonly=dry_run)
             with tempfile.TemporaryDirectory(prefix="ce-job-") as tmp:
                 ctx.progress(40, "planning")
                 planner = Planner(name, guest, win, Path(tmp))
+                planner.plan.warnings.extend(facts.warnings)      # a dry run shows what a run would refuse
                 try:
                     plan_fn(planner, facts)
                     planner.finish()
