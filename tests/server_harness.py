@@ -142,7 +142,8 @@ class ServerProcess:
     """`ce serve --bootstrap FILE` as a real process (gunicorn), with a fresh token and a port of its own."""
 
     def __init__(self, workdir: Path, pki: Pki, *, disks: list[str] | None = None, callback: dict | None = None,
-                 extra_args: tuple[str, ...] = ("--cancel-grace", "3"), state_dir: Path | None = None):
+                 extra_args: tuple[str, ...] = ("--cancel-grace", "3"), state_dir: Path | None = None,
+                 verbose: bool = False):
         self.workdir, self.pki = workdir, pki
         self.port = free_port()
         self.token = secrets.token_urlsafe(32)
@@ -156,6 +157,7 @@ class ServerProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap.write_text(json.dumps(doc, indent=2))
         self.extra_args = extra_args
+        self.verbose = verbose                  # -v: the access log (with each request's duration) at DEBUG
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "server.log"
 
@@ -168,7 +170,8 @@ class ServerProcess:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "LIBGUESTFS_BACKEND": os.environ.get("LIBGUESTFS_BACKEND", "direct")}
         self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(CE), "serve", "--bootstrap", str(self.bootstrap), *self.extra_args],
+        self.proc = subprocess.Popen([str(CE), *(["-v"] if self.verbose else []), "serve", "--bootstrap",
+                                      str(self.bootstrap), *self.extra_args],
                                      stdout=self.log_file, stderr=self.log_file, env=env, cwd=ROOT,
                                      start_new_session=True)
         session = self.session()

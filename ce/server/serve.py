@@ -7,11 +7,12 @@ factory would re-read the key and certificates for every connection).
 from __future__ import annotations
 
 import logging
+import os
 
 from gunicorn.app.base import BaseApplication
 
 from .. import logs, tls
-from .bootstrap import Bootstrap
+from .bootstrap import Bootstrap, BootstrapInvalid
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
 
 log = logging.getLogger("ce.server")
@@ -65,7 +66,18 @@ class CeServer(BaseApplication):
             self.app.extensions["ce"]["supervisor"].shutdown()
 
 
+def check_state_dir(boot: Bootstrap) -> None:
+    """Fail in one line before gunicorn starts, rather than with a worker that cannot boot."""
+    try:
+        boot.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BootstrapInvalid(f"state_dir {boot.state_dir} cannot be created: {exc.strerror}") from None
+    if not os.access(boot.state_dir, os.W_OK | os.X_OK):
+        raise BootstrapInvalid(f"state_dir {boot.state_dir} is not writable by this user")
+
+
 def serve(boot: Bootstrap, **kwargs) -> None:
+    check_state_dir(boot)
     logs.setup()
     logs.add_secret(boot.token)
     log.info("serving on %s (mutual TLS, client CA %s)", boot.listen, boot.tls.client_ca)
