@@ -355,6 +355,7 @@ def test_bootstrap_paths_are_relative_to_the_file(tmp_path, pki):
     ({"tls": {"cert": "server.crt", "key": "missing.key", "client_ca": "job-ca.crt"}}, "tls.key"),
     ({"callback": {"url": "https://c/", "ca": "job-ca.crt", "sha1_fingerprint": "ab" * 20}}, "callback"),
     ({"callback": {"url": "https://c/", "sha1_fingerprint": "xyz"}}, "callback.sha1_fingerprint"),
+    ({"callback": {"url": "http://connector.test/ce"}}, "callback.url"),
     ({"surprise": 1}, "surprise"),
 ])
 def test_bad_bootstrap_is_refused_with_the_field(tmp_path, pki, changes, where):

@@ -27,6 +27,7 @@ from ..errors import CeError
 from ..tls import OutboundPolicy, TlsConfigError, normalize_sha1
 
 MIN_TOKEN = 32
+CONFIG_DRIVE_LABELS = ("CEBOOT",)
 
 
 class BootstrapInvalid(CeError):
@@ -42,10 +43,17 @@ class TlsFiles(BaseModel):
 
 class Callback(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=r"^https?://")
+    url: str
     ca: Path | None = None
     sha1_fingerprint: str | None = None
     check_hostname: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.lower().startswith("https://") or len(v) <= len("https://"):
+            raise ValueError("must be an https:// URL: callbacks carry the job's token")
+        return v
 
     @field_validator("sha1_fingerprint")
     @classmethod
@@ -149,9 +157,12 @@ def load(path: str | Path) -> Bootstrap:
 
 def free_block_devices() -> list[str]:
     """Whole disks (/sys/block, not loop/ram/optical/device-mapper) none of whose partitions -- or the LVM/RAID
-    devices built on them -- is mounted here."""
+    devices built on them -- is mounted here, and that are not the job's config drive."""
     mounted = {Path(line.split()[0]).resolve().name for line in Path("/proc/mounts").read_text().splitlines()
                if line.startswith("/dev/")}
+    # The config drive carries this job's secrets even once unmounted: never a disk for steps.
+    own = {Path(f"/dev/disk/by-label/{label}").resolve().name for label in CONFIG_DRIVE_LABELS
+           if Path(f"/dev/disk/by-label/{label}").exists()}
     disks = []
     for dev in sorted(Path("/sys/block").iterdir()):
         name = dev.name
@@ -159,7 +170,7 @@ def free_block_devices() -> list[str]:
             continue
         parts = [dev, *dev.glob(f"{name}*")]
         used = {p.name for p in parts} | {h.name for p in parts for h in (p / "holders").glob("*")}
-        if used & mounted:
+        if used & (mounted | own):
             continue
         disks.append(f"/dev/{name}")
     return disks
