@@ -17,7 +17,6 @@ import pytest
 
 from ce import disks, hashing, staging
 from ce.errors import CeError
-from ce.smb import Credentials, SmbShare
 from ce.step import StepCanceled, StepContext, load_all
 from tests.smbserver import PASSWORD, USER, SambaServer
 
