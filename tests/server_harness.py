@@ -75,7 +75,8 @@ def run_sleep(params: SleepParams, ctx: StepContext) -> dict:
     process group stops it."""
     if params.pidfile:
         Path(params.pidfile).write_text(str(os.getpid()))
-    subprocess.run(["sh", "-c", f"sleep {params.marker} & sleep {params.marker}; wait"], check=False)
+    subprocess.run(["sh", "-c", f"echo 'sleeping {params.marker}' >&2; sleep {params.marker} & "
+                    f"sleep {params.marker}; wait"], check=False)
     return {"slept": True}
 
 

@@ -223,6 +223,9 @@ def test_cancel_of_a_step_that_ignores_it_kills_its_processes(server, api, tmp_p
     doc = wait_terminal(server, api, step_id, timeout=60)
     assert doc["status"] == "canceled"
     assert processes_with(f"sleep {marker}") == []
+    # What the step's processes printed on stderr is in its log, as everything else.
+    lines = api.get(f"{server.url}/v1/steps/{step_id}/log", timeout=10).json()["lines"]
+    assert f"sleeping {marker}" in [line["message"] for line in lines]
 
 
 @pytest.mark.slow

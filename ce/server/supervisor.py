@@ -209,9 +209,13 @@ class Supervisor:
                 self._finish(r, "canceled", error={"code": "canceled", "message": "the step was canceled"})
                 return
             r.proc = subprocess.Popen([sys.executable, "-m", "ce.server.worker", str(write_fd)],
-                                      stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
-                                      pass_fds=(write_fd,), start_new_session=True, env=env, text=True)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      pass_fds=(write_fd,), start_new_session=True, env=env, text=True,
+                                      errors="replace")
         os.close(write_fd)
+        output = threading.Thread(target=self._relay_output, args=(r, r.proc.stdout), daemon=True,
+                                  name=f"output-{r.id}")
+        output.start()
         r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "params": r.raw_params}) + "\n")
         r.proc.stdin.flush()
         r.raw_params = {}                         # the child has them; drop the secrets from this process
@@ -228,6 +232,7 @@ class Supervisor:
                     else:
                         self._on_event(r, event)
             code = r.proc.wait()
+            output.join(5)
         finally:
             deadline.cancel()
             self._reap_group(r.proc.pid)
@@ -236,6 +241,16 @@ class Supervisor:
             except OSError:
                 pass
         self._conclude(r, done, code)
+
+    def _relay_output(self, r: Running, stream) -> None:
+        """What the step's processes print outside ce's logging (qemu, libguestfs, Python warnings): into the step
+        log and the service log as JSON lines with the step id, like everything else."""
+        out = logging.getLogger("ce.step.output")
+        for line in stream:
+            line = logs.redact(line.rstrip())
+            if line:
+                self.store.append_log(r.id, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "info", line)
+                out.info("%s", line, extra={"step_id": r.id})
 
     def _on_event(self, r: Running, event: dict) -> None:
         kind = event["event"]
