@@ -50,9 +50,12 @@ def server_durations(log_text: str, path: str) -> list[float]:
     return out
 
 
-def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, errors: list) -> None:
+def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, errors: list,
+           connects: list) -> None:
+    """Polls until the step ends; a session's first request (TCP + TLS handshake) is timed apart."""
     session = outbound_session(OutboundPolicy(ca=Path(conn["ca"])), client_cert=(conn["cert"], conn["key"]))
     session.headers["Authorization"] = f"Bearer {conn['token']}"
+    warm = False
     while not stop.is_set() and time.monotonic() < deadline:
         started = time.perf_counter()
         try:
@@ -61,7 +64,8 @@ def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, 
             if response.status_code != 200:
                 errors.append(f"HTTP {response.status_code}")
             else:
-                latencies.append(took)
+                (latencies if warm else connects).append(took)
+                warm = True
                 if response.json()["status"] in TERMINAL:
                     stop.set()
         except Exception as exc:           # counted, never fatal: the bench reports them
@@ -71,14 +75,14 @@ def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, 
 
 def poller_process(conn: dict, threads: int, interval: float, seconds: float, stop, results) -> None:
     """``threads`` pollers in one process (several processes keep one GIL from serialising all clients)."""
-    latencies, errors, deadline = [], [], time.monotonic() + seconds
-    workers = [threading.Thread(target=poller, args=(conn, interval, stop, deadline, latencies, errors))
+    latencies, errors, connects, deadline = [], [], [], time.monotonic() + seconds
+    workers = [threading.Thread(target=poller, args=(conn, interval, stop, deadline, latencies, errors, connects))
                for _ in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
-    results.put((latencies, errors))
+    results.put((latencies, errors, connects))
 
 
 def main() -> int:
@@ -114,11 +118,12 @@ def main() -> int:
             started = time.monotonic()
             for p in procs:
                 p.start()
-            latencies, errors = [], []
+            latencies, errors, connects = [], [], []
             for _ in procs:
-                got_latencies, got_errors = results.get()
+                got_latencies, got_errors, got_connects = results.get()
                 latencies += got_latencies
                 errors += got_errors
+                connects += got_connects
             for p in procs:
                 p.join()
             elapsed = time.monotonic() - started
@@ -130,21 +135,25 @@ def main() -> int:
         handled = sorted(server_durations(server.log_text(), f"/v1/steps/{step_id}"))
 
     lat = sorted(x * 1000 for x in latencies)
+    first = sorted(x * 1000 for x in connects)
     report = {"step": kind, "step_status": final["status"], "pollers": args.pollers, "interval_s": args.interval,
-              "seconds": round(elapsed, 1), "requests": len(lat), "errors": len(errors),
-              "error_kinds": sorted(set(errors)), "rps": round(len(lat) / elapsed, 1),
+              "seconds": round(elapsed, 1), "requests": len(lat) + len(first), "errors": len(errors),
+              "error_kinds": sorted(set(errors)), "rps": round((len(lat) + len(first)) / elapsed, 1),
               "p50_ms": round(percentile(lat, 50), 1), "p90_ms": round(percentile(lat, 90), 1),
               "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(lat[-1], 1) if lat else None,
               "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
               "server_p50_ms": round(percentile(handled, 50), 2), "server_p99_ms": round(percentile(handled, 99), 2),
-              "server_max_ms": handled[-1] if handled else None}
+              "server_max_ms": handled[-1] if handled else None,
+              "first_request_p50_ms": round(percentile(first, 50), 1),
+              "first_request_max_ms": round(first[-1], 1) if first else None}
     print(f"{args.pollers} pollers every {args.interval} s during a running {kind} step "
           f"({report['seconds']} s, step {final['status']}): {report['requests']} requests, "
+          f"first request (TCP + TLS handshake) p50 {report['first_request_p50_ms']} ms; then "
           f"{report['errors']} errors, {report['rps']} req/s, latency p50 {report['p50_ms']} ms, "
           f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms; in the server's handler p50 "
           f"{report['server_p50_ms']} ms, p99 {report['server_p99_ms']} ms")
     print(json.dumps({**report, "load_average": Path("/proc/loadavg").read_text().split()[:3]}))
-    return 0 if not errors and report["requests"] else 1
+    return 0 if not errors and lat else 1
 
 
 if __name__ == "__main__":
