@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from regipy.exceptions import RegistryKeyNotFoundException
 from regipy.registry import RegistryHive
 
 from ce import disks, firstboot, hashing, registry
@@ -211,7 +212,11 @@ def read_back(child: str, work: Path) -> dict:
 
 def regipy_value(path: Path, key: str, name: str):
     hive = RegistryHive(str(path))
-    for value in hive.get_key(key).iter_values():
+    try:
+        found = hive.get_key(key)
+    except RegistryKeyNotFoundException:
+        return None
+    for value in found.iter_values():
         if value.name == name:
             return value.value_type, value.value
     return None
@@ -319,3 +324,86 @@ def test_pvs_upgrade_is_staged_and_a_swapped_installer_is_refused(samples, tmp_p
     (store / "PVS_Device_x64.exe").write_bytes(b"Q" * 4096)
     proc = subprocess.run([*CE, "plan", "--job", str(job), disk], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1 and "error [payload_mismatch]" in proc.stderr and "sha256" in proc.stderr
+
+
+# ---------------------------------------------------------------- every other sample, every option it can take
+
+OTHERS = {
+    # sample: (params, {staged action: params}, pending unjoin)
+    "win2019-vda2203-pvs": (
+        {"provisioningType": "Pvs", "installPvs": "2402 LTSR CU2", "domainUnjoin": True,
+         "xdReconfigure": [{"ParameterName": "enable_real_time_transport", "ParameterValue": "true"}]},
+        {"pvs-install": {"installer": "PVS_Device_x64_2402.exe"},
+         "domain-unjoin": {"workgroup": "WORKGROUP"},
+         "vda-reconfigure": {"arguments": ["/enable_real_time_transport"]}}, "euc.lab.internal"),
+    "win10-vda2203-policy": (
+        {"provisioningType": "Mcs", "installMisa": True, "domainUnjoin": True,
+         "xdReconfigure": [{"ParameterName": "wem_cloud_connectors", "ParameterValue": "cc1.corp.example.com"}]},
+        {"vda-add-components": {"installer": "VDAWorkstationSetup_2203.exe",
+                                "components": ["Machine Identity Service"]},
+         "domain-unjoin": {"workgroup": "WORKGROUP"},
+         "vda-reconfigure": {"arguments": ["/wem_cloud_connectors", "cc1.corp.example.com"]}}, "corp.example.com"),
+    "win2022-vda2411-mcs": (
+        {"provisioningType": "Mcs", "installMisa": True, "installMcsio": True, "domainUnjoin": True,
+         "xdReconfigure": [{"ParameterName": "wem_server", "ParameterValue": "wem.corp.example.com"}]},
+        {"domain-unjoin": {"workgroup": "WORKGROUP"},
+         "vda-reconfigure": {"arguments": ["/wem_server", "wem.corp.example.com"]}}, "corp.example.com"),
+    "win11-vda2402-policy": (                       # VDA 2402 is not in the support table; not domain joined
+        {"provisioningType": "Mcs", "domainUnjoin": True,
+         "xdReconfigure": [{"ParameterName": "portnumber", "ParameterValue": "8080"}]}, {}, ""),
+}
+
+
+@pytest.fixture(scope="module")
+def others(samples, tmp_path_factory):
+    work = tmp_path_factory.mktemp("others")
+    store = make_store(work / "store", {
+        ("pvs-target-device", "2402.0.2000"): ("PVS_Device_x64_2402.exe", b"PVS stand-in " * 300),
+        ("vda-workstation-installer", "2203.0.6000.9"): ("VDAWorkstationSetup_2203.exe", b"VDA stand-in " * 300)})
+    children, results = {}, {}
+    for name, (params, _, _) in OTHERS.items():
+        sample = samples[name]
+        children[name] = disks.create_child(str(sample.path), str(work / f"{name}.qcow2"),
+                                            parent_fmt=sample.format).path
+        job = work / f"{name}.json"
+        job.write_text(json.dumps({"type": "prepare", "params": {**params, "payloads": str(store)}}))
+        results[name] = ce_json("run", "--job", str(job), children[name])
+    backs = {}
+    with Guest([Drive(children[n], "qcow2", readonly=True) for n in OTHERS]) as guest:
+        for name, device in zip(OTHERS, guest.devices()):
+            report = inspect_guest(guest, disks.info(children[name]), device=device)
+            root = guest.windows_root(device=device)
+            guest.mount_windows(root, readonly=True)
+            base = guest.win_path(FB)
+            files = {p.lstrip("/"): guest.g.read_file(base + p) for p in (guest.g.find(base) if guest.g.is_dir(base)
+                                                                            else []) if guest.g.is_file(base + p)}
+            system = registry.download_hive(guest.g, hive_path(guest, root, "SYSTEM"), work)
+            guest.g.umount_all()
+            backs[name] = {"report": report, "files": files, "system": system}
+    return results, backs
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_every_sample_gets_exactly_the_actions_it_needs(others, name):
+    results, backs = others
+    _, expected, pending = OTHERS[name]
+    result, back = results[name], backs[name]
+    assert result.get("error") is None and {o["status"] for o in result["outcomes"]} <= {"applied"}
+    files = back["files"]
+    staged = {a["name"]: json.loads(files[f"actions/{a['id']}.json"])
+              for a in (json.loads(files["plan.json"])["actions"] if files else [])}
+    assert staged == expected
+    assert back["report"].domain.pending_unjoin == pending
+    cmd = regipy_value(back["system"], r"\Setup", "CmdLine")
+    if expected:
+        assert cmd == ("REG_SZ", firstboot.command_line("/Windows"))
+        assert regipy_value(back["system"], r"\Setup", "SetupType") == ("REG_DWORD", 2)
+        assert [a["status"] for a in back["report"].first_boot.staged] == ["pending"] * len(expected)
+        for action in expected:
+            script = {"pvs-install": "pvs-install.ps1", "domain-unjoin": "domain-unjoin.ps1",
+                      "vda-reconfigure": "vda-reconfigure.ps1", "vda-add-components": "vda-add-components.ps1"}[action]
+            assert files[f"actions/{script}"] == firstboot.script_text(script)
+    else:
+        assert cmd is None and back["report"].first_boot is None
+        codes = sorted(w["code"] for w in result["warnings"])
+        assert codes == ["not_domain_joined", "vda_unsupported"]
