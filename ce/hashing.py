@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import disks
+from . import disks, staging
 from .errors import CeError
 from .smb import data_extents
 
@@ -129,7 +129,7 @@ def _decoded_blocks(info: disks.DiskInfo, cancel, length: int | None = None) -> 
     """The guest-visible bytes of a non-raw image (its first ``length`` bytes), decoded slice by slice by
     qemu-img into scratch files. The next slice is decoded in the background while the current one is used."""
     end = info.virtual_size if length is None else min(length, info.virtual_size)
-    scratch = tempfile.mkdtemp(prefix="ce-hash-", dir=_scratch_dir())
+    scratch = str(staging.make_scratch_dir("hash", _scratch_dir()))      # removed by the next one if killed
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     slices = [(offset, min(SLICE, end - offset)) for offset in range(0, end, SLICE)]
     try:

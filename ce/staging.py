@@ -3,11 +3,14 @@
 qemu-img cannot write to SMB (no smb:// driver) and the kernel cannot mount CIFS here, so an export converts into
 a local scratch file and uploads it; a reverse image downloads into one. The scratch directory is ``$CE_SCRATCH``
 when set, else the system temp directory; its free space is checked before any byte is written, and it is
-removed whatever happens.
+removed whatever happens -- even when the process is killed outright (SIGKILL, the CE VM losing power, the OOM
+killer): each scratch directory is named after its process, and the next one made removes those whose process is
+gone (a converted disk left there would hold gigabytes, in RAM for /dev/shm).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -21,6 +24,7 @@ from .step import StepCanceled, StepContext
 
 SCRATCH_ENV = "CE_SCRATCH"
 SCRATCH_MARGIN = 64 << 20            # headroom for qemu-img metadata and the file system itself
+OWNED_DIR = re.compile(r"^ce-[A-Za-z]+-(\d+)-")     # ce-PREFIX-PID-random, made by make_scratch_dir
 
 
 class ScratchSpaceShort(CeError):
@@ -54,11 +58,44 @@ def require_scratch(needed: int, what: str) -> dict:
 
 @contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"ce-{prefix}-", dir=scratch_base()))
+    path = make_scratch_dir(prefix)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def make_scratch_dir(prefix: str, base: str | None = None) -> Path:
+    """A new ``ce-PREFIX-PID-xxxx`` directory in ``base`` (default: the scratch directory), after removing the
+    ones a killed process left there."""
+    base = base or scratch_base()
+    remove_orphaned_dirs(base)
+    return Path(tempfile.mkdtemp(prefix=f"ce-{prefix}-{os.getpid()}-", dir=base))
+
+
+def remove_orphaned_dirs(base: str) -> list[str]:
+    """Remove the scratch directories in ``base`` whose process no longer runs; returns their names."""
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        owner = OWNED_DIR.match(entry.name)
+        if owner and entry.is_dir(follow_symlinks=False) and not _running(int(owner.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's live process
+        return True
+    return True
 
 
 def output_estimate(source: disks.DiskInfo, fmt: str, subformat: str | None) -> int:
