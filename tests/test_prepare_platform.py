@@ -473,3 +473,26 @@ def test_every_setting_cites_a_source_and_every_platform_is_covered():
         if platform["cloud"]:
             assert platform["rtc_utc_source"] in sources
     assert all(t["source"] in sources for name, t in data["tools"].items() if not name.startswith("_"))
+
+
+def test_unknown_platform_is_refused_before_launching(tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Mcs", "targetPlatform": "hyperv"}}))
+    proc = ce("plan", "--job", str(job), str(tmp_path / "missing.qcow2"))
+    assert proc.returncode == 1 and "error [invalid_job]" in proc.stderr and "targetPlatform" in proc.stderr
+
+
+def test_a_swapped_driver_payload_is_an_error_even_where_the_driver_is_optional(samples, tmp_path):
+    """storflt is optional on azure (a warning when absent), but a store that has it with the wrong bytes is
+    refused: a tampered driver must never reach a boot path."""
+    store = make_store(tmp_path / "store")
+    (store / "storflt.sys").write_bytes(driver_bytes("storflt.sys", "tampered"))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Mcs", "targetPlatform": "azure",
+                                                             "payloads": str(store)}}))
+    path = samples["win2016-vda1912"].path
+    before = sha256_file(path)
+    proc = ce("plan", "--job", str(job), str(path))
+    assert proc.returncode == 1, proc.stdout
+    assert "error [payload_mismatch]" in proc.stderr and "storflt.sys" in proc.stderr
+    assert sha256_file(path) == before

@@ -20,7 +20,7 @@ from ce.payloads import Payload, PayloadMissing
 from ce.plan import Planner, type_from_name
 from ce.registry import RegType
 
-from steps.inspect import UNINSTALL_VIEWS, detection_rules, uninstall_entries
+from steps.inspect import UNINSTALL_VIEWS, detection_rules
 
 ARCH = {"x86_64": "amd64", "i386": "x86", "aarch64": "arm64"}
 CLASS_GUID = {"scsi": "{4D36E97B-E325-11CE-BFC1-08002BE10318}", "net": "{4D36E972-E325-11CE-BFC1-08002BE10318}"}
@@ -33,6 +33,10 @@ RDP_POLICY_KEY = r"Policies\Microsoft\Windows NT\Terminal Services"
 
 class DriverMissing(CeError):
     code = "driver_missing"
+
+
+class WindowsTooOld(CeError):
+    code = "windows_too_old"
 
 
 def rules() -> dict:
@@ -159,11 +163,12 @@ def install_driver(ctx: PlatformPlan, driver: dict, payloads: list[Payload], why
     plan_service(ctx, driver, why)
     if not driver.get("pci"):
         return
-    if ctx.facts.os.build >= FIRST_DRIVER_DATABASE_BUILD:
-        plan_driver_database(ctx, driver, driver["pci"], why)
-    else:
-        for pci_id in driver["pci"]:
-            plan_critical_device(ctx, driver, pci_id, why)
+    if ctx.facts.os.build < FIRST_DRIVER_DATABASE_BUILD:
+        # Older Windows binds boot devices through CriticalDeviceDatabase instead; no supported VDA runs there.
+        raise WindowsTooOld(f"targetPlatform {ctx.platform}: binding {driver['service']} at boot needs Windows 8 / "
+                            f"Server 2012 or newer (build {FIRST_DRIVER_DATABASE_BUILD}+); this image is build "
+                            f"{ctx.facts.os.build}")
+    plan_driver_database(ctx, driver, driver["pci"], why)
 
 
 def package_folder(ctx: PlatformPlan, driver: dict) -> str:
@@ -193,13 +198,6 @@ def package_version(driver: dict) -> bytes:
     """DriverPackages Version: an 8-byte header, the device class GUID (binary, little-endian fields), 24 zero
     bytes; Windows 10's kernel PnP refuses a package without it."""
     return bytes([0, 0xFF, 9, 0, 0, 0, 0, 0]) + uuid.UUID(CLASS_GUID[driver["class"]]).bytes_le + bytes(24)
-
-
-def plan_critical_device(ctx: PlatformPlan, driver: dict, pci_id: str, why: str) -> None:
-    key = rf"{ctx.ccs}\Control\CriticalDeviceDatabase\pci#{pci_id.lower()}"
-    why = f"{why}; binds PCI\\{pci_id} at boot (CriticalDeviceDatabase before Windows 8, {cite(ctx.data, 'V2V')})"
-    ctx.planner.set("SYSTEM", key, "Service", RegType.SZ, driver["service"], reason=why)
-    ctx.planner.set("SYSTEM", key, "ClassGUID", RegType.SZ, CLASS_GUID[driver["class"]], reason=why)
 
 
 def plan_driver_packages(ctx: PlatformPlan, installed: list[tuple[dict, list[Payload]]]) -> None:
