@@ -67,7 +67,8 @@ class PlatformPlan:
 
 
 def plan_platform(planner: Planner, facts, platform: str, store_for) -> None:
-    """``store_for()`` opens the payload store (raising a clear error when none is configured)."""
+    """``store_for()`` opens the payload store, or returns None when none is configured (drivers the image lacks
+    are then missing: an error or a warning per platform)."""
     ctx = PlatformPlan(planner, facts, platform, store_for)
     installed = plan_drivers(ctx)
     if installed:
