@@ -119,8 +119,9 @@ def stage(planner, new: list[FirstBootAction]) -> None:
     require_setup_free(planner, command_line(systemroot))
     write = lambda rel, data, why: planner.write_bytes(f"{base}\\{rel}", data, reason=why)   # noqa: E731
     write(RUNNER, script_text(RUNNER), "first-boot runner (static script)")
+    for script in sorted({a.script for a in merged.values()}):       # one copy of a script several actions use
+        write(f"actions\\{script}", script_text(script), f"first-boot action script {script}")
     for action in merged.values():
-        write(f"actions\\{action.script}", script_text(action.script), f"first-boot action {action.name}")
         write(f"actions\\{action.id}.json", (json.dumps(action.params, indent=2, sort_keys=True) + "\n").encode(),
               f"parameters of first-boot action {action.name} (data, never executed)")
     write("plan.json", staged_plan(list(merged.values())), "the first-boot actions and their retry caps")

@@ -56,3 +56,26 @@ def _flags_field(record: bytes) -> int:
 def volume_is_dirty(read_at: ReadAt) -> bool:
     offset = volume_flag_offsets(read_at)[0]
     return bool(struct.unpack("<H", read_at(offset, 2))[0] & VOLUME_IS_DIRTY)
+
+
+EVERYONE_SID = bytes.fromhex("010100000000000100000000")          # S-1-1-0
+FILE_ALL_ACCESS = 0x001F01FF
+
+
+def grants_everyone_full_control(descriptor: bytes) -> bool:
+    """Does a self-relative security descriptor (ntfs-3g's system.ntfs_acl) let Everyone do anything? That is
+    what ntfs-3g gives the files it creates, so replacing a file with such a descriptor widens nothing."""
+    if len(descriptor) < 20:
+        return False
+    dacl = struct.unpack_from("<I", descriptor, 16)[0]
+    if not dacl or dacl + 8 > len(descriptor):
+        return not dacl                                     # no DACL at all: everyone has full access
+    count, offset = struct.unpack_from("<H", descriptor, dacl + 4)[0], dacl + 8
+    for _ in range(count):
+        ace_type, _flags, size = struct.unpack_from("<BBH", descriptor, offset)
+        mask = struct.unpack_from("<I", descriptor, offset + 4)[0]
+        sid = descriptor[offset + 8:offset + size]
+        if ace_type == 0 and sid == EVERYONE_SID and mask & FILE_ALL_ACCESS == FILE_ALL_ACCESS:
+            return True
+        offset += size
+    return False

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from . import firstboot, registry
+from . import firstboot, ntfs, registry
 from .errors import CeError
 from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot
@@ -74,6 +74,7 @@ class FileWrite(BaseModel):
     reason: str = ""
 
 
+REGISTRY_CHANGES = (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)
 Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction],
                    Field(discriminator="kind")]
 
@@ -170,6 +171,11 @@ class Planner:
 
     def write_file(self, path: str, source: Path, reason: str = "") -> None:
         digest, size = registry.sha256_file(source), source.stat().st_size
+        planned = [c for c in self.plan.changes if isinstance(c, FileWrite) and c.path.lower() == path.lower()]
+        if planned:
+            if planned[0].sha256 != digest:
+                raise CeError(f"{path} is planned twice with different contents", code="plan_conflict")
+            return
         guest_path = self.guest.win_path(path)
         old = self.guest.g.checksum("sha256", guest_path) if self.guest.g.is_file(guest_path) else None
         if old != digest:
@@ -196,8 +202,30 @@ class Planner:
         return action
 
     def finish(self) -> None:
-        """Turn the first-boot actions into the files and registry values that run them."""
+        """Turn the first-boot actions into the files and registry values that run them, after staging the
+        restore of any restrictive hive permissions the hive replacement will lose."""
+        checked: set[str] = set()
+        while True:
+            hives = {c.hive for c in self.plan.changes if isinstance(c, REGISTRY_CHANGES)}
+            hives |= {"SYSTEM"} if self._first_boot else set()     # arming first boot writes SYSTEM\Setup
+            if not hives - checked:
+                break
+            for name in sorted(hives - checked):
+                checked.add(name)
+                self._keep_permissions(name)
         firstboot.stage(self, self._first_boot)
+
+    def _keep_permissions(self, hive: str) -> None:
+        """ntfs-3g gives the replacing hive "Everyone: full control" and libguestfs cannot copy the original
+        descriptor (registry.commit_hive); a first-boot action puts the original back before anyone logs on."""
+        path = hive_path(self.guest, self.root, hive)
+        descriptor = self.guest.g.lgetxattr(path, registry.NTFS_ACL_XATTR)
+        if ntfs.grants_everyone_full_control(descriptor):
+            return
+        self.first_boot(f"restore-acl-{hive.lower()}", "restore-file-acl.ps1",
+                        {"path": "C:" + path.replace("/", "\\"), "sd": descriptor.hex()}, retries=3,
+                        required=True, timeout=300, reason=f"restore {hive}'s original NTFS permissions, which "
+                        f"replacing the hive offline resets to Everyone: full control")
 
     def warn(self, code: str, message: str) -> None:
         self.plan.warnings.append(StepWarning(code=code, message=message))
@@ -239,7 +267,7 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
 def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
     grouped: dict[str, list] = {}
     for change in plan.changes:
-        if isinstance(change, (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)):
+        if isinstance(change, REGISTRY_CHANGES):
             grouped.setdefault(change.hive, []).append(change)
     return grouped
 

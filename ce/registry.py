@@ -823,8 +823,8 @@ def _permission_warnings(g, original: str, staged: str) -> tuple[str, ...]:
     if g.lgetxattr(original, NTFS_ACL_XATTR) == g.lgetxattr(staged, NTFS_ACL_XATTR):
         return ()
     return (f"{original} now has the NTFS permissions ntfs-3g gives new files (Everyone: full control) instead "
-            "of its own, which libguestfs cannot copy; reset them in Windows (icacls <hive> /reset); the backup "
-            "keeps the original permissions",)
+            "of its own, which libguestfs cannot copy; prepare stages a first-boot action that puts the original "
+            "back (restore-acl-*), and the backup keeps the original permissions",)
 
 
 def _same_file(g, a: str, b: str) -> bool:

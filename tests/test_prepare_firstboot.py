@@ -19,7 +19,7 @@ import pytest
 from regipy.exceptions import RegistryKeyNotFoundException
 from regipy.registry import RegistryHive
 
-from ce import disks, firstboot, hashing, registry
+from ce import disks, firstboot, hashing, ntfs, registry
 from ce.guest import Drive, Guest
 from ce.payloads import PayloadMismatch, PayloadMissing, PayloadStore, PayloadStoreInvalid, write_manifest
 from ce.plan import hive_path
@@ -407,3 +407,33 @@ def test_every_sample_gets_exactly_the_actions_it_needs(others, name):
         assert cmd is None and back["report"].first_boot is None
         codes = sorted(w["code"] for w in result["warnings"])
         assert codes == ["not_domain_joined", "vda_unsupported"]
+
+
+# ---------------------------------------------------------------- hive permissions survive the replacement
+
+def test_restrictive_hive_permissions_are_restored_at_first_boot(samples, tmp_path):
+    """ntfs-3g gives a replacing hive "Everyone: full control"; ce stages the original descriptor's restore."""
+    disk = str(tmp_path / "w2019.qcow2")
+    disks.convert(str(samples["win2019-vda2203-pvs"].path), disk, "qcow2", src_fmt="qcow2")
+    original = {}
+    with Guest([Drive(disk, "qcow2", readonly=False)]) as guest:        # a Windows-like, restrictive descriptor
+        root = guest.windows_root()
+        guest.g.mount_options("permissions", root.device, "/")
+        for hive in ("SYSTEM", "SOFTWARE"):
+            path = f"/Windows/System32/config/{hive}"
+            guest.g.chmod(0o600, path)
+            original[hive] = guest.g.lgetxattr(path, registry.NTFS_ACL_XATTR)
+            assert not ntfs.grants_everyone_full_control(original[hive])
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Pvs", "domainUnjoin": True}}))
+    result = ce_json("run", "--job", str(job), disk)
+    actions = {o["change"]["name"]: o["change"] for o in result["outcomes"]
+               if o["change"]["kind"] == "first_boot_action"}
+    assert sorted(actions) == ["domain-unjoin", "restore-acl-software", "restore-acl-system"]
+    for hive in ("SYSTEM", "SOFTWARE"):
+        params = actions[f"restore-acl-{hive.lower()}"]["params"]
+        assert params == {"path": rf"C:\Windows\System32\config\{hive}", "sd": original[hive].hex()}
+        assert actions[f"restore-acl-{hive.lower()}"]["required"]
+    warned = [w["message"] for w in result["warnings"] if w["code"] == "hive_permissions"]
+    assert len(warned) == 2 and all("restore-acl" in w for w in warned)
+    assert ce_json("plan", "--job", str(job), disk)["changes"] == []
