@@ -134,6 +134,10 @@ build {
     destination = "/tmp/ce-build/debian-packages.txt"
   }
   provisioner "file" {
+    source      = "${path.root}/image-packages.txt"
+    destination = "/tmp/ce-build/image-packages.txt"
+  }
+  provisioner "file" {
     source      = "${path.root}/README.md"
     destination = "/tmp/ce-build/README.md"
   }

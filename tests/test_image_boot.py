@@ -65,7 +65,8 @@ class Vm:
                        check=True)
         self.forwards = forwards or {}
         hostfwd = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.forwards.items())
-        cmd = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory),
+        cmd = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max,svm=off,vmx=off", "-smp", "2",
+               "-m", str(memory),
                "-nodefaults", "-display", "none", "-no-reboot",
                "-drive", f"file={self.disk},if=virtio,format=qcow2",
                "-netdev", f"user,id=n0{hostfwd}", "-device", "virtio-net-pci,netdev=n0",
@@ -155,6 +156,7 @@ class Job:
 
     def session(self, *, client_cert: bool = True, token: str | None = None) -> requests.Session:
         s = requests.Session()
+        s.trust_env = False                 # else $REQUESTS_CA_BUNDLE silently replaces verify
         s.verify = str(self.ca)
         if client_cert:
             s.cert = (str(self.client.cert), str(self.client.key))

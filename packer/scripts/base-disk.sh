@@ -5,8 +5,10 @@
 #
 #   packer/scripts/base-disk.sh OUT.qcow2      # OUT becomes a symlink to the cached disk
 #
+# ce's run-time packages (../debian-packages.txt, image-packages.txt) are installed here, natively in a chroot: under
+# TCG in the build VM the same apt-get takes 20+ minutes; provision.sh then finds them installed.
 # The disk is cached under $CE_IMAGE_CACHE (default ~/.cache/ce/image) by a hash of everything that goes into it:
-# this script, files/base/, the suite, the mirrors, the package list and the size. FORCE=1 rebuilds it.
+# this script, files/base/, both package lists, the suite, the mirrors and the size. FORCE=1 rebuilds it.
 # Needs root (debootstrap, chroot) and libguestfs (one appliance launch lays out the disk).
 set -euo pipefail
 
@@ -24,7 +26,8 @@ mirror=${CE_DEBIAN_MIRROR:-$(apt_site "$suite")}
 security=${CE_DEBIAN_SECURITY_MIRROR:-$(apt_site "$suite-security")}
 [ -n "$mirror" ] || { echo "base-disk: no apt source for $suite on this host; set CE_DEBIAN_MIRROR" >&2; exit 1; }
 
-key=$( { cat "$0"; find "$here/files/base" -type f | sort | xargs cat;
+ce_packages=$(grep -hv '^\s*#' "$here/../debian-packages.txt" "$here/image-packages.txt" | tr -s ' \n' ' ')
+key=$( { cat "$0"; find "$here/files/base" -type f | sort | xargs cat; echo "$ce_packages";
          echo "$suite $size $mirror $security $packages"; } | sha256sum | cut -c1-16)
 disk=$cache/base-$key.qcow2
 mkdir -p "$cache" "$(dirname "$out")"
@@ -35,7 +38,13 @@ if [ -s "$disk" ] && [ -z "${FORCE:-}" ]; then
 fi
 
 work=$(mktemp -d "$cache/base-work.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+unmount() { for m in dev/pts dev sys proc; do ! mountpoint -q "$work/root/$m" || umount -l "$work/root/$m"; done; }
+cleanup() {
+    unmount
+    if grep -q " $work/" /proc/mounts; then echo "base-disk: $work is still mounted; left in place" >&2; return; fi
+    rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
 root=$work/root
 start=$SECONDS
 
@@ -48,6 +57,17 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >
     echo "deb $mirror $suite-updates main"
     [ -z "$security" ] || echo "deb $security $suite-security main"
 } > "$root/etc/apt/sources.list"
+echo "base-disk: ce's packages: $ce_packages"
+for m in proc sys dev dev/pts; do mount --bind "/$m" "$root/$m"; done
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"     # start no service inside the chroot
+chmod +x "$root/usr/sbin/policy-rc.d"
+{ chroot "$root" apt-get update -q &&
+  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get upgrade -y -q &&
+  DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -q --no-install-recommends $ce_packages
+} > "$work/apt.log" 2>&1 || { tail -20 "$work/apt.log" >&2; exit 1; }
+rm -f "$root/usr/sbin/policy-rc.d"
+unmount
+
 printf 'LABEL=root / ext4 errors=remount-ro 0 1\n' > "$root/etc/fstab"
 printf 'auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n' > "$root/etc/network/interfaces"
 echo ce > "$root/etc/hostname"
@@ -93,5 +113,6 @@ copy-file-to-device /usr/lib/EXTLINUX/mbr.bin /dev/sda size:440
 umount-all
 X
 mv "$work/disk.qcow2" "$disk.partial" && mv "$disk.partial" "$disk"
+find "$cache" -maxdepth 1 -name 'base-*.qcow2' ! -name "base-$key.qcow2" -delete     # older inputs' disks
 ln -sfn "$disk" "$out"
 echo "base-disk: built $disk ($(du -m "$disk" | cut -f1) MiB) in $((SECONDS - start)) s"

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Runs inside the build VM as root (Packer shell provisioner). Uploaded beforehand to /tmp/ce-build:
-# files/ (units, firewall, journald, ce-bootstrap), README.md, debian-packages.txt (ce's run-time packages) and wheels/
+# files/ (units, firewall, journald, ce-bootstrap), README.md, debian-packages.txt + image-packages.txt and wheels/
 # (the ce wheel built from this checkout plus its Python dependencies).
 set -euo pipefail
 src=/tmp/ce-build
 export DEBIAN_FRONTEND=noninteractive
 
-# What the image adds to ce's own run-time packages: the firewall, and the config-drive reader's vfat/ISO readers.
-image_packages="nftables mtools python3-pycdlib"
-ce_packages=$(grep -hv '^\s*#' "$src/debian-packages.txt" | tr -s ' \n' ' ')
+# ce's run-time packages plus what the image adds (firewall, config-drive readers). base-disk.sh already installed
+# them natively, so this is quick unless a list changed since the base disk was cached.
+packages=$(grep -hv '^\s*#' "$src/debian-packages.txt" "$src/image-packages.txt" | tr -s ' \n' ' ')
 
-echo "provision: apt-get install $ce_packages $image_packages"
+echo "provision: apt-get install $packages"
 # The build VM is thrown away if it crashes, so dpkg need not fsync every file (5-10x slower under TCG), and the
 # man page index is never read on a worker without logins.
 apt_options=(-y -qq --no-install-recommends -o Dpkg::Options::=--force-unsafe-io)
 rm -f /var/lib/man-db/auto-update
 apt-get update -qq
-apt-get install "${apt_options[@]}" $ce_packages $image_packages > /tmp/apt.log 2>&1 ||
+apt-get install "${apt_options[@]}" $packages > /tmp/apt.log 2>&1 ||
     { tail -30 /tmp/apt.log; exit 1; }
 apt-get upgrade "${apt_options[@]}" >> /tmp/apt.log 2>&1 || { tail -30 /tmp/apt.log; exit 1; }
 sync
