@@ -45,6 +45,7 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, DirectoryAccessM
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from . import smbwire
 from .disks import DestinationExists
 from .errors import CeError
 
@@ -55,16 +56,16 @@ for _noisy in ("smbprotocol", "spnego"):
 MiB = 1 << 20
 DEFAULT_PORT = 445
 CONNECT_TIMEOUT = 10.0
-# Chunk size and pipelining, measured here (256 MiB of random data to Samba 4.17 on 127.0.0.1, SMB 3.1.1 signed,
-# 2 vCPUs, medians of 5 runs, 4 requests in flight): 1 MiB chunks upload at 350-560 MB/s and download at 520-610 MB/s
-# for ~0.4 s of client CPU; 4 MiB at 250-320 / 540-580 MB/s; 8 MiB at ~200 / ~310 MB/s for 1.1 s of CPU. Bigger
-# chunks lose because smbprotocol copies each message several times into fresh allocations (page faults dominate).
-# One request at a time instead of 4 halves the upload speed.
-CHUNK = 1 * MiB
+# Downloads go through smbprotocol, which copies each message several times into fresh allocations: measured here
+# (256 MiB to Samba 4.17 on 127.0.0.1, SMB 3.1.1 signed, 2 vCPUs, 4 requests in flight) 1 MiB reads ran at
+# 520-610 MB/s, 4 MiB at 540-580, 8 MiB at ~310 (page faults dominate). Uploads build their WRITE requests in one
+# reusable buffer (ce.smbwire), so they use the largest write the server allows, up to 8 MiB as smbclient does.
+READ_CHUNK = 1 * MiB
+WRITE_CHUNK = 8 * MiB
 IN_FLIGHT = 4
 CREDIT_BYTES = 64 * 1024          # one SMB2 credit pays for 64 KiB of payload
 PARTIAL_SUFFIX = ".partial"
-ZERO_CHUNK = bytes(CHUNK)
+ZERO_CHUNK = bytes(READ_CHUNK)
 
 Progress = Callable[[int, int], None]
 
@@ -273,7 +274,8 @@ class SmbShare:
         self._timeout = timeout
         self._connection: Connection | None = None
         self._tree: TreeConnect | None = None
-        self._chunk = CHUNK
+        self._chunk = READ_CHUNK
+        self._write_chunk = WRITE_CHUNK
 
     def __repr__(self) -> str:
         return f"SmbShare({str(self.location)!r}, port={self.port})"
@@ -298,7 +300,7 @@ class SmbShare:
             self._tree = self._connect_tree(session)
             if self.location.folder:
                 self._require_folder()
-            self._chunk = self._reserve_credits(session)
+            self._chunk, self._write_chunk = self._reserve_credits(session)
         except BaseException:
             self.close()
             raise
@@ -356,20 +358,22 @@ class SmbShare:
             raise self._error(exc, f"connecting to {self.location.share_unc}") from None
         return tree
 
-    def _reserve_credits(self, session: Session) -> int:
-        """Ask for enough credits to keep IN_FLIGHT chunks on the wire; returns the chunk size to use.
+    def _reserve_credits(self, session: Session) -> tuple[int, int]:
+        """Ask for enough credits to keep IN_FLIGHT writes on the wire; returns the (read, write) chunk sizes.
 
-        A session starts with 64 credits (4 MiB of I/O) and smbprotocol fails a request it has no credits for
-        rather than waiting, so an echo asks for more up front. Samba grants what is asked; a server that grants
-        less gets smaller chunks."""
+        A session starts with a few credits and smbprotocol fails a request it has no credits for rather than
+        waiting, so an echo asks for more up front. Samba grants what is asked; a server that grants less gets
+        smaller chunks."""
         connection = self._connection
-        chunk = min(CHUNK, connection.max_write_size, connection.max_read_size)
-        wanted = (IN_FLIGHT + 1) * _credit_charge(connection, chunk)
+        read_chunk = min(READ_CHUNK, connection.max_read_size)
+        write_chunk = min(WRITE_CHUNK, connection.max_write_size)
+        wanted = (IN_FLIGHT + 1) * _credit_charge(connection, write_chunk)
         if _credits(connection) < wanted:
             with self._failures("asking the server for I/O credits", ""):
                 connection.echo(sid=session.session_id, timeout=self._timeout,
                                 credit_request=wanted - _credits(connection) + 1)
-        return min(chunk, max(1, _credits(connection) - 1) * CREDIT_BYTES)
+        affordable = max(1, _credits(connection) - 1) * CREDIT_BYTES
+        return min(read_chunk, affordable), min(write_chunk, affordable)
 
     def _require_folder(self) -> None:
         try:
@@ -524,19 +528,19 @@ class SmbShare:
 
     def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel) -> int:
         """Write the non-zero chunks of the data extents; returns the bytes sent."""
-        pipeline = _Pipeline(self._connection, progress, size)
+        pipeline = _Pipeline(self._connection, progress, size, cancel)
+        writer = smbwire.writer_for(handle, self._write_chunk)
         sent = 0
-        for offset, length in _chunks(extents, self._chunk):
+        for offset, length in _chunks(extents, self._write_chunk):
             _stop_if_canceled(cancel)
-            data = os.pread(fd, length, offset)
-            if len(data) != length:
+            if writer.read(fd, offset, length) != length:
                 raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
-            if _is_zero(data):
+            if writer.read_is_zero(length):
                 pipeline.add(None, offset + length)
                 continue
             pipeline.make_room(length)
-            request, _ = handle.write(data, offset, send=False)
-            pipeline.add(self._send(request), offset + length, functools.partial(_check_written, offset, length))
+            pipeline.add(writer.send(offset, length), offset + length,
+                         functools.partial(_check_written, offset, length))
             sent += length
         pipeline.drain()
         return sent
@@ -559,7 +563,7 @@ class SmbShare:
     # ------------------------------------------------ download internals
 
     def _receive_chunks(self, handle: Open, size: int, fd: int, progress, cancel) -> None:
-        pipeline = _Pipeline(self._connection, progress, size)
+        pipeline = _Pipeline(self._connection, progress, size, cancel)
         for offset, length in _chunks([(0, size)], self._chunk):
             _stop_if_canceled(cancel)
             pipeline.make_room(length)
@@ -715,12 +719,14 @@ class RemoteReader(io.RawIOBase):
 
 
 class _Pipeline:
-    """Keeps up to IN_FLIGHT requests on the wire and completes them in order, reporting progress."""
+    """Keeps up to IN_FLIGHT requests on the wire and completes them in order, reporting progress and checking
+    ``cancel`` after each (with 8 MiB writes a whole small file is on the wire before the first completes)."""
 
-    def __init__(self, connection: Connection, progress: Progress | None, total: int):
+    def __init__(self, connection: Connection, progress: Progress | None, total: int, cancel=None):
         self._connection = connection
         self._progress = progress
         self._total = total
+        self._cancel = cancel
         self._pending = collections.deque()       # (sent request or None for a skipped chunk, end offset, finish)
 
     def make_room(self, length: int) -> None:
@@ -743,6 +749,7 @@ class _Pipeline:
             if finish is not None:
                 finish(response)
         _report(self._progress, end, self._total)
+        _stop_if_canceled(self._cancel)
 
 
 # ---------------------------------------------------------------- helpers
@@ -772,7 +779,7 @@ def _chunks(extents, chunk: int) -> Iterator[tuple[int, int]]:
 
 
 def _is_zero(data: bytes) -> bool:
-    return data == (ZERO_CHUNK if len(data) == CHUNK else bytes(len(data)))
+    return data == (ZERO_CHUNK if len(data) == READ_CHUNK else bytes(len(data)))
 
 
 def _credits(connection: Connection) -> int:
