@@ -304,9 +304,22 @@ class SmbShare:
         except BaseException:
             self.close()
             raise
-        log.info("connected to %s (SMB dialect 0x%x, %s)", self.where, self._connection.dialect,
-                 "encrypted" if session.encrypt_data or self._tree.encrypt_data else "signed")
+        log.info("connected to %s (%s)", self.where, self.protection)
         return self
+
+    @property
+    def protection(self) -> str:
+        """What protects the bytes on the wire, e.g. "SMB 3.1.1, signed (AES-GMAC)"."""
+        if self._tree is None:
+            return "not connected"
+        connection, session = self._connection, self._tree.session
+        dialect = connection.dialect
+        version = f"SMB {dialect >> 8}.{(dialect >> 4) & 0xF}.{dialect & 0xF}"
+        if session.encrypt_data or self._tree.encrypt_data:
+            return f"{version}, encrypted"
+        if smbwire.signer(connection, session) is None:
+            return f"{version}, not signed"
+        return f"{version}, signed ({smbwire.signing_algorithm_name(connection)})"
 
     def close(self) -> None:
         connection, self._connection, self._tree = self._connection, None, None

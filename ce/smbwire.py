@@ -40,6 +40,9 @@ SIGNATURE_AT = FRAME_START + 48
 CREDIT_BYTES = 64 * 1024
 MAX_TCP_MESSAGE = 0xFFFFFF
 
+SIGNING_NAMES = {SigningAlgorithms.AES_GMAC: "AES-GMAC", SigningAlgorithms.AES_CMAC: "AES-CMAC",
+                 SigningAlgorithms.HMAC_SHA256: "HMAC-SHA256"}
+
 Signer = Callable[[memoryview, int], bytes]
 
 
@@ -147,17 +150,24 @@ def signer(connection: Connection, session) -> Signer | None:
     key = session.signing_key
     if not (session.signing_required and key):
         return None
-    if connection.dialect >= Dialects.SMB_3_1_1 and connection.signing_algorithm_id is not None:
-        algorithm = connection.signing_algorithm_id
-    elif connection.dialect >= Dialects.SMB_3_0_0:
-        algorithm = SigningAlgorithms.AES_CMAC
-    else:
-        algorithm = SigningAlgorithms.HMAC_SHA256
+    algorithm = _signing_algorithm(connection)
     if algorithm == SigningAlgorithms.AES_GMAC:
         return functools.partial(_gmac, algorithms.AES(key))
     if algorithm == SigningAlgorithms.AES_CMAC:
         return functools.partial(_cmac, algorithms.AES(key))
     return lambda message, _: hmac.new(key, message, hashlib.sha256).digest()[:16]
+
+
+def signing_algorithm_name(connection: Connection) -> str:
+    return SIGNING_NAMES.get(_signing_algorithm(connection), "unknown")
+
+
+def _signing_algorithm(connection: Connection) -> int:
+    if connection.dialect >= Dialects.SMB_3_1_1 and connection.signing_algorithm_id is not None:
+        return connection.signing_algorithm_id
+    if connection.dialect >= Dialects.SMB_3_0_0:
+        return SigningAlgorithms.AES_CMAC
+    return SigningAlgorithms.HMAC_SHA256
 
 
 def _gmac(aes: algorithms.AES, message: memoryview, message_id: int) -> bytes:
