@@ -148,7 +148,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
 def test_ce_service_waits_for_the_bootstrap():
     unit = (FILES / "ce.service").read_text()
     assert "ConditionPathExists=/run/ce/bootstrap.json" in unit
-    assert "Requires=ce-bootstrap.service" in unit and "After=ce-bootstrap.service" in unit
+    assert "Requires=ce-bootstrap.service nftables.service" in unit    # no firewall, no API
+    assert "After=ce-bootstrap.service" in unit
     assert "ExecStart=/opt/ce/bin/ce serve --bootstrap /run/ce/bootstrap.json" in unit
     assert "User=ce" in unit
 
@@ -375,7 +376,7 @@ def test_base_disk_boots_and_admits_only_the_build_key(tmp_path):
         port = s.getsockname()[1]
     serial = tmp_path / "serial.log"
     serial.touch()
-    vm = subprocess.Popen(["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", "2", "-m", "1024",
+    vm = subprocess.Popen(["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "qemu64", "-smp", "2", "-m", "1024",
                            "-nodefaults", "-display", "none", "-drive", f"file={overlay},if=virtio,format=qcow2",
                            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
                            "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{serial}",

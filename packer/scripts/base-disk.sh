@@ -8,7 +8,8 @@
 # ce's run-time packages (../debian-packages.txt, image-packages.txt) are installed here, natively in a chroot: under
 # TCG in the build VM the same apt-get takes 20+ minutes; provision.sh then finds them installed.
 # The disk is cached under $CE_IMAGE_CACHE (default ~/.cache/ce/image) by a hash of everything that goes into it:
-# this script, files/base/, both package lists, the suite, the mirrors and the size. FORCE=1 rebuilds it.
+# this script (less its comments), files/base/, both package lists, the suite, the mirrors and the size. FORCE=1
+# rebuilds it.
 # Needs root (debootstrap, chroot) and libguestfs (one appliance launch lays out the disk).
 set -euo pipefail
 
@@ -27,7 +28,7 @@ security=${CE_DEBIAN_SECURITY_MIRROR:-$(apt_site "$suite-security")}
 [ -n "$mirror" ] || { echo "base-disk: no apt source for $suite on this host; set CE_DEBIAN_MIRROR" >&2; exit 1; }
 
 ce_packages=$(grep -hv '^\s*#' "$here/../debian-packages.txt" "$here/image-packages.txt" | tr -s ' \n' ' ')
-key=$( { cat "$0"; find "$here/files/base" -type f | sort | xargs cat; echo "$ce_packages";
+key=$( { grep -v '^\s*#' "$0"; find "$here/files/base" -type f | sort | xargs cat; echo "$ce_packages";
          echo "$suite $size $mirror $security $packages"; } | sha256sum | cut -c1-16)
 disk=$cache/base-$key.qcow2
 mkdir -p "$cache" "$(dirname "$out")"
