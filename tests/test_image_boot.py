@@ -223,9 +223,9 @@ def test_bootstrap_came_from_the_config_drive(booted):
     assert "no connector callback" in console
 
 
-def test_health_over_mutual_tls_with_the_token(booted):
-    assert booted.get("/v1/health")["status"] == "ok"
-    wrong_token = booted.job.session(token="x" * 40).get(booted.url + "/v1/health", timeout=60)
+def test_health_over_mutual_tls_and_the_token_guards_the_rest(booted):
+    assert booted.get("/v1/health")["status"] == "ok"        # liveness: the client certificate is enough
+    wrong_token = booted.job.session(token="x" * 40).get(booted.url + "/v1/disks", timeout=60)
     assert wrong_token.status_code == 401
     with pytest.raises(requests.exceptions.SSLError):        # no client certificate: the TLS handshake fails
         booted.job.session(client_cert=False).get(booted.url + "/v1/health", timeout=60)

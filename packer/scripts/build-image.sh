@@ -4,6 +4,7 @@
 # times.json the measured durations. The build key is deleted whatever happens.
 #   CE_IMAGE_ACCEL=kvm   use KVM where nested virtualisation works (default tcg)
 #   CE_IMAGE_FORMATS     JSON list, e.g. '["qcow2"]' (default: every platform)
+#   CE_BASE_DISK         use this base disk instead of scripts/base-disk.sh's cached one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=${CE_IMAGE_DIR:-build/image}
@@ -14,7 +15,11 @@ export CHECKPOINT_DISABLE=1 LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 command -v packer > /dev/null || { echo "build-image: packer is not installed (make setup installs it)" >&2; exit 1; }
 
 t0=$SECONDS
-packer/scripts/base-disk.sh "$dir/base.qcow2"
+if [ -n "${CE_BASE_DISK:-}" ]; then              # an existing base disk (e.g. an older cached one), as it is
+    ln -sfn "$(readlink -f "$CE_BASE_DISK")" "$dir/base.qcow2"
+else
+    packer/scripts/base-disk.sh "$dir/base.qcow2"
+fi
 t_base=$((SECONDS - t0))
 
 t0=$SECONDS
