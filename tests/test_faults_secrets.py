@@ -81,17 +81,21 @@ class Search:
     """Counts the places searched and collects every hit of a canary (raw or UTF-16LE)."""
 
     def __init__(self):
-        self.places = 0
+        self.searched: set[str] = set()          # a process's environment polled many times is one place
         self.bytes = 0
         self.hits: list[str] = []
 
+    @property
+    def places(self) -> int:
+        return len(self.searched)
+
     def blob(self, where: str, data: bytes) -> None:
-        self.places += 1
+        self.searched.add(where)
         self._scan(where, data)
 
     def file(self, path: Path) -> None:
         """Reads only the data extents (the images are sparse); chunks overlap so no boundary hides a hit."""
-        self.places += 1
+        self.searched.add(str(path))
         with open(path, "rb") as f:
             fd = f.fileno()
             for start, length in data_extents(fd, os.fstat(fd).st_size):
@@ -123,15 +127,16 @@ def world(tmp_path_factory):
         for offset in (0, 24 * MiB, 48 * MiB):
             f.seek(offset)
             f.write(os.urandom(8 * MiB))
-    target = base / "target.raw"
+    target, local_out = base / "target.raw", base / "from-share.qcow2"
     target.touch()
+    local_out.touch()                           # over the server a local output is an attached disk, replaced
     scratch = base / "scratch"
     scratch.mkdir()
     connector = self_signed(base / "connector", "connector")
     receiver = Receiver(connector)
     os.environ[staging.SCRATCH_ENV] = str(scratch)
     try:
-        server = ServerProcess(base / "server", Pki(base / "pki"), disks=[str(golden), str(target)],
+        server = ServerProcess(base / "server", Pki(base / "pki"), disks=[str(golden), str(target), str(local_out)],
                                callback={"url": receiver.url, "sha1_fingerprint": connector.sha1()})
         doc = json.loads(server.bootstrap.read_text())
         server.token = doc["token"] = TOKEN
@@ -211,6 +216,7 @@ def test_no_secret_anywhere(world):
     samba, search = world["samba"], Search()
     base = world["base"]
     local_out = base / "from-share.qcow2"
+    assert local_out.stat().st_size == 0
     runs = {
         "export": run_step(world, search, "export", {
             "disk": str(world["golden"]), "outputStorageLocation": location(samba, "exp"), "SmbDiskName": "golden",
@@ -225,7 +231,7 @@ def test_no_secret_anywhere(world):
             "outputImageFilename": "golden.vmdk", "outputFormat": "vmdk"}),
         "convert-from": run_step(world, search, "convert", {
             "inputStorageLocation": location(samba, "exp"), "inputImageFilename": "golden.vhdx",
-            "output": str(local_out), "outputFormat": "qcow2"}),
+            "output": str(local_out), "outputFormat": "qcow2", "overwriteOutput": True}),
         "reverse": run_step(world, search, "reverseImage", {
             "disk": str(world["target"]), "inputStorageLocation": location(samba, "exp"),
             "inputImageFilename": "golden.vhdx"}),
@@ -239,7 +245,7 @@ def test_no_secret_anywhere(world):
     assert runs["wrong-password"]["error"]["code"] == "smb_auth_failed"
     assert runs["export"]["params"]["outputStorageLocation"]["credentials"]["password"] == "**********"
     assert sum(r["seen_workers"] for r in runs.values()) > 0, "no step process was ever seen running"
-    assert local_out.exists() and (samba.share_dir("share") / "pvs" / "Golden.vhdx").exists()
+    assert local_out.stat().st_size > 0 and (samba.share_dir("share") / "pvs" / "Golden.vhdx").exists()
 
     server, receiver = world["server"], world["receiver"]
     wait_until(lambda: sum(b'"status": "' in b or b'"status":"' in b for b in receiver.bodies) >= 3 * len(runs),
