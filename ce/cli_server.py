@@ -13,7 +13,7 @@ EXIT_OK, EXIT_ERROR = 0, 1
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the step API over mutual TLS (gunicorn), configured by a bootstrap file")
     p.add_argument("--bootstrap", required=True, help="the job's bootstrap.json")
-    p.add_argument("--threads", type=int, default=16, help="request threads (default 16)")
+    p.add_argument("--threads", type=int, default=64, help="request threads (default 64)")
     p.add_argument("--step-timeout", type=int, default=None,
                    help="seconds a step may run when its params give no timeout (default 7200)")
     p.add_argument("--cancel-grace", type=float, default=None,

@@ -5,6 +5,8 @@ and one human sentence saying what is wrong and what to do. Nothing else should 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class CeError(Exception):
     """Base class: ``code`` is stable, ``message`` is one actionable line."""
@@ -22,6 +24,17 @@ class CeError(Exception):
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}
+
+
+@contextmanager
+def naming_field(field: str):
+    """A refusal raised inside is about the request field ``field`` (the server reports it as ``error.field``)."""
+    try:
+        yield
+    except CeError as exc:
+        if getattr(exc, "field", None) is None:
+            exc.field = field
+        raise
 
 
 class DiskError(CeError):

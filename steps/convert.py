@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ce import disks, staging
+from ce.errors import naming_field
 from ce.smb import RemoteExists, normalize_path
 from ce.smbtarget import StorageLocation
 from ce.step import StepContext, StepType, register
@@ -31,7 +32,8 @@ class Params(BaseModel):
     inputStorageLocation: StorageLocation | None = None
     inputImageFilename: str | None = None
     sourceFormat: str | None = Field(None, description="default: probed (a fixed VHD is recognised by its footer)")
-    output: str | None = Field(None, description="local output file")
+    output: str | None = Field(None, description="local output file (over the server: an attached disk file, "
+                                                 "replaced with overwriteOutput)")
     outputStorageLocation: StorageLocation | None = None
     outputImageFilename: str | None = None
     outputFormat: Literal["raw", "qcow2", "vhd", "vhdx", "vmdk"]
@@ -56,12 +58,15 @@ class Params(BaseModel):
 
 def validate(params: Params) -> None:
     fmt = disks.qemu_format(params.outputFormat)
-    disks._choose_subformat(fmt, params.subformat, params.azureFixed)
+    with naming_field("subformat"):
+        disks._choose_subformat(fmt, params.subformat, params.azureFixed)
     if params.sourceFormat:
-        disks.qemu_format(params.sourceFormat)
-    for name in (params.inputImageFilename, params.outputImageFilename):
-        if name is not None:
-            normalize_path(name)
+        with naming_field("sourceFormat"):
+            disks.qemu_format(params.sourceFormat)
+    for field in ("inputImageFilename", "outputImageFilename"):
+        if getattr(params, field) is not None:
+            with naming_field(field):
+                normalize_path(getattr(params, field))
 
 
 # ---------------------------------------------------------------- plan
@@ -171,4 +176,4 @@ def _bands(params: Params) -> dict:
 
 
 STEP = register(StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
-                         Params=Params, run=run, disk_params=("source",), validate=validate))
+                         Params=Params, run=run, disk_params=("source", "output"), validate=validate))

@@ -19,10 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ce import disks, hashing, smb, staging
-from ce.errors import CeError
+from ce.errors import naming_field
 from ce.smb import RemoteExists, ShareFull, SmbShare
 from ce.smbtarget import StorageLocation
-from ce.step import StepContext, StepType, register
+from ce.step import InvalidParams, StepContext, StepType, register
 
 NAME = "export"
 FORMATS = {"VhdxDiskFormat": ("vhdx", "dynamic", ".vhdx"), "VhdDiskFormat": ("vhd", "dynamic", ".vhd")}
@@ -30,7 +30,7 @@ DISK_EXTENSIONS = (".vhdx", ".vhd", ".avhdx", ".avhd", ".vmdk", ".qcow2", ".raw"
 SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
 
 
-class InvalidName(CeError):
+class InvalidName(InvalidParams):
     code = "invalid_params"
 
 
@@ -66,7 +66,8 @@ def file_name(params: Params) -> str:
 
 
 def validate(params: Params) -> None:
-    file_name(params)
+    with naming_field("SmbDiskName"):
+        file_name(params)
 
 
 # ---------------------------------------------------------------- plan

@@ -51,7 +51,7 @@ def validate(params: Params) -> None:
     if not VDISK_NAME.match(params.vDiskName):
         raise export.InvalidName(f"params.vDiskName {params.vDiskName!r} is not a usable vDisk name: letters, "
                                  "digits, spaces, '-', '_' and parentheses, at most 100, no dots or path "
-                                 "separators (PVS adds the extension and version numbers itself)")
+                                 "separators (PVS adds the extension and version numbers itself)", field="vDiskName")
 
 
 def export_params(params: Params) -> export.Params:

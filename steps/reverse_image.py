@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ce import disks, hashing, staging
-from ce.errors import CeError
+from ce.errors import CeError, naming_field
 from ce.smb import RemoteNotFound, normalize_path
 from ce.smbtarget import StorageLocation
 from ce.step import StepContext, StepType, register
@@ -70,7 +70,8 @@ def expected_format(params: Params) -> str:
 
 
 def validate(params: Params) -> None:
-    expected_format(params)
+    with naming_field("inputImageFilename"):
+        expected_format(params)
 
 
 # ---------------------------------------------------------------- plan

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__, disks as disk_info
 from ..errors import CeError
-from ..step import InvalidParams, StepType
+from ..step import StepType
 from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
 from .bootstrap import Bootstrap
@@ -114,6 +114,11 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
 
     @app.post("/v1/steps")
     def create_step():
+        # A chunked body has no Content-Length to refuse up front: werkzeug stops reading it at MAX_BODY and
+        # would hand over the truncated JSON as if it were all.
+        if len(request.get_data()) >= MAX_BODY:
+            return error("request_entity_too_large", f"the request body must be smaller than {MAX_BODY} bytes",
+                         413)
         body = request.get_json(force=True, silent=True)
         if not isinstance(body, dict):
             return error("invalid_request", "the request body must be a JSON object {id, type, params}")
@@ -158,7 +163,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     @app.errorhandler(CeError)
     def ce_error(exc: CeError):
         field = getattr(exc, "field", None)
-        if isinstance(exc, InvalidParams) and field and field != "type":
+        if field and field != "type" and not field.startswith("params."):
             field = f"params.{field}"
         # Anything else a request raises is a refusal of that request's content (a step's own validation).
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422

@@ -13,10 +13,13 @@ from gunicorn.app.base import BaseApplication
 
 from .. import logs, tls
 from .bootstrap import Bootstrap, BootstrapInvalid
+from .slowclients import DeadlineSocket
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
 
 log = logging.getLogger("ce.server")
-THREADS = 16
+# Threads only wait (on SQLite, on sockets): 64 let ~60 slow or stalled clients (each dropped within
+# slowclients' deadlines) sit beside the connector's polls without delaying them.
+THREADS = 64
 
 LOGCONFIG = {
     "version": 1, "disable_existing_loggers": False,
@@ -34,6 +37,7 @@ class CeServer(BaseApplication):
                  cancel_grace: float = CANCEL_GRACE, verbose: bool = False):
         self.boot, self.default_timeout, self.cancel_grace = boot, default_timeout, cancel_grace
         self.context = tls.server_context(boot.tls.cert, boot.tls.key, boot.tls.client_ca)
+        self.context.sslsocket_class = DeadlineSocket      # slow clients cannot hold the threads
         self.options = {
             "bind": [f"[{boot.host}]:{boot.port}" if ":" in boot.host else f"{boot.host}:{boot.port}"],
             "workers": 1, "worker_class": "gthread", "threads": threads,

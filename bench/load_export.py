@@ -1,0 +1,196 @@
+"""An export under polling load: 200 connectors polling the step while it converts and uploads a 1 GiB disk.
+
+    python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 2]
+
+Starts the real server (gunicorn, mutual TLS, generated certificates) and a real smbd on 127.0.0.1, makes a disk of
+``--size-mb`` random bytes, then runs ``--rounds`` pairs of exports of it through the API, interleaved: one
+*unloaded* (only this script checks on it, twice a second) and one *loaded*, while ``--pollers`` pollers (threads
+with their own TLS sessions, spread over ``--procs`` client processes, connected before the export starts) poll
+``GET /v1/steps/{id}`` every ``--interval`` seconds until it ends. Reports poll errors and latency (client side:
+p50 / p99 / max; server side from the access log), and the export's throughput loaded and unloaded (from the step's
+own ``seconds``, median of the rounds) as a ratio; the issue's target is a loaded export within 10 % of the unloaded
+one. Clients, server, qemu-img and smbd share the machine's CPUs (the load average is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import percentile, server_durations  # noqa: E402
+from ce.tls import OutboundPolicy, outbound_session  # noqa: E402
+from tests.server_harness import Pki, ServerProcess  # noqa: E402
+from tests.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
+
+MiB = 1 << 20
+TERMINAL = ("succeeded", "failed", "canceled")
+TARGET = 0.9
+
+
+def make_disk(path: Path, size_mb: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size_mb):
+            f.write(os.urandom(MiB))
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------- pollers (in client processes)
+
+def poller(conn: dict, interval: float, go, stop, out: dict) -> None:
+    session = outbound_session(OutboundPolicy(ca=Path(conn["ca"])), client_cert=(conn["cert"], conn["key"]))
+    session.headers["Authorization"] = f"Bearer {conn['token']}"
+    try:
+        session.get(conn["base"] + "/v1/health", timeout=60)      # TCP + TLS before the export starts
+    except Exception as exc:                                     # counted, never fatal
+        out["errors"].append(f"connect {type(exc).__name__}")
+    go.wait()
+    url = f"{conn['base']}/v1/steps/{conn['step']}"
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            response = session.get(url, timeout=60)
+            out["latencies"].append(time.perf_counter() - started)
+            if response.status_code != 200:
+                out["errors"].append(f"HTTP {response.status_code}")
+            elif response.json()["status"] in TERMINAL:
+                stop.set()
+        except Exception as exc:
+            out["errors"].append(type(exc).__name__)
+        stop.wait(max(0.0, interval - (time.perf_counter() - started)))
+
+
+def poller_process(conn: dict, threads: int, interval: float, ready, go, stop, results) -> None:
+    out = {"latencies": [], "errors": []}
+    workers = [threading.Thread(target=poller, args=(conn, interval, go, stop, out)) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    ready.release()
+    for t in workers:
+        t.join()
+    results.put(out)
+
+
+# ---------------------------------------------------------------- exports
+
+def export_params(disk: Path, samba: SambaServer, name: str) -> dict:
+    return {"disk": str(disk), "SmbDiskName": name,
+            "outputStorageLocation": {"Location": samba.unc("share"), "port": samba.port,
+                                      "credentials": {"username": USER, "password": PASSWORD}}}
+
+
+def run_export(server: ServerProcess, api, disk: Path, samba: SambaServer, step_id: str, before_start=None) -> dict:
+    response = api.post(server.url + "/v1/steps", json={"id": step_id, "type": "export",
+                                                        "params": export_params(disk, samba, step_id)}, timeout=60)
+    response.raise_for_status()
+    if before_start:
+        before_start()
+    while True:
+        doc = api.get(f"{server.url}/v1/steps/{step_id}", timeout=60).json()
+        if doc["status"] in TERMINAL:
+            break
+        time.sleep(0.5)
+    if doc["status"] != "succeeded":
+        raise SystemExit(f"export {step_id} {doc['status']}: {doc['error']}")
+    (samba.share_dir("share") / f"{step_id}.vhdx").unlink()
+    return doc["result"]
+
+
+def loaded_export(server: ServerProcess, api, disk: Path, samba: SambaServer, args) -> tuple[dict, dict]:
+    step_id = f"loaded-{uuid.uuid4().hex[:8]}"
+    conn = {"base": server.url, "step": step_id, "ca": str(server.pki.ca.cert_path),
+            "cert": str(server.pki.client.cert), "key": str(server.pki.client.key), "token": server.token}
+    mp = multiprocessing.get_context("spawn")
+    ready, go, stop, results = mp.Semaphore(0), mp.Event(), mp.Event(), mp.Queue()
+    shares = [args.pollers // args.procs + (i < args.pollers % args.procs) for i in range(args.procs)]
+    procs = [mp.Process(target=poller_process, args=(conn, n, args.interval, ready, go, stop, results))
+             for n in shares if n]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    time.sleep(2)                                     # the pollers' first requests (handshakes) are done
+    result = run_export(server, api, disk, samba, step_id, before_start=go.set)
+    stop.set()
+    load = {"latencies": [], "errors": []}
+    for _ in procs:
+        got = results.get()
+        load["latencies"] += got["latencies"]
+        load["errors"] += got["errors"]
+    for p in procs:
+        p.join()
+    load["step"] = step_id
+    return result, load
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pollers", type=int, default=200)
+    parser.add_argument("--procs", type=int, default=4, help="client processes the pollers are spread over")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between one poller's requests")
+    parser.add_argument("--size-mb", type=int, default=1024, help="the disk's size (random bytes)")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of unloaded + loaded exports")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ce-bench-load-export-") as tmp:
+        tmp = Path(tmp)
+        disk, scratch = tmp / "golden.raw", tmp / "scratch"
+        scratch.mkdir()
+        make_disk(disk, args.size_mb)
+        samba = SambaServer(tmp / "samba").start()
+        os.environ["CE_SCRATCH"] = str(scratch)
+        server = ServerProcess(tmp / "server", Pki(tmp / "pki"), disks=[str(disk)], verbose=True)
+        try:
+            server.start()
+            api = server.session()
+            unloaded, loaded, loads = [], [], []
+            for _ in range(args.rounds):
+                unloaded.append(run_export(server, api, disk, samba, f"unloaded-{uuid.uuid4().hex[:8]}"))
+                result, load = loaded_export(server, api, disk, samba, args)
+                loaded.append(result)
+                loads.append(load)
+        finally:
+            server.stop()
+            samba.stop()
+        handled = sorted(d for load in loads for d in server_durations(server.log_text(), f"/v1/steps/{load['step']}"))
+
+    latencies = sorted(x * 1000 for load in loads for x in load["latencies"])
+    errors = [e for load in loads for e in load["errors"]]
+    size = args.size_mb * MiB
+    rate_unloaded = statistics.median(size / r["seconds"] / 1e6 for r in unloaded)
+    rate_loaded = statistics.median(size / r["seconds"] / 1e6 for r in loaded)
+    ratio = rate_loaded / rate_unloaded
+    print(f"export of a {args.size_mb} MiB random disk to smbd on 127.0.0.1 (VHDX), {args.rounds} rounds, "
+          f"median; {args.pollers} pollers every {args.interval} s during the loaded runs")
+    print(f"{'':<24}{'seconds':>9}{'MB/s':>8}")
+    for label, results, rate in (("unloaded", unloaded, rate_unloaded), ("loaded", loaded, rate_loaded)):
+        print(f"{'export ' + label:<24}{statistics.median(r['seconds'] for r in results):>9.1f}{rate:>8.0f}")
+    print(f"{'loaded / unloaded':<24}{'':>9}{ratio:>8.2f}  target >= {TARGET} "
+          f"({'met' if ratio >= TARGET else 'MISSED'})")
+    print(f"polls {len(latencies)}, errors {len(errors)}{' ' + str(sorted(set(errors))) if errors else ''}; "
+          f"latency ms p50 {percentile(latencies, 50):.1f}  p99 {percentile(latencies, 99):.1f}  "
+          f"max {latencies[-1] if latencies else float('nan'):.1f}; in the server's handler p50 "
+          f"{percentile(handled, 50):.2f}  p99 {percentile(handled, 99):.2f}")
+    print(json.dumps({"pollers": args.pollers, "interval_s": args.interval, "size_mb": args.size_mb,
+                      "rounds": args.rounds, "polls": len(latencies), "errors": len(errors),
+                      "p50_ms": round(percentile(latencies, 50), 1), "p99_ms": round(percentile(latencies, 99), 1),
+                      "server_p50_ms": round(percentile(handled, 50), 2),
+                      "server_p99_ms": round(percentile(handled, 99), 2),
+                      "unloaded_seconds": [r["seconds"] for r in unloaded],
+                      "loaded_seconds": [r["seconds"] for r in loaded], "throughput_ratio": round(ratio, 3),
+                      "load_average": Path("/proc/loadavg").read_text().split()[:3]}))
+    return 0 if not errors and latencies else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
