@@ -28,9 +28,11 @@ images: venv
 test: venv images
 	$(PY) -m pytest tests
 
-# crash injection at every second libguestfs call of a prepare's apply (>= 50 kill points; slow, ~1 h under TCG)
+# crash injection at every second libguestfs call of a prepare's apply (>= 50 kill points; slow, ~1 h under TCG),
+# byte moves killed in every phase at 10/50/90 %, every hostile value run to its end, the secrets sweep
 test-faults: venv images
-	CE_FAULT_POINTS=all $(PY) -m pytest -s tests/test_faults_prepare.py
+	CE_FAULT_POINTS=all CE_FAULT_BYTES=all CE_FAULT_REQUESTS=all $(PY) -m pytest -s tests/test_faults_prepare.py \
+	    tests/test_faults_bytes.py tests/test_faults_requests.py tests/test_faults_secrets.py
 
 test-fast: venv
 	$(PY) -m pytest tests -m 'not slow'
@@ -43,7 +45,7 @@ plan-sample: venv images
 	$(VENV)/bin/ce plan --job examples/prepare-mcs.json images/build/win2016-vda1912.qcow2
 
 # ce vs the physical limit, side by side on the same data (a few minutes); one script per line
-BENCH_SCRIPTS := bench/disks.py bench/load.py
+BENCH_SCRIPTS := bench/disks.py bench/load.py bench/load_export.py
 bench: venv
 	@set -e; for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(PY) $$script; done
 
