@@ -232,6 +232,7 @@ class Guest:
                                  f"run `libguestfs-test-tool` for details, or set {ACCEL_ENV}=tcg") from exc
         self.launch_seconds = time.monotonic() - started
         self.g = faults.instrument(g)
+        faults.note("# launch")
         log.info("appliance up in %.1f s (%s)", self.launch_seconds, self.accel)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Crash injection during prepare: SIGKILL the worker (and with it the appliance) at many points of the apply.
+"""Crash injection during prepare (every option: VDA, components, unjoin, platform): SIGKILL the worker (and with it the appliance) at many points of the apply.
 
 A clean run is traced first (CE_FAULT_TRACE, ce/faults.py) to count its libguestfs calls; then, for each chosen
 call of the apply phase, a fresh child of the sample is prepared with CE_FAULT_KILL_AT pointing at it. After
@@ -31,6 +31,7 @@ SAMPLE = "win2016-vda1912"
 HIVES = ("SYSTEM", "SOFTWARE")
 FB = r"C:\Windows\Setup\ce-firstboot"
 JOB = {"provisioningType": "Mcs", "installMisa": True, "installMcsio": True, "domainUnjoin": True,
+       "targetPlatform": "azure",
        "xdReconfigure": [{"ParameterName": "controllers", "ParameterValue": "ddc9.corp.example.com"},
                          {"ParameterName": "portnumber", "ParameterValue": "8080"}]}
 
@@ -116,6 +117,7 @@ def clean(samples, tmp_path_factory):
     proc = ce_run(job, done, {"CE_FAULT_TRACE": str(trace)})
     assert proc.returncode == 0, proc.stderr
     lines = trace.read_text().splitlines()
+    assert lines.count("# launch") == 1             # a whole prepare with every option is one appliance launch
     start = lines.index("# apply")
     apply_calls = [int(line.split()[0]) for line in lines[start + 1:]]
     before, after = states([original, done], work)
