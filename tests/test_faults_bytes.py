@@ -91,10 +91,10 @@ def summary():
     yield
     if SUMMARY:
         print("\ninterrupted byte moves (SIGKILL of the process group):")
-        print(f"{'step':<14}{'phase':<10}{'kill at':>8}{'was at':>8}  {'left after the kill':<64}after the re-run")
+        print(f"{'step':<14}{'phase':<10}{'kill at':>8}{'was at':>8}  {'left after the kill':<68}after the re-run")
         for row in SUMMARY:
             print(f"{row['step']:<14}{row['phase']:<10}{row['target']:>8.0%}{row['at']:>8.0%}  "
-                  f"{' '.join(row['debris']) or '-':<64}{' '.join(row['left']) or 'nothing'}")
+                  f"{' '.join(row['debris']) or '-':<68}{' '.join(row['left']) or 'nothing'}")
         print(f"{len(SUMMARY)} interrupts, {sum(len(r['left']) for r in SUMMARY)} partial/temp files left")
 
 
