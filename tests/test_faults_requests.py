@@ -370,9 +370,9 @@ def test_slow_clients_do_not_block_polls(world):
             took.append(time.monotonic() - started)
             assert all(t.is_alive() for t in threads), "the slow clients stopped before the polls"
         assert answered == [200] * 5
-        # and the server lets go of them: a stalled handshake and a request trickled a byte a second (it would
-        # take ~250 s to finish) are both dropped
-        wait_until(lambda: "stall" in dropped and "trickle" in dropped, 60, "the server to drop the slow clients")
+        # and the server lets go of them (ce/server/slowclients.py: 20 s, 30 s): a stalled handshake and a request
+        # trickled a byte a second (it would take ~250 s to finish) are both dropped
+        wait_until(lambda: "stall" in dropped and "trickle" in dropped, 120, "the server to drop the slow clients")
     finally:
         stop.set()
         for t in threads:

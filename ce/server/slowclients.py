@@ -17,8 +17,10 @@ import time
 
 log = logging.getLogger("ce.server")
 
-HANDSHAKE_SECONDS = 5.0        # a connector on the same network needs milliseconds
-REQUEST_SECONDS = 10.0         # request line, headers and a body of at most 1 MiB
+# A connector on the same network needs milliseconds; the margin is for a CE whose CPUs are busy (200 pollers
+# connecting at once to a 2-CPU machine under load took over 5 s for a few handshakes).
+HANDSHAKE_SECONDS = 20.0
+REQUEST_SECONDS = 30.0         # request line, headers and a body of at most 1 MiB
 SEND_SECONDS = 30.0            # each write of a response to a client that reads slowly
 
 
