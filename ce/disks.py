@@ -475,11 +475,21 @@ def _partial_output(dst: str, overwrite: bool):
     try:
         yield partial
         _require_destination(dst, overwrite)
-        os.replace(partial, dst)
+        _fsync(partial)                 # qemu-img leaves its output in the page cache: a power loss after the
+        os.replace(partial, dst)        # rename could otherwise show a partly written disk at the final name
+        _fsync(os.path.dirname(os.path.abspath(dst)))
     except BaseException:
         with suppress(FileNotFoundError):
             os.remove(partial)
         raise
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _require_destination(dst: str, overwrite: bool) -> None:

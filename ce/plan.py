@@ -152,10 +152,17 @@ class Planner:
 
     def set(self, hive: str, key: str, name: str, rtype: RegType, data: Any, reason: str = "") -> None:
         registry.encode_value(rtype, data)          # refuse bad data at plan time, not half-way through apply
+        new = RegValue(rtype, data).to_json()
+        for c in self.plan.changes:                 # two concerns may want the same value: plan it once
+            if isinstance(c, RegistrySet) and (c.hive, c.key.lower(), c.name.lower()) == (hive, key.lower(),
+                                                                                          name.lower()):
+                if (c.type, c.new) != (new["type"], new["value"]):
+                    raise CeError(f"{hive}\\{key}\\{name} is planned as {c.new!r} and as {new['value']!r}",
+                                  code="plan_conflict")
+                return
         old = self.hive(hive).get(key, name)
         if old is not None and old.type == rtype and old.data == data:
             return
-        new = RegValue(rtype, data).to_json()
         self.plan.changes.append(RegistrySet(hive=hive, key=key, name=name, type=new["type"], old=json_of(old),
                                              new=new["value"], reason=reason))
 
