@@ -43,7 +43,7 @@ DATA_REGIONS = [(0, 64 * MiB), (96 * MiB, 64 * MiB), (192 * MiB, 32 * MiB)]   # 
 POLL = 0.002
 ALL = os.environ.get("CE_FAULT_BYTES") == "all"
 # make test: one kill per kind of phase (conversion, upload, download, writing the disk), at 50 %
-SAMPLE = {("export", "convert"), ("publish", "upload"), ("convert<smb", "download"), ("reverseImage", "write")}
+SAMPLE = {("export", "convert"), ("convert>smb", "upload"), ("convert<smb", "download"), ("reverseImage", "write")}
 SUMMARY: list[dict] = []
 
 
