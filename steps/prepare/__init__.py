@@ -59,7 +59,11 @@ def validate(params: Params) -> None:
 
 def payload_store(params: Params):
     """The store, opened only when an option needs a payload."""
-    root = params.payloads or os.environ.get("CE_PAYLOADS")
+    configured = os.environ.get("CE_PAYLOADS")          # the server sets it from its bootstrap
+    if configured and params.payloads and os.path.realpath(params.payloads) != os.path.realpath(configured):
+        raise PayloadStoreInvalid("params.payloads names another directory than the payload store this service is "
+                                  "configured with; leave it out")
+    root = params.payloads or configured
     if not root:
         raise PayloadStoreInvalid("this prepare needs installers from a payload store: give params.payloads "
                                   "(a directory with manifest.json) or set CE_PAYLOADS")
