@@ -301,20 +301,24 @@ def _vhdx_facts(read_at) -> tuple[str | None, int | None]:
     metadata = _vhdx_metadata_offset(read_at(VHDX_REGION_TABLE, 64 * 1024))
     if metadata is None:
         return None, None
+    items = vhdx_metadata_items(read_at, metadata)
+    kind = size = None
+    if VHDX_FILE_PARAMETERS in items:
+        flags = struct.unpack("<I", read_at(items[VHDX_FILE_PARAMETERS] + 4, 4))[0]
+        kind = ("differencing" if flags & VHDX_HAS_PARENT
+                else "fixed" if flags & VHDX_LEAVE_BLOCKS_ALLOCATED else "dynamic")
+    if VHDX_VIRTUAL_DISK_SIZE in items:
+        size = struct.unpack("<Q", read_at(items[VHDX_VIRTUAL_DISK_SIZE], 8))[0]
+    return kind, size
+
+
+def vhdx_metadata_items(read_at, metadata: int) -> dict[bytes, int]:
+    """{item GUID (bytes_le): absolute file offset of its data} from the metadata table at ``metadata``."""
     table = read_at(metadata, 64 * 1024)
     if table[:8] != b"metadata":
-        return None, None
-    kind = size = None
-    for i in range(struct.unpack_from("<H", table, 10)[0]):
-        entry = table[32 + 32 * i:64 + 32 * i]
-        item = metadata + struct.unpack_from("<I", entry, 16)[0]
-        if entry[:16] == VHDX_FILE_PARAMETERS:
-            flags = struct.unpack("<I", read_at(item + 4, 4))[0]
-            kind = ("differencing" if flags & VHDX_HAS_PARENT
-                    else "fixed" if flags & VHDX_LEAVE_BLOCKS_ALLOCATED else "dynamic")
-        elif entry[:16] == VHDX_VIRTUAL_DISK_SIZE:
-            size = struct.unpack("<Q", read_at(item, 8))[0]
-    return kind, size
+        return {}
+    entries = (table[32 + 32 * i:64 + 32 * i] for i in range(struct.unpack_from("<H", table, 10)[0]))
+    return {entry[:16]: metadata + struct.unpack_from("<I", entry, 16)[0] for entry in entries}
 
 
 def header_facts(read_at, size: int) -> tuple[str, str, int]:
@@ -346,12 +350,14 @@ def _vhdx_metadata_offset(regions: bytes) -> int | None:
 # ---------------------------------------------------------------- convert and create
 
 def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: str | None = None,
-            progress=None, cancel=None, azure_fixed: bool = False, overwrite: bool = False) -> DiskInfo:
+            progress=None, cancel=None, azure_fixed: bool = False, overwrite: bool = False,
+            durable: bool = True) -> DiskInfo:
     """Convert ``src`` to ``dst`` in ``dst_fmt`` ("vhd" or "vpc", "vhdx", "vmdk", "qcow2", "raw").
 
     ``progress(percent)`` is called with increasing values ending at 100; ``cancel`` is a threading.Event or a
     callable polled while qemu-img runs. ``azure_fixed`` writes a fixed VHD whose virtual size is rounded up to a
-    whole MiB (the padding reads as zeros; the source is never modified).
+    whole MiB (the padding reads as zeros; the source is never modified). ``durable=False`` skips flushing the
+    output to stable storage, for scratch files that do not outlive the step (a flush of a 1 GiB file costs seconds).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     fmt = qemu_format(dst_fmt)
@@ -362,7 +368,7 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
     _require_destination(dst, overwrite)
     _stop_if_canceled(cancel)
     doing = f"converting {src} to {FORMAT_LABELS[fmt]} failed"
-    with _partial_output(dst, overwrite) as partial:
+    with _partial_output(dst, overwrite, durable) as partial:
         options = _create_options(fmt, subformat)
         if azure_fixed:
             # Pre-create the larger target and fill it: qemu-img convert cannot pad, and resizing the source
@@ -377,6 +383,17 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
         if azure_fixed:
             verify_azure_vhd(partial)
     return replace(result, path=dst)
+
+
+def create_empty(path, fmt: str, size: int, subformat: str | None = None) -> DiskInfo:
+    """An empty disk of ``size`` bytes (fixed subformats are sparse files, so this costs no space or time); the
+    streamed export fills one in (ce.vhdlayout)."""
+    path, fmt = os.fspath(path), qemu_format(fmt)
+    subformat = _choose_subformat(fmt, subformat, False)
+    options = _create_options(fmt, subformat)
+    _run("create", "-q", "-f", fmt, *(("-o", options) if options else ()), path, str(size),
+         fails_as=ConversionFailed, doing=f"cannot create an empty {FORMAT_LABELS[fmt]} of {size} bytes")
+    return _verify_output(path, fmt, subformat, size)
 
 
 def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = "qcow2", size: int | None = None,
@@ -469,15 +486,17 @@ def _verify_output(path: str, fmt: str, subformat: str | None, size: int) -> Dis
 
 
 @contextmanager
-def _partial_output(dst: str, overwrite: bool):
+def _partial_output(dst: str, overwrite: bool, durable: bool = True):
     """Yield ``dst.partial``; rename it to ``dst`` when the block succeeds, remove it on any failure."""
     partial = dst + ".partial"
     try:
         yield partial
         _require_destination(dst, overwrite)
-        _fsync(partial)                 # qemu-img leaves its output in the page cache: a power loss after the
+        if durable:
+            _fsync(partial)             # qemu-img leaves its output in the page cache: a power loss after the
         os.replace(partial, dst)        # rename could otherwise show a partly written disk at the final name
-        _fsync(os.path.dirname(os.path.abspath(dst)))
+        if durable:
+            _fsync(os.path.dirname(os.path.abspath(dst)))
     except BaseException:
         with suppress(FileNotFoundError):
             os.remove(partial)
@@ -618,6 +637,11 @@ def _disk_kind(path: str) -> bool:
     if size == 0:
         raise EmptyDisk(f"{path} is empty (0 bytes): the copy or the attach did not complete")
     return is_block
+
+
+def byte_size(path) -> int:
+    """The length of a file or block device in bytes (qemu-img rounds a raw file's size up to whole sectors)."""
+    return _size(os.fspath(path))
 
 
 def _size(path: str) -> int:

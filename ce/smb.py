@@ -45,7 +45,7 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, DirectoryAccessM
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from . import smbwire
+from . import smbwire, vhdlayout
 from .disks import DestinationExists
 from .errors import CeError
 
@@ -454,24 +454,30 @@ class SmbShare:
         return RemoteReader(handle, path, self._chunk, self._failures)
 
     def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
-               overwrite: bool = False) -> RemoteStat:
+               overwrite: bool = False, layout=None) -> RemoteStat:
         """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
 
-        ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
+        ``layout`` (ce.vhdlayout) places the local bytes inside a VHD / VHDX container and supplies the
+        container's metadata, so a raw disk is streamed into its final format; by default the file is copied as
+        it is. ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
         ``cancel`` is a threading.Event or a callable polled between chunks."""
         final = self._full(remote_name)
         with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
             fd = src.fileno()
             size = os.lseek(fd, 0, os.SEEK_END)      # st_size is 0 for block devices
+            layout = layout or vhdlayout.Identity(size)
+            if layout.source_size != size:
+                raise TransferFailed(f"{os.fspath(local_path)} holds {size} bytes but its container was made for "
+                                     f"{layout.source_size}")
             extents = list(data_extents(fd, size))
             data_bytes = sum(length for _, length in extents)
             if not overwrite and self.exists(remote_name):
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
-            self._require_space(data_bytes, remote_name)
-            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel)
-        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent)", os.fspath(local_path),
-                 self.location, remote_name, size, data_bytes, sent)
+            self._require_space(data_bytes + layout.overhead, remote_name)
+            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout)
+        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, file of %d bytes)",
+                 os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, layout.size)
         stored = self.stat(remote_name)
         stored.sent = sent
         return stored
@@ -507,14 +513,14 @@ class SmbShare:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
 
-    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel) -> int:
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout) -> int:
         handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
                             options=CreateOptions.FILE_NON_DIRECTORY_FILE)
         try:
             self._mark_sparse(handle)
-            sent = self._send_extents(handle, fd, size, extents, progress, cancel)
-            self._set_info(handle, _end_of_file(size))
-            self._verify_size(handle, size)
+            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout)
+            self._set_info(handle, _end_of_file(layout.size))
+            self._verify_size(handle, layout.size)
             self._rename_handle(handle, final, overwrite)
         except BaseException:
             self._discard(handle)
@@ -539,22 +545,31 @@ class SmbShare:
                 raise
             log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
 
-    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel) -> int:
-        """Write the non-zero chunks of the data extents; returns the bytes sent."""
+    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout) -> int:
+        """Write the non-zero chunks of the data extents where the layout places them, then the layout's
+        metadata; returns the bytes sent."""
         pipeline = _Pipeline(self._connection, progress, size, cancel)
         writer = smbwire.writer_for(handle, self._write_chunk)
         sent = 0
-        for offset, length in _chunks(extents, self._write_chunk):
+        for offset, length in _chunks(extents, self._write_chunk, layout.block_size):
             _stop_if_canceled(cancel)
             if writer.read(fd, offset, length) != length:
                 raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
             if writer.read_is_zero(length):
                 pipeline.add(None, offset + length)
                 continue
+            at = layout.place(offset, length)
             pipeline.make_room(length)
-            pipeline.add(writer.send(offset, length), offset + length,
-                         functools.partial(_check_written, offset, length))
+            pipeline.add(writer.send(at, length), offset + length, functools.partial(_check_written, at, length))
             sent += length
+        for at, data in layout.metadata():
+            for start in range(0, len(data), self._write_chunk):
+                piece = data[start:start + self._write_chunk]
+                writer.load(piece)
+                pipeline.make_room(len(piece))
+                pipeline.add(writer.send(at + start, len(piece)), size,
+                             functools.partial(_check_written, at + start, len(piece)))
+                sent += len(piece)
         pipeline.drain()
         return sent
 
@@ -785,10 +800,16 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         offset = end
 
 
-def _chunks(extents, chunk: int) -> Iterator[tuple[int, int]]:
+def _chunks(extents, chunk: int, boundary: int | None = None) -> Iterator[tuple[int, int]]:
+    """Pieces of at most ``chunk`` bytes that never cross a multiple of ``boundary`` (a container's block)."""
     for offset, length in extents:
-        for start in range(offset, offset + length, chunk):
-            yield start, min(chunk, offset + length - start)
+        start, end = offset, offset + length
+        while start < end:
+            stop = min(start + chunk, end)
+            if boundary:
+                stop = min(stop, (start // boundary + 1) * boundary)
+            yield start, stop - start
+            start = stop
 
 
 def _is_zero(data: bytes) -> bool:

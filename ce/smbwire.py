@@ -81,6 +81,10 @@ class FrameWriter:
     def read_is_zero(self, length: int) -> bool:
         return self._frame.obj.startswith(_zeros(length), PAYLOAD_START)     # a memcmp; memoryview == is slow
 
+    def load(self, data: bytes) -> None:
+        """Put ``data`` in the frame as the next payload (for bytes that are not in the local file)."""
+        self._frame[PAYLOAD_START:PAYLOAD_START + len(data)] = data
+
     def send(self, offset: int, length: int) -> Request:
         """Send the payload last read (``length`` bytes) as a WRITE at ``offset``; returns the pending request."""
         connection = self._connection
@@ -137,6 +141,9 @@ class ProtocolWriter:
 
     def read_is_zero(self, length: int) -> bool:
         return self._buffer.obj.startswith(_zeros(length))
+
+    def load(self, data: bytes) -> None:
+        self._buffer[:len(data)] = data
 
     def send(self, offset: int, length: int) -> Request:
         handle = self._handle

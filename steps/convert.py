@@ -153,6 +153,7 @@ def run(params: Params, ctx: StepContext) -> dict:
         converted = disks.convert(source, local, out["format"], src_fmt=planned["source"]["format"],
                                   subformat=out["subformat"], azure_fixed=params.azureFixed,
                                   overwrite=params.overwriteOutput, cancel=stop,
+                                  durable=params.output is not None,      # a scratch file is not kept
                                   progress=staging.progress_band(ctx, *bands["convert"], "converting"))
         sent = None
         if params.outputStorageLocation:

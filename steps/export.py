@@ -1,11 +1,11 @@
 """export: the attached disk -> a VHDX (default) or VHD file on an SMB share, optionally with its md5 / sha256.
 
-qemu-img cannot write to SMB, so the disk is converted into a local scratch file and that file is uploaded with
-its holes skipped (ce.smb), as ``NAME.partial`` renamed to ``NAME`` once its size on the share is verified. Why
-not stream: VHDX and dynamic VHD keep their block tables at the front and fill them in as blocks are written, so a
-sequential stream would need a second writer of those formats; converting locally costs a fraction of the upload
-time here (``make bench``: local conversion runs at several times the SMB upload rate) and the scratch file is
-sparse, so it needs about as much local space as the disk holds data.
+qemu-img cannot write to SMB. A raw disk -- an attached block device, or a raw file -- is streamed: its non-zero
+chunks go straight to their places inside the VHDX / VHD on the share, and the container's metadata, made by
+``qemu-img create`` in scratch space and filled in by ce.vhdlayout, follows them; the disk is read once and nothing
+of its size is written locally. Any other source format is first converted into a local scratch file, which is
+then uploaded with its holes skipped. Either way the share sees ``NAME.partial``, renamed to ``NAME`` once its
+size is verified.
 
 Checked before any work, in this order: the disk is readable; the share accepts the account; ``SmbDiskName`` is
 free (or ``overwriteTargetFile``); the share has at least twice the disk's virtual size free (the service's rule);
@@ -14,19 +14,21 @@ the local scratch directory can hold the converted file.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce import disks, hashing, smb, staging
+from ce import disks, hashing, smb, staging, vhdlayout
 from ce.errors import naming_field
-from ce.smb import RemoteExists, ShareFull, SmbShare
+from ce.smb import RemoteExists, RemoteStat, ShareFull, SmbShare
 from ce.smbtarget import StorageLocation
 from ce.step import InvalidParams, StepContext, StepType, register
 
 NAME = "export"
 FORMATS = {"VhdxDiskFormat": ("vhdx", "dynamic", ".vhdx"), "VhdDiskFormat": ("vhd", "dynamic", ".vhd")}
 DISK_EXTENSIONS = (".vhdx", ".vhd", ".avhdx", ".avhd", ".vmdk", ".qcow2", ".raw", ".img")
+STREAM_SCRATCH = 16 << 20              # the empty container (fixed ones are sparse files)
 SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
 
 
@@ -88,18 +90,25 @@ def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
         raise ShareFull(f"{target.location} has {_mib(free)} free but exporting a {_mib(source.virtual_size)} disk "
                         f"needs {_mib(required)} (twice its virtual size); free space on the share or choose "
                         "another location")
-    scratch = staging.require_scratch(staging.output_estimate(source, fmt, params.SmbDiskSubformat),
-                                      f"converting {params.disk} to {fmt.upper()}")
+    method = "stream" if streams(source) else "convert, then upload"
+    needed = STREAM_SCRATCH if method == "stream" else staging.output_estimate(source, fmt, params.SmbDiskSubformat)
+    scratch = staging.require_scratch(needed, f"exporting {params.disk} as {fmt.upper()}")
     return {
         "step": step, "dryRun": True,
         "source": _source_facts(source),
         "target": {"location": str(target.location), "name": name, "path": f"{target.location}\\{name}",
                    "format": fmt, "subformat": params.SmbDiskSubformat, "virtual_size": source.virtual_size,
-                   "replaces_existing": existing is not None},
+                   "replaces_existing": existing is not None, "method": method},
         "space": {"share_free": free, "share_total": total, "required": required},
         "scratch": scratch,
         "hash": list(hashing.ALGORITHMS) if params.hashDisk else None,
     }
+
+
+def streams(source: disks.DiskInfo) -> bool:
+    """Raw disks are streamed into the container; other formats need qemu-img to read them, and so does a raw
+    file that ends inside a sector (qemu-img pads it)."""
+    return source.format == "raw" and disks.byte_size(source.path) == source.virtual_size
 
 
 def _existing(share: SmbShare, name: str, overwrite: bool) -> int | None:
@@ -127,37 +136,51 @@ def run(params: Params, ctx: StepContext, name: str | None = None, step: str = N
     planned = plan(params, name, step)
     if params.dryRun:
         return planned
-    return upload_converted(params, ctx, planned, step)
+    return upload_disk(params, ctx, planned, step)
 
 
-def upload_converted(params: Params, ctx: StepContext, planned: dict, step: str) -> dict:
+def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> dict:
     started = time.monotonic()
     target, name = planned["target"], planned["target"]["name"]
     stop = staging.Stopper(ctx, params.timeout, step)
     result = {"step": step, "dryRun": False, "source": planned["source"], "hashes": None}
     with stop.translating():
-        convert_from = 0.0
+        start = 0.0
         if params.hashDisk:
             ctx.progress(0, "hashing the disk")
             digest = hashing.hash_disk(params.disk, progress=staging.progress_band(ctx, 0, 30, "hashing the disk"),
                                        cancel=stop)
             result["hashes"] = digest.hashes
-            convert_from = 30.0
-        upload_from = convert_from + (100 - convert_from) * 0.35
+            start = 30.0
         with staging.scratch_dir(step) as scratch:
-            local = scratch / "disk"
-            converting = f"converting to {target['format'].upper()}"
-            converted = disks.convert(params.disk, local, target["format"], subformat=target["subformat"],
-                                      progress=staging.progress_band(ctx, convert_from, upload_from, converting),
-                                      cancel=stop)
-            with params.outputStorageLocation.share() as share:
-                stored = share.upload(local, name, overwrite=params.overwriteTargetFile, cancel=stop,
-                                      progress=staging.progress_band(ctx, upload_from, 100, f"uploading {name}"))
+            move = _stream if target["method"] == "stream" else _convert_and_upload
+            stored = move(params, scratch, target, stop, ctx, start)
     ctx.progress(100, "done")
     return {**result,
-            "target": {**target, "virtual_size": converted.virtual_size, "file_size": stored.size,
-                       "allocated_on_share": stored.allocated},
+            "target": {**target, "file_size": stored.size, "allocated_on_share": stored.allocated},
             "bytes_sent": stored.sent, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, start: float) -> RemoteStat:
+    empty = scratch / f"empty.{target['format']}"
+    disks.create_empty(empty, target["format"], target["virtual_size"], target["subformat"])
+    layout = vhdlayout.for_container(str(empty), disks.qemu_format(target["format"]), target["subformat"])
+    with params.outputStorageLocation.share() as share:
+        return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
+                            layout=layout, progress=staging.progress_band(ctx, start, 100,
+                                                                          f"streaming the disk into {target['name']}"))
+
+
+def _convert_and_upload(params: Params, scratch: Path, target: dict, stop, ctx: StepContext,
+                        start: float) -> RemoteStat:
+    upload_from = start + (100 - start) * 0.35
+    local = scratch / "disk"
+    disks.convert(params.disk, local, target["format"], subformat=target["subformat"], durable=False,
+                  progress=staging.progress_band(ctx, start, upload_from, f"converting to {target['format'].upper()}"),
+                  cancel=stop)
+    with params.outputStorageLocation.share() as share:
+        return share.upload(local, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
+                            progress=staging.progress_band(ctx, upload_from, 100, f"uploading {target['name']}"))
 
 
 def _mib(n: int) -> str:

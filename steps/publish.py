@@ -1,7 +1,8 @@
 """publish: a prepared disk -> a vDisk (VHDX by default, or VHD) in a Citrix Provisioning (PVS) store on SMB.
 
-Export semantics (steps/export.py: scratch conversion, sparse upload to ``NAME.partial``, verified rename, the
-twice-the-size space rule, optional hashes), with PVS naming and PVS's own files respected:
+Export semantics (steps/export.py: a raw disk streamed into the container, other formats converted in scratch space
+first; sparse upload to ``NAME.partial``, verified rename, the twice-the-size space rule, optional hashes), with PVS
+naming and PVS's own files respected:
 
 * ``vDiskName`` is the vDisk's name in the PVS console; the file is ``vDiskName.vhdx`` (or ``.vhd``). The name must
   be a plain Windows file name without dots, so PVS's version files (``NAME.1.avhdx``) cannot be confused with it.
@@ -93,7 +94,7 @@ def run(params: Params, ctx: StepContext) -> dict:
     planned = plan(params)
     if params.dryRun:
         return planned
-    result = export.upload_converted(export_params(params), ctx, planned, NAME)
+    result = export.upload_disk(export_params(params), ctx, planned, NAME)
     result["target"]["vDiskName"] = params.vDiskName
     return result
 

@@ -1,6 +1,7 @@
 """Interrupted byte moves: SIGKILL `ce convert`, `ce export`, `ce publish` and `ce reverse-image` -- the whole
-process group, qemu-img included, as a CE VM losing power -- inside each phase of the move (conversion into scratch
-space, upload to the share, download from it, writing the attached disk) at 10, 50 and 90 % of it, then prove:
+process group, qemu-img included, as a CE VM losing power -- inside each phase of the move (a raw disk streamed into
+its container on the share, conversion into scratch space, upload to the share, download from it, writing the
+attached disk) at 10, 50 and 90 % of it, then prove:
 
 * nothing at the final name (on the share, or the local output), and for reverse-image killed before it writes,
   the attached disk untouched;
@@ -43,7 +44,8 @@ DATA_REGIONS = [(0, 64 * MiB), (96 * MiB, 64 * MiB), (192 * MiB, 32 * MiB)]   # 
 POLL = 0.002
 ALL = os.environ.get("CE_FAULT_BYTES") == "all"
 # make test: one kill per kind of phase (conversion, upload, download, writing the disk), at 50 %
-SAMPLE = {("export", "convert"), ("convert>smb", "upload"), ("convert<smb", "download"), ("reverseImage", "write")}
+SAMPLE = {("export", "stream"), ("export", "convert"), ("convert>smb", "upload"), ("convert<smb", "download"),
+          ("reverseImage", "write")}
 SUMMARY: list[dict] = []
 
 
@@ -71,9 +73,9 @@ def source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def references(source, tmp_path_factory) -> dict[str, Path]:
     """The source as a dynamic VHDX and VHD (their sizes place the kill points of uploads; the VHDX is the
-    input of downloads)."""
+    input of downloads), and as a qcow2 (a source that an export must convert before uploading)."""
     out = tmp_path_factory.mktemp("refs")
-    refs = {fmt: out / f"ref.{fmt}" for fmt in ("vhdx", "vhd")}
+    refs = {fmt: out / f"ref.{fmt}" for fmt in ("vhdx", "vhd", "qcow2")}
     for fmt, path in refs.items():
         disks.convert(source, path, fmt)
     return refs
@@ -90,10 +92,10 @@ def summary():
     yield
     if SUMMARY:
         print("\ninterrupted byte moves (SIGKILL of the process group):")
-        print(f"{'step':<14}{'phase':<10}{'kill at':>8}{'was at':>8}  {'left after the kill':<68}after the re-run")
+        print(f"{'step':<14}{'phase':<10}{'kill at':>8}{'was at':>8}  {'left after the kill':<76}  after the re-run")
         for row in SUMMARY:
             print(f"{row['step']:<14}{row['phase']:<10}{row['target']:>8.0%}{row['at']:>8.0%}  "
-                  f"{' '.join(row['debris']) or '-':<68}{' '.join(row['left']) or 'nothing'}")
+                  f"{' '.join(row['debris']) or '-':<76}  {' '.join(row['left']) or 'nothing'}")
         print(f"{len(SUMMARY)} interrupts, {sum(len(r['left']) for r in SUMMARY)} partial/temp files left")
 
 
@@ -227,20 +229,22 @@ def partials(directory: Path, pattern: str) -> Callable[[], list[Path]]:
 # ---------------------------------------------------------------- export and publish
 
 @pytest.mark.parametrize("step, phase, fraction", [(step, *p.values) for step in ("export", "publish")
-                                                   for p in kill_points(step, ["convert", "upload"])])
+                                                   for p in kill_points(step, ["stream", "convert", "upload"])])
 def test_export_and_publish_killed(step, phase, fraction, source, references, samba, place):
+    """A raw disk is streamed into the VHDX on the share; a qcow2 is converted in scratch space, then uploaded."""
     folder, share_dir, scratch, _ = place
+    disk = source if phase == "stream" else references["qcow2"]
     if step == "export":
-        argv = [*CE, "export", str(source), smb_url(samba, folder), "--name", "golden"]
+        argv = [*CE, "export", str(disk), smb_url(samba, folder), "--name", "golden"]
     else:
-        argv = [*CE, "publish", str(source), smb_url(samba, folder), "--vdisk", "golden"]
+        argv = [*CE, "publish", str(disk), smb_url(samba, folder), "--vdisk", "golden"]
     final = share_dir / "golden.vhdx"
     expected = references["vhdx"].stat().st_size
     if phase == "convert":
         measure = lambda: size_of(partials(scratch, "ce-*/*.partial"))      # noqa: E731
     else:
         measure = lambda: size_of(partials(share_dir, "*.partial"))         # noqa: E731
-    move = Move(step, phase, argv, measure, expected, [final], [source], share_dir, scratch)
+    move = Move(step, phase, argv, measure, expected, [final], [disk], share_dir, scratch)
     interrupt_and_rerun(move, fraction, lambda: _equal(final, source))
 
 

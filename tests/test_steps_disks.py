@@ -230,24 +230,41 @@ def test_convert_params_need_one_source_and_one_output():
 # ---------------------------------------------------------------- export
 
 @pytest.mark.parametrize("fmt,ext,subformat", [("VhdxDiskFormat", "vhdx", "dynamic"),
+                                               ("VhdxDiskFormat", "vhdx", "fixed"),
                                                ("VhdDiskFormat", "vhd", "dynamic"),
                                                ("VhdDiskFormat", "vhd", "fixed")])
-def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows, scratch, fmt, ext, subformat):
+@pytest.mark.parametrize("kind,method", [("qcow2", "convert, then upload"), ("raw", "stream")])
+def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows, windows_raw, scratch, fmt, ext,
+                                                          subformat, kind, method):
     ctx = Recorder()
-    result = run("export", {"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
+    disk = windows if kind == "qcow2" else windows_raw
+    result = run("export", {"disk": str(disk), "outputStorageLocation": location(samba, folder=folder.name),
                             "SmbDiskName": "golden", "SmbDiskFormat": fmt, "SmbDiskSubformat": subformat,
                             "hashDisk": True}, ctx)
     stored = folder / f"golden.{ext}"
+    assert result["target"]["method"] == method
     assert sorted(p.name for p in folder.iterdir()) == [stored.name]
     assert result["target"]["name"] == stored.name and result["target"]["file_size"] == stored.stat().st_size
-    assert result["hashes"] == content_hashes(windows) == content_hashes(stored, "vpc" if ext == "vhd" else None)
-    assert disks.compare(windows, stored, fmt_b="vpc" if ext == "vhd" else None)
+    fmt_b = "vpc" if ext == "vhd" else "vhdx"
+    assert result["hashes"] == content_hashes(windows) == content_hashes(stored, fmt_b)
+    assert disks.compare(windows, stored, fmt_b=fmt_b)
+    assert disks.info(stored, fmt_b).subformat == subformat
     assert_readable_by_independent_reader(ext, subformat, stored, result["source"]["virtual_size"])
     percents = [p for p, _ in ctx.reports]
     assert percents == sorted(percents) and percents[-1] == 100
     assert list(scratch.iterdir()) == []
     if subformat == "dynamic":               # holes were skipped: far less than the 128 MiB virtual size was sent
         assert result["bytes_sent"] < 32 * MiB
+
+
+def test_export_streams_a_raw_disk_whose_size_is_not_whole_sectors_through_a_conversion(samba, folder, tmp_path,
+                                                                                        scratch):
+    odd = tmp_path / "odd.raw"
+    odd.write_bytes(os.urandom(3 * MiB + 100))
+    result = run("export", {"disk": str(odd), "outputStorageLocation": location(samba, folder=folder.name),
+                            "SmbDiskName": "odd"})
+    assert result["target"]["method"] == "convert, then upload"      # qemu-img pads the last sector with zeros
+    assert disks.info(folder / "odd.vhdx", "vhdx").virtual_size == 3 * MiB + 512
 
 
 def test_export_from_a_block_device(samba, folder, windows_raw, scratch):
@@ -260,7 +277,7 @@ def test_export_from_a_block_device(samba, folder, windows_raw, scratch):
                                 "outputStorageLocation": location(samba, folder=folder.name)})
     finally:
         subprocess.run(["losetup", "--detach", device.stdout.strip()], check=True)
-    assert result["source"]["is_block_device"]
+    assert result["source"]["is_block_device"] and result["target"]["method"] == "stream"
     assert result["hashes"] == content_hashes(windows_raw, "raw")
     assert disks.compare(windows_raw, folder / "from-device.vhdx", fmt_a="raw")
 

@@ -1,0 +1,241 @@
+"""Where each byte of a raw disk goes inside a VHD or VHDX file, so a disk can be streamed straight to a share.
+
+An export used to convert the disk into a local VHDX and then upload that file: every byte was written twice and
+read twice. A layout lets ``SmbShare.upload`` send the disk's own bytes to their final offsets inside the
+container instead, and finish with the container's metadata.
+
+The metadata is not written by ce: ``qemu-img create`` makes an empty container of the disk's size in scratch
+space (a few MiB, or a sparse file for the fixed subformats), and a layout only fills in the block allocation
+table of that container for the blocks it places. Neither format checksums its allocation table (MS-VHDX 2.2.2
+and 2.5: headers, region tables and log entries are checksummed, the BAT is not; the VHD footer's and dynamic
+header's checksums cover only themselves), so qemu-img's headers stay valid byte for byte.
+
+Block placement follows what qemu-img itself does when it converts: dynamic blocks are appended in the order
+they are first written, 1 MiB aligned for VHDX (MS-VHDX 2.5.1) and sector aligned, each behind its all-ones
+sector bitmap, for VHD; all-zero blocks are never allocated and read back as zeros.
+
+Formats: VHDX dynamic and fixed, VHD dynamic and fixed, raw (identity). Differencing containers are not made.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from dataclasses import dataclass, field
+
+from .disks import (SECTOR, VHDX_FILE_PARAMETERS, VHDX_METADATA_REGION, VHDX_REGION_TABLE, VHDX_VIRTUAL_DISK_SIZE,
+                    DiskError, vhdx_metadata_items)
+
+MiB = 1 << 20
+VHDX_BAT_REGION = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08").bytes_le
+VHDX_LOGICAL_SECTOR_SIZE = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F").bytes_le
+VHDX_BLOCK_FULLY_PRESENT = 6
+VHDX_BLOCK_STATE_MASK = 7
+VHDX_OFFSET_MASK = ~((1 << 20) - 1)       # entries hold the block's file offset in MiB from bit 20
+VHD_UNALLOCATED = 0xFFFFFFFF
+
+
+class LayoutError(DiskError):
+    code = "container_layout_invalid"
+
+
+class Identity:
+    """A plain copy: byte n of the source is byte n of the file."""
+
+    def __init__(self, size: int):
+        self.source_size = size
+        self.block_size = None              # chunks may be any length
+
+    def place(self, offset: int, length: int) -> int:
+        return offset
+
+    def metadata(self) -> list[tuple[int, bytes]]:
+        return []
+
+    @property
+    def size(self) -> int:
+        return self.source_size
+
+    @property
+    def overhead(self) -> int:
+        return 0
+
+
+def for_container(template: str, fmt: str, subformat: str) -> "VhdxLayout | VhdLayout":
+    """The layout of an empty container that ``qemu-img create`` wrote at ``template``."""
+    with open(template, "rb") as f:
+        read_at = _reader(f)
+        if fmt == "vhdx":
+            return VhdxLayout.read(read_at, subformat, _file_size(f))
+        if fmt == "vpc":
+            return VhdLayout.read(read_at, subformat, _file_size(f))
+    raise LayoutError(f"no streaming layout for format {fmt!r}")
+
+
+# ---------------------------------------------------------------- VHDX (MS-VHDX 2.5)
+
+@dataclass
+class VhdxLayout:
+    head: bytearray            # every byte before the first payload block: headers, log, metadata and the BAT
+    bat_offset: int
+    block_size: int
+    chunk_ratio: int           # payload blocks per sector bitmap block; their BAT entries are interleaved
+    source_size: int
+    next_free: int             # dynamic: where the next new block goes; fixed: the end of the file
+
+    @classmethod
+    def read(cls, read_at, subformat: str, file_size: int) -> "VhdxLayout":
+        regions = read_at(VHDX_REGION_TABLE, 64 * 1024)
+        bat_offset, bat_length = _vhdx_region(regions, VHDX_BAT_REGION)
+        metadata_offset, metadata_length = _vhdx_region(regions, VHDX_METADATA_REGION)
+        items = vhdx_metadata_items(read_at, metadata_offset)
+        block_size, _flags = struct.unpack("<II", read_at(items[VHDX_FILE_PARAMETERS], 8))
+        logical_sector = struct.unpack("<I", read_at(items[VHDX_LOGICAL_SECTOR_SIZE], 4))[0]
+        source_size = struct.unpack("<Q", read_at(items[VHDX_VIRTUAL_DISK_SIZE], 8))[0]
+        chunk_ratio = (1 << 23) * logical_sector // block_size
+        head_end = max(bat_offset + bat_length, metadata_offset + metadata_length)
+        if subformat != "fixed":
+            return cls(bytearray(read_at(0, file_size)), bat_offset, block_size, chunk_ratio, source_size,
+                       next_free=_round_up(file_size, MiB))
+        # qemu-img sizes a fixed VHDX for the whole disk behind the metadata but marks its blocks "zero" and, when
+        # it converts, appends them after that space (doubling the file); ce puts block n where the space is.
+        data_start = file_size - source_size
+        if data_start < head_end or data_start % MiB:
+            raise LayoutError("the fixed VHDX template has no room for the disk after its metadata")
+        blocks = -(-source_size // block_size)
+        layout = cls(bytearray(read_at(0, data_start)), bat_offset, block_size, chunk_ratio, source_size,
+                     next_free=data_start + blocks * block_size)       # the last block is whole, as readers expect
+        for block in range(blocks):
+            layout._set_entry(block, data_start + block * block_size)
+        return layout
+
+    def place(self, offset: int, length: int) -> int:
+        block, within = divmod(offset, self.block_size)
+        if within + length > self.block_size:
+            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte block")
+        if not 0 <= block < self._blocks():
+            raise LayoutError(f"block {block} is outside the {self.source_size}-byte disk")
+        entry = struct.unpack_from("<Q", self.head, self._entry_offset(block))[0]
+        if entry & VHDX_BLOCK_STATE_MASK == VHDX_BLOCK_FULLY_PRESENT:
+            return (entry & VHDX_OFFSET_MASK) + within
+        start, self.next_free = self.next_free, self.next_free + self.block_size
+        self._set_entry(block, start)
+        return start + within
+
+    def metadata(self) -> list[tuple[int, bytes]]:
+        return [(0, bytes(self.head))]
+
+    @property
+    def size(self) -> int:
+        return self.next_free
+
+    @property
+    def overhead(self) -> int:
+        return len(self.head)
+
+    def _blocks(self) -> int:
+        return -(-self.source_size // self.block_size)
+
+    def _entry_offset(self, block: int) -> int:
+        return self.bat_offset + 8 * (block + block // self.chunk_ratio)
+
+    def _set_entry(self, block: int, start: int) -> None:
+        struct.pack_into("<Q", self.head, self._entry_offset(block), start | VHDX_BLOCK_FULLY_PRESENT)
+
+
+def _vhdx_region(regions: bytes, guid: bytes) -> tuple[int, int]:
+    if regions[:4] != b"regi":
+        raise LayoutError("the VHDX has no region table")
+    for i in range(struct.unpack_from("<I", regions, 8)[0]):
+        entry = regions[16 + 32 * i:48 + 32 * i]
+        if entry[:16] == guid:
+            offset, length = struct.unpack_from("<QI", entry, 16)
+            return offset, length
+    raise LayoutError(f"the VHDX region table has no region {uuid.UUID(bytes_le=guid)}")
+
+
+# ---------------------------------------------------------------- VHD (Virtual Hard Disk Image Format Specification)
+
+@dataclass
+class VhdLayout:
+    head: bytearray            # dynamic: footer copy, dynamic header and BAT; fixed: empty
+    footer: bytes
+    source_size: int
+    block_size: int | None     # None for fixed: the data is the file's first source_size bytes
+    bat_offset: int = 0
+    bitmap_size: int = 0
+    next_free: int = 0
+    bitmaps: list[int] = field(default_factory=list)   # where each allocated block's sector bitmap goes
+
+    @classmethod
+    def read(cls, read_at, subformat: str, file_size: int) -> "VhdLayout":
+        footer = read_at(file_size - SECTOR, SECTOR)
+        if footer[:8] != b"conectix":
+            raise LayoutError("the VHD has no footer")
+        source_size = struct.unpack_from(">Q", footer, 48)[0]
+        if subformat == "fixed":
+            if file_size != source_size + SECTOR:
+                raise LayoutError(f"a fixed VHD of {source_size} bytes is {file_size} bytes long")
+            return cls(bytearray(), footer, source_size, None)
+        header_at = struct.unpack_from(">Q", footer, 16)[0]
+        header = read_at(header_at, 1024)
+        if header[:8] != b"cxsparse":
+            raise LayoutError("the dynamic VHD has no dynamic header")
+        bat_offset, = struct.unpack_from(">Q", header, 16)
+        entries, block_size = struct.unpack_from(">II", header, 28)
+        data_start = _round_up(bat_offset + 4 * entries, SECTOR)
+        if file_size != data_start + SECTOR:
+            raise LayoutError("the dynamic VHD template already holds data blocks")
+        return cls(bytearray(read_at(0, data_start)), footer, source_size, block_size, bat_offset,
+                   bitmap_size=_round_up(block_size // SECTOR // 8, SECTOR), next_free=data_start)
+
+    def place(self, offset: int, length: int) -> int:
+        if self.block_size is None:
+            return offset
+        block, within = divmod(offset, self.block_size)
+        if within + length > self.block_size:
+            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte block")
+        at = self.bat_offset + 4 * block
+        sector, = struct.unpack_from(">I", self.head, at)
+        if sector == VHD_UNALLOCATED:
+            start = self.next_free
+            self.next_free += self.bitmap_size + self.block_size
+            struct.pack_into(">I", self.head, at, start // SECTOR)
+            self.bitmaps.append(start)
+        else:
+            start = sector * SECTOR
+        return start + self.bitmap_size + within
+
+    def metadata(self) -> list[tuple[int, bytes]]:
+        if self.block_size is None:
+            return [(self.source_size, self.footer)]
+        bitmap = b"\xff" * self.bitmap_size        # every sector of a written block is present in this file
+        return [(0, bytes(self.head)), *((start, bitmap) for start in self.bitmaps), (self.next_free, self.footer)]
+
+    @property
+    def size(self) -> int:
+        return (self.source_size if self.block_size is None else self.next_free) + SECTOR
+
+    @property
+    def overhead(self) -> int:
+        return len(self.head) + SECTOR
+
+
+# ---------------------------------------------------------------- helpers
+
+def _reader(f):
+    def read_at(offset: int, length: int) -> bytes:
+        data = os.pread(f.fileno(), length, offset)
+        if len(data) != length:
+            raise LayoutError(f"the container template ends before byte {offset + length}")
+        return data
+    return read_at
+
+
+def _file_size(f) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
