@@ -8,9 +8,9 @@ interleaved (ce, reference, ce, reference, ...) ``--repeat`` times and the media
 
 * convert raw -> vhdx / vmdk / fixed vhd (``ce.disks.convert``) vs ``cp``, both followed by ``sync FILE`` (qemu-img
   convert writes its output with cache=unsafe and leaves it all dirty in the page cache, as cp does);
-* SMB export (the whole export step: convert to VHDX in scratch space, upload) and the upload alone
-  (``SmbShare.upload`` of that VHDX) vs Samba's ``smbclient put`` of the same VHDX, against a throwaway smbd on
-  127.0.0.1. Like for like: ce signs every message (SMB 3.1.1, AES-GMAC, its production setting), so the reference is
+* SMB export (the whole export step: the raw disk streamed into a VHDX on the share) and the upload alone
+  (``SmbShare.upload`` of a VHDX qemu-img made) vs Samba's ``smbclient put`` of that VHDX, against a throwaway smbd
+  on 127.0.0.1; for information, the export of the same disk as qcow2, which is converted in scratch space first. Like for like: ce signs every message (SMB 3.1.1, AES-GMAC, its production setting), so the reference is
   ``smbclient --client-protection=sign``; smbclient's default, which signs only when the server requires it (this
   smbd does not), is printed for information;
 * hash (``ce.hashing``) vs ``md5sum`` / ``sha256sum``.
@@ -132,6 +132,11 @@ def bench_export(sources: dict[str, Path], work: Path, repeat: int, rows: list) 
             local = work / "bench-local.vhdx"
             disks.convert(src, local, "vhdx", src_fmt="raw")
             warm(local)
+            as_qcow2 = work / "bench-source.qcow2"
+            disks.convert(src, as_qcow2, "qcow2", src_fmt="raw")
+            warm(as_qcow2)
+            from_qcow2 = export.parse({"disk": str(as_qcow2), "outputStorageLocation": location,
+                                       "SmbDiskName": "bench-qcow2"})
 
             def upload() -> None:
                 with SmbShare(server.unc("share"), Credentials(USER, PASSWORD), port=server.port) as smb_share:
@@ -144,15 +149,18 @@ def bench_export(sources: dict[str, Path], work: Path, repeat: int, rows: list) 
                                          check=True, capture_output=True)
             medians = interleaved(repeat, {
                 "export": (lambda: export.run(params, StepContext()), remove(share / "bench.vhdx")),
+                "qcow2": (lambda: export.run(from_qcow2, StepContext()), remove(share / "bench-qcow2.vhdx")),
                 "upload": (upload, remove(share / "upload.vhdx")),
                 "signed": (put("--client-protection=sign"), remove(share / "put.vhdx")),
                 "default": (put(), remove(share / "put.vhdx")),
             })
-            remove(*share.glob("*.vhdx"), local)()
+            remove(*share.glob("*.vhdx"), local, as_qcow2)()
             rows.append(("SMB export (vhdx)", data, medians["export"], "smbclient put signed", medians["signed"]))
             rows.append(("SMB upload (vhdx)", data, medians["upload"], "smbclient put signed", medians["signed"]))
             rows.append(("SMB export (vhdx)", data, medians["export"], "smbclient put default", medians["default"],
                          INFO))
+            rows.append(("SMB export from qcow2", data, medians["qcow2"], "smbclient put signed", medians["signed"],
+                         "info: the qcow2 is converted in scratch space first"))
 
 
 def bench_hash(sources: dict[str, Path], repeat: int, rows: list) -> None:

@@ -23,6 +23,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
+from . import disks
 from .disks import (SECTOR, VHDX_FILE_PARAMETERS, VHDX_METADATA_REGION, VHDX_REGION_TABLE, VHDX_VIRTUAL_DISK_SIZE,
                     DiskError, vhdx_metadata_items)
 
@@ -59,6 +60,23 @@ class Identity:
     @property
     def overhead(self) -> int:
         return 0
+
+
+STREAMABLE = ("vhdx", "vpc")
+
+
+def streamable(source, fmt: str) -> bool:
+    """A raw disk (file or block device, whole sectors: qemu-img pads a partial last one) going to a VHDX or VHD
+    can be streamed; other sources need qemu-img to read them."""
+    return fmt in STREAMABLE and source.format == "raw" and disks.byte_size(source.path) == source.virtual_size
+
+
+def make(fmt: str, subformat: str, size: int, scratch) -> "VhdxLayout | VhdLayout":
+    """The layout of a new ``fmt`` container of ``size`` bytes, made empty by qemu-img in the ``scratch``
+    directory (a few MiB; a sparse file for the fixed subformats)."""
+    empty = os.path.join(scratch, f"empty.{fmt}")
+    disks.create_empty(empty, fmt, size, subformat)
+    return for_container(empty, fmt, subformat)
 
 
 def for_container(template: str, fmt: str, subformat: str) -> "VhdxLayout | VhdLayout":

@@ -3,8 +3,9 @@
 The source is a local file or block device (``source``) or a file on a share (``inputStorageLocation`` +
 ``inputImageFilename``, downloaded into local scratch space first: qemu-img cannot read SMB). The output is a local
 file (``output``, written as ``output.partial`` and renamed once read back right) or a file on a share
-(``outputStorageLocation`` + ``outputImageFilename``, converted into scratch space and uploaded as ``.partial``,
-renamed once its size on the share is verified). ``azureFixed`` writes a fixed VHD whose virtual size is a whole
+(``outputStorageLocation`` + ``outputImageFilename``, uploaded as ``.partial`` and renamed once its size on the
+share is verified: a local raw disk going to VHDX or VHD is streamed into its container as an export does, anything
+else is converted into scratch space first). ``azureFixed`` writes a fixed VHD whose virtual size is a whole
 number of MiB (rounded up with zeros), as Azure requires.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ce import disks, staging
+from ce import disks, staging, vhdlayout
 from ce.errors import naming_field
 from ce.smb import RemoteExists, normalize_path
 from ce.smbtarget import StorageLocation
@@ -82,7 +83,10 @@ def plan(params: Params) -> dict:
     size = source["virtual_size"]
     if params.azureFixed and size is not None:
         size = -(-size // (1 << 20)) << 20
-    scratch_needed = (download or 0) + (_estimate(params, source, fmt, subformat) if upload is not None else 0)
+    if upload is not None:
+        upload["method"] = "stream" if _streams(params, fmt) else "convert, then upload"
+    converting = upload is not None and upload["method"] != "stream"
+    scratch_needed = (download or 0) + (_estimate(params, source, fmt, subformat) if converting else 0)
     scratch = staging.require_scratch(scratch_needed, "this conversion") if scratch_needed else None
     output = {"format": _label(fmt), "subformat": subformat, "virtual_size": size, "azure_fixed": params.azureFixed}
     if upload is not None:
@@ -104,6 +108,12 @@ def _plan_source(params: Params) -> tuple[dict, int | None]:
     fmt = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(params.inputImageFilename)[1].lower())
     return ({"location": str(where.location), "name": params.inputImageFilename, "file_size": found.size,
              "format": _label(disks.qemu_format(fmt)) if fmt else None, "virtual_size": None}, found.allocated or found.size)
+
+
+def _streams(params: Params, fmt: str) -> bool:
+    """A local raw disk going to a share as VHDX or VHD is streamed into its container (steps/export.py)."""
+    return bool(params.source) and not params.azureFixed \
+        and vhdlayout.streamable(disks.info(params.source, params.sourceFormat), fmt)
 
 
 def _label(fmt: str) -> str:
@@ -149,6 +159,13 @@ def run(params: Params, ctx: StepContext) -> dict:
             with params.inputStorageLocation.share() as share:
                 share.download(params.inputImageFilename, source, cancel=stop,
                                progress=staging.progress_band(ctx, *bands["download"], "downloading"))
+        if out.get("method") == "stream":
+            layout = vhdlayout.make(disks.qemu_format(out["format"]), out["subformat"], out["virtual_size"], scratch)
+            with params.outputStorageLocation.share() as share:
+                stored = share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput,
+                                      cancel=stop, layout=layout, progress=staging.progress_band(
+                                          ctx, bands["convert"][0], 100, "streaming into the container"))
+            return _result(planned, out["subformat"], out["virtual_size"], stored.size, stored.sent, started, ctx)
         local = params.output or scratch / "output"
         converted = disks.convert(source, local, out["format"], src_fmt=planned["source"]["format"],
                                   subformat=out["subformat"], azure_fixed=params.azureFixed,
@@ -163,9 +180,14 @@ def run(params: Params, ctx: StepContext) -> dict:
             sent, file_size = stored.sent, stored.size
         else:
             file_size = os.path.getsize(local)
+    return _result(planned, converted.subformat, converted.virtual_size, file_size, sent, started, ctx)
+
+
+def _result(planned: dict, subformat: str | None, virtual_size: int, file_size: int, sent: int | None,
+            started: float, ctx: StepContext) -> dict:
     ctx.progress(100, "done")
     return {**planned, "dryRun": False,
-            "output": {**out, "subformat": converted.subformat, "virtual_size": converted.virtual_size,
+            "output": {**planned["output"], "subformat": subformat, "virtual_size": virtual_size,
                        "file_size": file_size},
             "bytes_sent": sent, "seconds": round(time.monotonic() - started, 3)}
 

@@ -90,7 +90,7 @@ def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
         raise ShareFull(f"{target.location} has {_mib(free)} free but exporting a {_mib(source.virtual_size)} disk "
                         f"needs {_mib(required)} (twice its virtual size); free space on the share or choose "
                         "another location")
-    method = "stream" if streams(source) else "convert, then upload"
+    method = "stream" if vhdlayout.streamable(source, disks.qemu_format(fmt)) else "convert, then upload"
     needed = STREAM_SCRATCH if method == "stream" else staging.output_estimate(source, fmt, params.SmbDiskSubformat)
     scratch = staging.require_scratch(needed, f"exporting {params.disk} as {fmt.upper()}")
     return {
@@ -103,12 +103,6 @@ def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
         "scratch": scratch,
         "hash": list(hashing.ALGORITHMS) if params.hashDisk else None,
     }
-
-
-def streams(source: disks.DiskInfo) -> bool:
-    """Raw disks are streamed into the container; other formats need qemu-img to read them, and so does a raw
-    file that ends inside a sector (qemu-img pads it)."""
-    return source.format == "raw" and disks.byte_size(source.path) == source.virtual_size
 
 
 def _existing(share: SmbShare, name: str, overwrite: bool) -> int | None:
@@ -162,9 +156,7 @@ def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> d
 
 
 def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, start: float) -> RemoteStat:
-    empty = scratch / f"empty.{target['format']}"
-    disks.create_empty(empty, target["format"], target["virtual_size"], target["subformat"])
-    layout = vhdlayout.for_container(str(empty), disks.qemu_format(target["format"]), target["subformat"])
+    layout = vhdlayout.make(disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"], scratch)
     with params.outputStorageLocation.share() as share:
         return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
                             layout=layout, progress=staging.progress_band(ctx, start, 100,

@@ -15,10 +15,11 @@ def test_bench_prints_every_comparison_with_a_ratio(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [line for line in run.stdout.splitlines()
             if line.startswith(("convert", "SMB export", "SMB upload", "hash"))]
-    # per data kind: 3 conversions, SMB export (signed and the unsigned info row), upload alone, 3 hashes
-    assert len(rows) == 18
+    # per data kind: 3 conversions, SMB export (signed, the unsigned info row and the qcow2 info row), upload alone,
+    # 3 hashes
+    assert len(rows) == 20
     for data in ("dense", "half-zero"):
-        assert sum(f" {data} " in row for row in rows) == 9
+        assert sum(f" {data} " in row for row in rows) == 10
     ratios = [re.search(r"\s(\d+\.\d+)\s+(MISSED|>=|info)", row) for row in rows]
     assert all(m and float(m.group(1)) > 0 for m in ratios), rows
     assert "SMB protection: ce SMB 3" in run.stdout + run.stderr

@@ -254,14 +254,15 @@ def _equal(output: Path, source: Path) -> None:
 
 # ---------------------------------------------------------------- convert
 
-@pytest.mark.parametrize("phase, fraction", kill_points("convert>smb", ["convert", "upload"]))
+@pytest.mark.parametrize("phase, fraction", kill_points("convert>smb", ["stream", "convert", "upload"]))
 def test_convert_to_share_killed(phase, fraction, source, references, samba, place):
     folder, share_dir, scratch, _ = place
     final = share_dir / "golden.vhd"
-    argv = [*CE, "convert", str(source), smb_url(samba, folder, "golden.vhd"), "-O", "vhd"]
+    disk = source if phase == "stream" else references["qcow2"]
+    argv = [*CE, "convert", str(disk), smb_url(samba, folder, "golden.vhd"), "-O", "vhd"]
     watched = partials(scratch, "ce-*/*.partial") if phase == "convert" else partials(share_dir, "*.partial")
     move = Move("convert>smb", phase, argv, lambda: size_of(watched), references["vhd"].stat().st_size, [final],
-                [source], share_dir, scratch)
+                [disk], share_dir, scratch)
     interrupt_and_rerun(move, fraction, lambda: _equal(final, source))
 
 

@@ -218,6 +218,17 @@ def test_convert_to_and_from_smb(samba, folder, windows, tmp_path, scratch):
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt,subformat", [("vhdx", "dynamic"), ("vhd", "dynamic"), ("vhd", "fixed")])
+def test_convert_streams_a_raw_disk_to_a_share(samba, folder, windows, windows_raw, scratch, fmt, subformat):
+    result = run("convert", {"source": str(windows_raw), "outputStorageLocation": location(samba, folder=folder.name),
+                             "outputImageFilename": f"win.{fmt}", "outputFormat": fmt, "subformat": subformat})
+    stored = folder / f"win.{fmt}"
+    assert result["output"]["method"] == "stream" and result["output"]["file_size"] == stored.stat().st_size
+    assert disks.compare(windows, stored, fmt_b=disks.qemu_format(fmt))
+    assert disks.info(stored, disks.qemu_format(fmt)).subformat == subformat
+    assert list(scratch.iterdir()) == [] and [p.name for p in folder.iterdir()] == [stored.name]
+
+
 def test_convert_params_need_one_source_and_one_output():
     for params in ({"outputFormat": "vhdx", "output": "/tmp/x"},
                    {"outputFormat": "vhdx", "source": "/tmp/a"},
@@ -335,18 +346,21 @@ def test_export_refuses_a_location_with_credentials_in_it(samba, windows):
 
 
 def test_cancel_in_the_middle_of_the_upload_leaves_nothing(samba, folder, dense_disk, scratch):
-    ctx = Recorder(cancel_when=lambda percent, message: message.startswith("uploading") and percent > 50)
+    ctx = Recorder(cancel_when=lambda percent, message: message.startswith("streaming") and percent > 50)
     with pytest.raises(StepCanceled):
         run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
                        "SmbDiskName": "canceled"}, ctx)
-    assert any(m.startswith("uploading") for _, m in ctx.reports)
+    assert any(m.startswith("streaming") and p > 50 for p, m in ctx.reports)
     assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
 def test_cancel_while_converting_leaves_nothing(samba, folder, dense_disk, scratch):
+    dense_qcow2 = dense_disk.with_suffix(".qcow2")          # a raw disk would be streamed, not converted
+    if not dense_qcow2.exists():
+        disks.convert(dense_disk, dense_qcow2, "qcow2")
     ctx = Recorder(cancel_when=lambda percent, message: message.startswith("converting"))
     with pytest.raises(StepCanceled):
-        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
+        run("export", {"disk": str(dense_qcow2), "outputStorageLocation": location(samba, folder=folder.name),
                        "SmbDiskName": "canceled", "SmbDiskFormat": "VhdDiskFormat"}, ctx)
     assert not any(m.startswith("uploading") for _, m in ctx.reports)
     assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
