@@ -370,29 +370,36 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
     doing = f"converting {src} to {FORMAT_LABELS[fmt]} failed"
     with _partial_output(dst, overwrite, durable) as partial:
         options = _create_options(fmt, subformat)
-        if azure_fixed:
-            # Pre-create the larger target and fill it: qemu-img convert cannot pad, and resizing the source
-            # would modify a disk this step does not own.
-            _run("create", "-q", "-f", fmt, "-o", options, partial, str(size), fails_as=ConversionFailed, doing=doing)
-            target_args = ["-n", "--target-is-zero"]
+        from . import layouts             # layouts builds on this module
+        if not azure_fixed and layouts.streamable(source, fmt, subformat):
+            create_empty(partial, fmt, size, subformat, doing)
+            layouts.fill(src, partial, fmt, subformat, progress=progress,
+                         cancel=functools.partial(_stop_if_canceled, cancel))
         else:
-            target_args = ["-O", fmt, *(("-o", options) if options else ())]
-        _run_watched(["convert", *CONVERT_FLAGS, "-f", source.format, *target_args, src, partial],
-                     progress=progress, cancel=cancel, doing=doing)
+            if azure_fixed:
+                # Pre-create the larger target and fill it: qemu-img convert cannot pad, and resizing the source
+                # would modify a disk this step does not own.
+                _run("create", "-q", "-f", fmt, "-o", options, partial, str(size), fails_as=ConversionFailed,
+                     doing=doing)
+                target_args = ["-n", "--target-is-zero"]
+            else:
+                target_args = ["-O", fmt, *(("-o", options) if options else ())]
+            _run_watched(["convert", *CONVERT_FLAGS, "-f", source.format, *target_args, src, partial],
+                         progress=progress, cancel=cancel, doing=doing)
         result = _verify_output(partial, fmt, subformat, size)
         if azure_fixed:
             verify_azure_vhd(partial)
     return replace(result, path=dst)
 
 
-def create_empty(path, fmt: str, size: int, subformat: str | None = None) -> DiskInfo:
+def create_empty(path, fmt: str, size: int, subformat: str | None = None, doing: str | None = None) -> DiskInfo:
     """An empty disk of ``size`` bytes (fixed subformats are sparse files, so this costs no space or time); the
-    streamed export fills one in (ce.vhdlayout)."""
+    streamed export fills one in (ce.layouts)."""
     path, fmt = os.fspath(path), qemu_format(fmt)
     subformat = _choose_subformat(fmt, subformat, False)
     options = _create_options(fmt, subformat)
     _run("create", "-q", "-f", fmt, *(("-o", options) if options else ()), path, str(size),
-         fails_as=ConversionFailed, doing=f"cannot create an empty {FORMAT_LABELS[fmt]} of {size} bytes")
+         fails_as=ConversionFailed, doing=doing or f"cannot create an empty {FORMAT_LABELS[fmt]} of {size} bytes")
     return _verify_output(path, fmt, subformat, size)
 
 

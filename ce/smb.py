@@ -18,7 +18,6 @@ Rules this module enforces:
 from __future__ import annotations
 
 import collections
-import errno
 import functools
 import io
 import logging
@@ -45,7 +44,8 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, DirectoryAccessM
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from . import smbwire, vhdlayout
+from . import layouts, smbwire
+from .layouts import chunks, data_extents
 from .disks import DestinationExists
 from .errors import CeError
 
@@ -457,7 +457,7 @@ class SmbShare:
                overwrite: bool = False, layout=None) -> RemoteStat:
         """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
 
-        ``layout`` (ce.vhdlayout) places the local bytes inside a VHD / VHDX container and supplies the
+        ``layout`` (ce.layouts) places the local bytes inside a VHD / VHDX container and supplies the
         container's metadata, so a raw disk is streamed into its final format; by default the file is copied as
         it is. ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
         ``cancel`` is a threading.Event or a callable polled between chunks."""
@@ -465,7 +465,7 @@ class SmbShare:
         with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
             fd = src.fileno()
             size = os.lseek(fd, 0, os.SEEK_END)      # st_size is 0 for block devices
-            layout = layout or vhdlayout.Identity(size)
+            layout = layout or layouts.Identity(size)
             if layout.source_size != size:
                 raise TransferFailed(f"{os.fspath(local_path)} holds {size} bytes but its container was made for "
                                      f"{layout.source_size}")
@@ -551,7 +551,7 @@ class SmbShare:
         pipeline = _Pipeline(self._connection, progress, size, cancel)
         writer = smbwire.writer_for(handle, self._write_chunk)
         sent = 0
-        for offset, length in _chunks(extents, self._write_chunk, layout.block_size):
+        for offset, length in chunks(extents, self._write_chunk, layout.block_size):
             _stop_if_canceled(cancel)
             if writer.read(fd, offset, length) != length:
                 raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
@@ -592,7 +592,7 @@ class SmbShare:
 
     def _receive_chunks(self, handle: Open, size: int, fd: int, progress, cancel) -> None:
         pipeline = _Pipeline(self._connection, progress, size, cancel)
-        for offset, length in _chunks([(0, size)], self._chunk):
+        for offset, length in chunks([(0, size)], self._chunk):
             _stop_if_canceled(cancel)
             pipeline.make_room(length)
             request, _ = handle.read(offset, length, send=False)
@@ -781,36 +781,6 @@ class _Pipeline:
 
 
 # ---------------------------------------------------------------- helpers
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) of the data regions of a local file; one extent when the file system cannot tell."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:          # only a hole is left
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                yield offset, size - offset
-                return
-            raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end - start
-        offset = end
-
-
-def _chunks(extents, chunk: int, boundary: int | None = None) -> Iterator[tuple[int, int]]:
-    """Pieces of at most ``chunk`` bytes that never cross a multiple of ``boundary`` (a container's block)."""
-    for offset, length in extents:
-        start, end = offset, offset + length
-        while start < end:
-            stop = min(start + chunk, end)
-            if boundary:
-                stop = min(stop, (start // boundary + 1) * boundary)
-            yield start, stop - start
-            start = stop
-
 
 def _is_zero(data: bytes) -> bool:
     return data == (ZERO_CHUNK if len(data) == READ_CHUNK else bytes(len(data)))

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ce import disks, staging, vhdlayout
+from ce import disks, staging, layouts
 from ce.errors import naming_field
 from ce.smb import RemoteExists, normalize_path
 from ce.smbtarget import StorageLocation
@@ -111,9 +111,10 @@ def _plan_source(params: Params) -> tuple[dict, int | None]:
 
 
 def _streams(params: Params, fmt: str) -> bool:
-    """A local raw disk going to a share as VHDX or VHD is streamed into its container (steps/export.py)."""
-    return bool(params.source) and not params.azureFixed \
-        and vhdlayout.streamable(disks.info(params.source, params.sourceFormat), fmt)
+    """A local raw disk going to a share as VHDX or VHD is streamed into its container (steps/export.py); not as
+    a VMDK, whose 64 KiB grains would each be a separate SMB write."""
+    return bool(params.source) and not params.azureFixed and fmt in ("vhdx", "vpc") \
+        and layouts.streamable(disks.info(params.source, params.sourceFormat), fmt, params.subformat)
 
 
 def _label(fmt: str) -> str:
@@ -160,7 +161,7 @@ def run(params: Params, ctx: StepContext) -> dict:
                 share.download(params.inputImageFilename, source, cancel=stop,
                                progress=staging.progress_band(ctx, *bands["download"], "downloading"))
         if out.get("method") == "stream":
-            layout = vhdlayout.make(disks.qemu_format(out["format"]), out["subformat"], out["virtual_size"], scratch)
+            layout = layouts.make(disks.qemu_format(out["format"]), out["subformat"], out["virtual_size"], scratch)
             with params.outputStorageLocation.share() as share:
                 stored = share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput,
                                       cancel=stop, layout=layout, progress=staging.progress_band(

@@ -2,7 +2,7 @@
 
 qemu-img cannot write to SMB. A raw disk -- an attached block device, or a raw file -- is streamed: its non-zero
 chunks go straight to their places inside the VHDX / VHD on the share, and the container's metadata, made by
-``qemu-img create`` in scratch space and filled in by ce.vhdlayout, follows them; the disk is read once and nothing
+``qemu-img create`` in scratch space and filled in by ce.layouts, follows them; the disk is read once and nothing
 of its size is written locally. Any other source format is first converted into a local scratch file, which is
 then uploaded with its holes skipped. Either way the share sees ``NAME.partial``, renamed to ``NAME`` once its
 size is verified.
@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce import disks, hashing, smb, staging, vhdlayout
+from ce import disks, hashing, smb, staging, layouts
 from ce.errors import naming_field
 from ce.smb import RemoteExists, RemoteStat, ShareFull, SmbShare
 from ce.smbtarget import StorageLocation
@@ -90,7 +90,8 @@ def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
         raise ShareFull(f"{target.location} has {_mib(free)} free but exporting a {_mib(source.virtual_size)} disk "
                         f"needs {_mib(required)} (twice its virtual size); free space on the share or choose "
                         "another location")
-    method = "stream" if vhdlayout.streamable(source, disks.qemu_format(fmt)) else "convert, then upload"
+    method = "stream" if layouts.streamable(source, disks.qemu_format(fmt), params.SmbDiskSubformat) \
+        else "convert, then upload"
     needed = STREAM_SCRATCH if method == "stream" else staging.output_estimate(source, fmt, params.SmbDiskSubformat)
     scratch = staging.require_scratch(needed, f"exporting {params.disk} as {fmt.upper()}")
     return {
@@ -135,7 +136,7 @@ def run(params: Params, ctx: StepContext, name: str | None = None, step: str = N
 
 def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> dict:
     started = time.monotonic()
-    target, name = planned["target"], planned["target"]["name"]
+    target = planned["target"]
     stop = staging.Stopper(ctx, params.timeout, step)
     result = {"step": step, "dryRun": False, "source": planned["source"], "hashes": None}
     with stop.translating():
@@ -156,7 +157,7 @@ def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> d
 
 
 def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, start: float) -> RemoteStat:
-    layout = vhdlayout.make(disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"], scratch)
+    layout = layouts.make(disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"], scratch)
     with params.outputStorageLocation.share() as share:
         return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
                             layout=layout, progress=staging.progress_band(ctx, start, 100,

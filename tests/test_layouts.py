@@ -1,4 +1,4 @@
-"""Streaming a raw disk into a VHD / VHDX on a real Samba share (ce.vhdlayout through SmbShare.upload).
+"""Streaming a raw disk into a VHD / VHDX on a real Samba share (ce.layouts through SmbShare.upload).
 
 Each container is checked the way a user would: downloaded back, opened by qemu-img (check, compare with the
 source) and by libvhdi (an independent reader: type and size), and its allocation is compared with the source's
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ce import disks, vhdlayout
+from ce import disks, layouts
 from ce.smb import Credentials, SmbShare
 from tests.smbserver import PASSWORD, USER, SambaServer
 
 MiB = 1 << 20
 CONTAINERS = [("vhdx", "dynamic"), ("vhdx", "fixed"), ("vpc", "dynamic"), ("vpc", "fixed")]
-READER_TYPES = {"dynamic": "Dynamic", "fixed": "Fixed"}
+READER_TYPES = {"dynamic": "Dynamic", "fixed": "Fixed", "monolithicSparse": "Monolithic sparse"}
+READERS = {"vhdx": "vhdiinfo", "vpc": "vhdiinfo", "vmdk": "vmdkinfo"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def awkward_source(path: Path) -> Path:
 def stream(share: SmbShare, source: Path, fmt: str, subformat: str, name: str, scratch: Path):
     empty = scratch / f"{name}.empty"
     disks.create_empty(empty, fmt, source.stat().st_size, subformat)
-    layout = vhdlayout.for_container(str(empty), fmt, subformat)
+    layout = layouts.for_container(str(empty), fmt, subformat)
     stored = share.upload(source, name, layout=layout)
     return layout, stored, share.directory / name
 
@@ -64,13 +65,13 @@ def qemu_img(*args: str) -> subprocess.CompletedProcess:
 def assert_same_disk(source: Path, stored: Path, fmt: str, subformat: str) -> None:
     compared = qemu_img("compare", "-f", "raw", "-F", fmt, str(source), str(stored))
     assert compared.returncode == 0, compared.stdout + compared.stderr
-    if fmt == "vhdx":
+    if fmt in ("vhdx", "vmdk"):
         checked = qemu_img("check", "-f", fmt, str(stored))
         assert checked.returncode == 0, checked.stdout + checked.stderr
     described = disks.info(stored, fmt)
     assert (described.format, described.subformat, described.virtual_size) == (fmt, subformat, source.stat().st_size)
-    if shutil.which("vhdiinfo"):
-        report = subprocess.run(["vhdiinfo", str(stored)], capture_output=True, text=True, check=True).stdout
+    if shutil.which(READERS[fmt]):
+        report = subprocess.run([READERS[fmt], str(stored)], capture_output=True, text=True, check=True).stdout
         assert re.search(rf"Disk type\s*:\s*{READER_TYPES[subformat]}\b", report), report
         assert f"({source.stat().st_size} bytes)" in report, report
 
@@ -104,7 +105,7 @@ def vhdx_present_blocks(path: Path, layout) -> list[int]:
     present = []
     for block in range(-(-layout.source_size // layout.block_size)):
         entry, = struct.unpack_from("<Q", table, 8 * (block + block // layout.chunk_ratio))
-        if entry & 7 == vhdlayout.VHDX_BLOCK_FULLY_PRESENT:
+        if entry & 7 == layouts.VHDX_BLOCK_FULLY_PRESENT:
             present.append(block)
     return present
 
@@ -127,7 +128,7 @@ def test_dynamic_vhd_blocks_carry_a_full_sector_bitmap(share, tmp_path):
     layout, _, path = stream(share, source, "vpc", "dynamic", "bitmaps.vhd", tmp_path)
     raw = path.read_bytes()
     entries = struct.unpack_from(f">{-(-layout.source_size // layout.block_size)}I", raw, layout.bat_offset)
-    allocated = [n for n, sector in enumerate(entries) if sector != vhdlayout.VHD_UNALLOCATED]
+    allocated = [n for n, sector in enumerate(entries) if sector != layouts.VHD_UNALLOCATED]
     # 2 MiB blocks with data: 0, 1 (the straddle of 2 MiB), 3 (8 MiB - 4096), 4, 6 (13 MiB + 512), 18 (the tail)
     assert allocated == [0, 1, 3, 4, 6, 18]
     for n in allocated:
@@ -149,7 +150,7 @@ def test_a_layout_made_for_another_size_is_refused_and_leaves_nothing(share, tmp
     empty = tmp_path / "other.vhdx"
     disks.create_empty(empty, "vhdx", 64 * MiB, "dynamic")
     with pytest.raises(Exception) as refused:
-        share.upload(source, "wrong.vhdx", layout=vhdlayout.for_container(str(empty), "vhdx", "dynamic"))
+        share.upload(source, "wrong.vhdx", layout=layouts.for_container(str(empty), "vhdx", "dynamic"))
     assert "its container was made for" in str(refused.value)
     assert not list(share.directory.glob("wrong*"))
 
@@ -157,8 +158,42 @@ def test_a_layout_made_for_another_size_is_refused_and_leaves_nothing(share, tmp
 def test_a_chunk_crossing_a_block_is_refused(tmp_path):
     empty = tmp_path / "e.vhdx"
     disks.create_empty(empty, "vhdx", 64 * MiB, "dynamic")
-    layout = vhdlayout.for_container(str(empty), "vhdx", "dynamic")
-    with pytest.raises(vhdlayout.LayoutError, match="crosses"):
+    layout = layouts.for_container(str(empty), "vhdx", "dynamic")
+    with pytest.raises(layouts.LayoutError, match="crosses"):
         layout.place(8 * MiB - 512, 1024)
-    with pytest.raises(vhdlayout.LayoutError, match="outside"):
+    with pytest.raises(layouts.LayoutError, match="outside"):
         layout.place(64 * MiB, 512)
+
+
+# ---------------------------------------------------------------- local files (disks.convert of a raw disk)
+
+@pytest.mark.parametrize("fmt,subformat", [*CONTAINERS, ("vmdk", "monolithicSparse")])
+def test_a_local_conversion_of_a_raw_disk_fills_the_container(tmp_path, fmt, subformat):
+    source = awkward_source(tmp_path / "source.raw")
+    out = tmp_path / f"out.{fmt}"
+    seen: list[float] = []
+    converted = disks.convert(source, out, fmt, subformat=subformat, progress=seen.append)
+    assert converted.subformat == subformat
+    assert_same_disk(source, out, fmt, subformat)
+    assert seen[-1] == 100 and seen == sorted(set(seen))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out." + fmt, "source.raw"]
+
+
+def test_a_vmdk_records_each_grain_in_both_grain_tables(tmp_path):
+    source = awkward_source(tmp_path / "source.raw")
+    out = tmp_path / "out.vmdk"
+    disks.create_empty(out, "vmdk", source.stat().st_size)
+    empty_size = out.stat().st_size
+    layouts.fill(source, out, "vmdk", "monolithicSparse")
+    layout = layouts.for_container(str(out), "vmdk", "monolithicSparse")
+    raw = out.read_bytes()
+    grains = -(-layout.source_size // layout.block_size)
+    tables = [[struct.unpack_from("<I", raw, layout.tables[copy][g // layout.entries_per_table] * 512
+                                  + 4 * (g % layout.entries_per_table))[0] for g in range(grains)]
+              for copy in (0, 1)]
+    assert tables[0] == tables[1]
+    allocated = [g for g, sector in enumerate(tables[0]) if sector]
+    # 64 KiB grains with data: 0, 31 and 32 (2 MiB - 300 straddles them), 127 and 128 (8 MiB - 4096 straddles),
+    # 208 (13 MiB + 512) and the partial last grain (the final 1000 bytes; it holds 3 sectors of the disk)
+    assert allocated == [0, 31, 32, 127, 128, 208, grains - 1]
+    assert out.stat().st_size == empty_size + len(allocated) * layout.block_size
