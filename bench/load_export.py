@@ -1,6 +1,6 @@
-"""An export under polling load: 200 connectors polling the step while it converts and uploads a 1 GiB disk.
+"""An export under polling load: 200 connectors polling the step while it streams a 1 GiB disk to the share.
 
-    python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 2]
+    python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 3]
 
 Starts the real server (gunicorn, mutual TLS, generated certificates) and a real smbd on 127.0.0.1, makes a disk of
 ``--size-mb`` random bytes, then runs ``--rounds`` pairs of exports of it through the API, interleaved: one
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=4, help="client processes the pollers are spread over")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between one poller's requests")
     parser.add_argument("--size-mb", type=int, default=1024, help="the disk's size (random bytes)")
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of unloaded + loaded exports")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of unloaded + loaded exports (odd: a true median)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ce-bench-load-export-") as tmp:
