@@ -73,6 +73,31 @@ class Identity:
         return 0
 
 
+class _Blocks:
+    """What the block-based layouts share: ``head`` holds every metadata byte (written at offset 0 when the data
+    is in place) and new blocks go at ``next_free``."""
+
+    def metadata(self) -> list[tuple[int, bytes]]:
+        return [(0, bytes(self.head))]
+
+    @property
+    def size(self) -> int:
+        return self.next_free
+
+    @property
+    def overhead(self) -> int:
+        return len(self.head)
+
+    def _block_of(self, offset: int, length: int) -> tuple[int, int]:
+        """(block number, offset within it) of a chunk, which must lie inside one block of the disk."""
+        block, within = divmod(offset, self.block_size)
+        if within + length > self.block_size:
+            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte block")
+        if not 0 <= offset < self.source_size:
+            raise LayoutError(f"block {block} is outside the {self.source_size}-byte disk")
+        return block, within
+
+
 STREAMABLE = {"vhdx": ("dynamic", "fixed"), "vpc": ("dynamic", "fixed"), "vmdk": ("monolithicSparse",)}
 
 
@@ -155,7 +180,7 @@ def for_container(template: str, fmt: str, subformat: str) -> "VhdxLayout | VhdL
 # ---------------------------------------------------------------- VHDX (MS-VHDX 2.5)
 
 @dataclass
-class VhdxLayout:
+class VhdxLayout(_Blocks):
     head: bytearray            # every byte before the first payload block: headers, log, metadata and the BAT
     bat_offset: int
     block_size: int
@@ -190,31 +215,13 @@ class VhdxLayout:
         return layout
 
     def place(self, offset: int, length: int) -> int:
-        block, within = divmod(offset, self.block_size)
-        if within + length > self.block_size:
-            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte block")
-        if not 0 <= block < self._blocks():
-            raise LayoutError(f"block {block} is outside the {self.source_size}-byte disk")
+        block, within = self._block_of(offset, length)
         entry = struct.unpack_from("<Q", self.head, self._entry_offset(block))[0]
         if entry & VHDX_BLOCK_STATE_MASK == VHDX_BLOCK_FULLY_PRESENT:
             return (entry & VHDX_OFFSET_MASK) + within
         start, self.next_free = self.next_free, self.next_free + self.block_size
         self._set_entry(block, start)
         return start + within
-
-    def metadata(self) -> list[tuple[int, bytes]]:
-        return [(0, bytes(self.head))]
-
-    @property
-    def size(self) -> int:
-        return self.next_free
-
-    @property
-    def overhead(self) -> int:
-        return len(self.head)
-
-    def _blocks(self) -> int:
-        return -(-self.source_size // self.block_size)
 
     def _entry_offset(self, block: int) -> int:
         return self.bat_offset + 8 * (block + block // self.chunk_ratio)
@@ -237,7 +244,7 @@ def _vhdx_region(regions: bytes, guid: bytes) -> tuple[int, int]:
 # ---------------------------------------------------------------- VHD (Virtual Hard Disk Image Format Specification)
 
 @dataclass
-class VhdLayout:
+class VhdLayout(_Blocks):
     head: bytearray            # dynamic: footer copy, dynamic header and BAT; fixed: empty
     footer: bytes
     source_size: int
@@ -272,9 +279,7 @@ class VhdLayout:
     def place(self, offset: int, length: int) -> int:
         if self.block_size is None:
             return offset
-        block, within = divmod(offset, self.block_size)
-        if within + length > self.block_size:
-            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte block")
+        block, within = self._block_of(offset, length)
         at = self.bat_offset + 4 * block
         sector, = struct.unpack_from(">I", self.head, at)
         if sector == VHD_UNALLOCATED:
@@ -304,7 +309,7 @@ class VhdLayout:
 # ---------------------------------------------------------------- VMDK monolithicSparse (VMDK 1.1, "Hosted Sparse Extents")
 
 @dataclass
-class VmdkLayout:
+class VmdkLayout(_Blocks):
     head: bytearray            # header, descriptor, both grain directories and their (preallocated) grain tables
     tables: tuple[list[int], list[int]]     # sector of every grain table, through the directory and its copy
     entries_per_table: int
@@ -327,11 +332,7 @@ class VmdkLayout:
                    next_free=_round_up(file_size, SECTOR))
 
     def place(self, offset: int, length: int) -> int:
-        grain, within = divmod(offset, self.block_size)
-        if within + length > self.block_size:
-            raise LayoutError(f"a chunk at {offset} of {length} bytes crosses a {self.block_size}-byte grain")
-        if not 0 <= grain * self.block_size < self.source_size:
-            raise LayoutError(f"grain {grain} is outside the {self.source_size}-byte disk")
+        grain, within = self._block_of(offset, length)
         table, index = divmod(grain, self.entries_per_table)
         at = [self.tables[0][table] * SECTOR + 4 * index, self.tables[1][table] * SECTOR + 4 * index]
         sector, = struct.unpack_from("<I", self.head, at[0])
@@ -340,17 +341,6 @@ class VmdkLayout:
             for where in at:
                 struct.pack_into("<I", self.head, where, sector)
         return sector * SECTOR + within
-
-    def metadata(self) -> list[tuple[int, bytes]]:
-        return [(0, bytes(self.head))]
-
-    @property
-    def size(self) -> int:
-        return self.next_free
-
-    @property
-    def overhead(self) -> int:
-        return len(self.head)
 
 
 # ---------------------------------------------------------------- local files
