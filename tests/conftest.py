@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,10 @@ from ce.errors import CeError
 from ce.guest import Drive, Guest
 from images.build import build
 from images.spec import Spec
+from tests.smbserver import SambaServer, fresh_folder
 
 os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+MiB = 1 << 20
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +60,18 @@ def appliance(samples, extra_formats):
     shared = SharedAppliance({**paths, **extra_formats})
     yield shared
     shared.guest.close()
+
+
+# ---------------------------------------------------------------- Samba (each SMB test module defines ``samba``)
+
+@pytest.fixture(scope="module")
+def full_samba(tmp_path_factory):
+    """A share whose files cannot grow past 4 MiB: writes beyond fail with STATUS_DISK_FULL."""
+    with SambaServer(tmp_path_factory.mktemp("samba-full"), file_size_limit=4 * MiB) as server:
+        yield server
+
+
+@pytest.fixture
+def folder(samba, request) -> Path:
+    """A fresh folder on the module's ``samba`` share for one test (its path on the Samba side)."""
+    return fresh_folder(samba, request.node.name)

@@ -11,9 +11,12 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -125,6 +128,49 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class CallbackReceiver:
+    """The connector's callback endpoint: HTTPS with ``cert`` (pinned by the server), records every POST -- the raw
+    ``bodies``, the parsed ``received`` JSON and the ``headers``; the first ``fail_first`` answers are 503."""
+
+    def __init__(self, cert, fail_first: int = 0):
+        self.cert, self.fail_first = cert, fail_first
+        self.attempts, self.bodies, self.received, self.headers = 0, [], [], []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.attempts += 1
+                receiver.bodies.append(body)
+                if receiver.attempts <= receiver.fail_first:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                receiver.received.append(json.loads(body))
+                receiver.headers.append(dict(self.headers))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert.cert), str(cert.key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.httpd.server_address[1]}/ce/steps"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Pki:

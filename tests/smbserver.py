@@ -8,7 +8,9 @@ with EFBIG, which Samba reports as STATUS_DISK_FULL: the only way to fill a shar
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -57,6 +59,22 @@ SHARE_CONF = """\
   valid users = root
   force user = root
 """
+
+
+def tiny_share(root: Path, total: int, free: int) -> dict[str, str]:
+    """Share options under which Samba reports ``total`` / ``free`` bytes (a ``dfree command``, 1 KiB blocks)."""
+    script = root / f"dfree-{total}-{free}"
+    script.write_text(f"#!/bin/sh\necho {total // 1024} {free // 1024}\n")
+    script.chmod(0o755)
+    return {"dfree command": str(script)}
+
+
+def fresh_folder(server: "SambaServer", test_name: str, share: str = "share") -> Path:
+    """A new folder on the share for one test; parametrized ids ("trailing." and "trailing ") never collide."""
+    unique = f"{re.sub(r'[^A-Za-z0-9_-]', '_', test_name)[:60]}-{hashlib.sha1(test_name.encode()).hexdigest()[:6]}"
+    path = server.share_dir(share) / unique
+    path.mkdir()
+    return path
 
 
 @dataclass

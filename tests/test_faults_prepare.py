@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from regipy.registry import RegistryHive
 
-from ce import disks, firstboot, registry
+from ce import disks, registry
 from ce.guest import Drive, Guest
 from ce.plan import hive_path
-from ce.registry import Hive, sha256_file
+from ce.registry import Hive
 
 pytestmark = pytest.mark.slow
 CE = [sys.executable, "-m", "ce.cli"]

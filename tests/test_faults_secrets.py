@@ -15,17 +15,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import ssl
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from ce import staging
 from tests.certs import self_signed
-from tests.server_harness import Pki, ServerProcess, wait_until
+from tests.server_harness import CallbackReceiver, Pki, ServerProcess, wait_until
 from tests.smbserver import USER, SambaServer
 
 MiB = 1 << 20
@@ -44,37 +41,6 @@ class CanarySamba(SambaServer):
         import subprocess
         subprocess.run(["smbpasswd", "-c", str(self.conf), "-s", "-a", "root"], input=f"{PASSWORD}\n{PASSWORD}\n",
                        text=True, check=True, capture_output=True)
-
-
-class Receiver:
-    """The connector's callback endpoint (HTTPS, self-signed, pinned by the server): keeps every raw body."""
-
-    def __init__(self, cert):
-        self.bodies: list[bytes] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert.cert), str(cert.key))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}/ce/steps"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Search:
@@ -133,7 +99,7 @@ def world(tmp_path_factory):
     scratch = base / "scratch"
     scratch.mkdir()
     connector = self_signed(base / "connector", "connector")
-    receiver = Receiver(connector)
+    receiver = CallbackReceiver(connector)
     os.environ[staging.SCRATCH_ENV] = str(scratch)
     try:
         server = ServerProcess(base / "server", Pki(base / "pki"), disks=[str(golden), str(target), str(local_out)],

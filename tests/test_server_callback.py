@@ -3,58 +3,14 @@ certificate (named connector.test, reached as 127.0.0.1: only a pin, or an ancho
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from ce.tls import OutboundPolicy, TlsConfigError, outbound_session
 from tests.certs import self_signed
-from tests.server_harness import Pki, ServerProcess, wait_until
-
-
-class Receiver:
-    """HTTPS endpoint that records every POST; the first ``fail_first`` answers are 503."""
-
-    def __init__(self, cert, fail_first: int = 0):
-        self.cert, self.fail_first = cert, fail_first
-        self.attempts, self.received, self.headers = 0, [], []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.attempts += 1
-                if receiver.attempts <= receiver.fail_first:
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                receiver.received.append(json.loads(body))
-                receiver.headers.append(dict(self.headers))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert.cert), str(cert.key))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}/ce/steps"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.server_harness import CallbackReceiver as Receiver, Pki, ServerProcess, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from ce import smb
 from ce.disks import DestinationExists
 from ce.smb import Credentials, SmbLocation, SmbShare
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
 
 MiB = 1 << 20
 GOOD = Credentials(USER, PASSWORD)
@@ -24,29 +23,9 @@ TINY_FREE, TINY_TOTAL = 10 * MiB, 100 * MiB
 @pytest.fixture(scope="module")
 def samba(tmp_path_factory):
     root = tmp_path_factory.mktemp("samba")
-    dfree = root / "dfree"
-    dfree.write_text(f"#!/bin/sh\necho {TINY_TOTAL // 1024} {TINY_FREE // 1024}\n")   # 1 KiB blocks
-    dfree.chmod(0o755)
-    shares = {"share": {}, "tiny": {"dfree command": str(dfree)}, "sealed": {"smb encrypt": "required"}}
+    shares = {"share": {}, "tiny": tiny_share(root, TINY_TOTAL, TINY_FREE), "sealed": {"smb encrypt": "required"}}
     with SambaServer(root, shares=shares) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def full_samba(tmp_path_factory):
-    """Files on this server cannot grow past 4 MiB: writes beyond fail with STATUS_DISK_FULL."""
-    with SambaServer(tmp_path_factory.mktemp("samba-full"), file_size_limit=4 * MiB) as server:
-        yield server
-
-
-@pytest.fixture
-def folder(samba, request) -> Path:
-    """A fresh folder on the share for one test (its path on the Samba side)."""
-    name = request.node.name          # parametrized ids like "trailing." and "trailing " must not collide
-    unique = f"{re.sub(r'[^A-Za-z0-9_-]', '_', name)}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
-    path = samba.share_dir("share") / unique
-    path.mkdir()
-    return path
 
 
 @pytest.fixture

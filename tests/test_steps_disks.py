@@ -18,7 +18,7 @@ import pytest
 from ce import disks, hashing, staging
 from ce.errors import CeError
 from ce.step import StepCanceled, StepContext, load_all
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
 
 MiB = 1 << 20
 SAMPLE = "win2016-vda1912"
@@ -63,26 +63,8 @@ def windows_raw(windows, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def samba(tmp_path_factory):
     root = tmp_path_factory.mktemp("samba-steps")
-    dfree = root / "dfree"
-    dfree.write_text(f"#!/bin/sh\necho {TINY_TOTAL // 1024} {TINY_FREE // 1024}\n")
-    dfree.chmod(0o755)
-    with SambaServer(root, shares={"share": {}, "tiny": {"dfree command": str(dfree)}}) as server:
+    with SambaServer(root, shares={"share": {}, "tiny": tiny_share(root, TINY_TOTAL, TINY_FREE)}) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def full_samba(tmp_path_factory):
-    """Files on this server cannot grow past 4 MiB (writes beyond fail with STATUS_DISK_FULL)."""
-    with SambaServer(tmp_path_factory.mktemp("samba-full"), file_size_limit=4 * MiB) as server:
-        yield server
-
-
-@pytest.fixture
-def folder(samba, request) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
-    path = samba.share_dir("share") / f"{name}-{hashlib.sha1(request.node.name.encode()).hexdigest()[:6]}"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
