@@ -403,6 +403,32 @@ def create_empty(path, fmt: str, size: int, subformat: str | None = None, doing:
     return _verify_output(path, fmt, subformat, size)
 
 
+def create_overlay(backing: str, backing_fmt: str, path, size: int) -> None:
+    """A local qcow2 of ``size`` bytes over ``backing`` (a URI qemu-img opens, such as an NBD export): it reads as
+    the backing image and as zeros past its end. Nothing of the backing image is copied."""
+    _run("create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", qemu_format(backing_fmt), os.fspath(path),
+         str(size), fails_as=ConversionFailed, doing=f"cannot create an overlay of {size} bytes")
+
+
+def check_remote(uri: str, fmt: str, what: str) -> int:
+    """Open the image at ``uri`` as ``fmt`` as qemu-img reads it and check its metadata (VHDX, qcow2, VMDK);
+    returns its virtual size. ``what`` names it in errors (the URI is a local socket)."""
+    fmt = qemu_format(fmt)
+    label = FORMAT_LABELS[fmt]
+    data = json.loads(_run("info", "--output=json", "-f", fmt, uri, fails_as=DiskUnreadable,
+                           doing=f"{what} is not a readable {label} image (copy it again or repair it at its "
+                                 "source)").stdout)
+    if fmt in CHECKABLE:
+        result = _run("check", "--output=json", "-f", fmt, uri, ok=(0, 2, 3, CHECK_UNSUPPORTED),
+                      fails_as=DiskUnreadable, doing=f"{what} is damaged (copy it again or repair it at its source)")
+        if result.exit_code != CHECK_UNSUPPORTED:
+            found = json.loads(result.stdout)
+            _require_undamaged(CheckResult(what, fmt, supported=True, corruptions=found.get("corruptions", 0),
+                                           leaks=found.get("leaks", 0), check_errors=found.get("check-errors", 0),
+                                           detail=_reason(result.stderr)))
+    return data["virtual-size"]
+
+
 def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = "qcow2", size: int | None = None,
                  *, overwrite: bool = False) -> DiskInfo:
     """Create a differencing disk ``child`` backed by ``parent`` (stored as a path relative to the child).
@@ -424,10 +450,12 @@ def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = 
     return replace(result, path=child)
 
 
-def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel=None) -> DiskInfo:
+def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel=None,
+               label: str | None = None) -> DiskInfo:
     """Write the contents of ``src`` over the existing disk ``target`` (a file or block device), in ``target``'s
-    own format, from offset 0; ``target`` must be at least as large. Areas that are zero in ``src`` are zeroed
-    in ``target`` (qemu-img uses write-zeroes / discard), so stale data never shows through.
+    own format, from offset 0; ``target`` must be at least as large. Areas that are zero in ``src`` are zeroed in
+    ``target`` (qemu-img uses write-zeroes / discard), so stale data never shows through. ``label`` names ``src``
+    in errors.
 
     There is no partial name for an attached disk: a failure or cancel leaves it partly written, and the error
     says so."""
@@ -439,7 +467,7 @@ def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel
         raise DiskError(f"{target} holds {dest.virtual_size} bytes but the image needs {source.virtual_size}",
                         code="disk_too_small")
     _stop_if_canceled(cancel)
-    doing = f"writing {src} onto {target} failed (the disk is now partly written)"
+    doing = f"writing {label or src} onto {target} failed (the disk is now partly written)"
     _run_watched(["convert", *CONVERT_FLAGS, "-n", "-f", source.format, "-O", dest.format, src, target],
                  progress=progress, cancel=cancel, doing=doing, canceled_message="writing onto the disk was "
                  "canceled; the disk is partly written: run the step again before using it")

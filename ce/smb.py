@@ -451,7 +451,7 @@ class SmbShare:
     def open_read(self, path: str) -> "RemoteReader":
         with self._failures(f"opening {path!r}", path):
             handle = self._open(self._full(path), FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE)
-        return RemoteReader(handle, path, self._chunk, self._failures)
+        return RemoteReader(handle, path, self._chunk, self._failures, self._send)
 
     def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
                overwrite: bool = False, layout=None) -> RemoteStat:
@@ -705,9 +705,10 @@ class SmbShare:
 class RemoteReader(io.RawIOBase):
     """A read-only, seekable file on a share (``SmbShare.open_read``)."""
 
-    def __init__(self, handle: Open, path: str, chunk: int, failures):
+    def __init__(self, handle: Open, path: str, chunk: int, failures, send):
         super().__init__()
         self._handle = handle
+        self._send = send
         self._chunk = chunk                     # at most what the session has credits for
         self._failures = failures
         self.path = path
@@ -739,6 +740,18 @@ class RemoteReader(io.RawIOBase):
         buffer[:len(data)] = data
         self._position += len(data)
         return len(data)
+
+    def read_exactly(self, offset: int, into: memoryview) -> None:
+        """Fill ``into`` from ``offset`` with up to IN_FLIGHT reads on the wire; the range must be in the file."""
+        if offset + len(into) > self.size:
+            raise TransferFailed(f"{self.path!r} holds {self.size} bytes: cannot read {len(into)} at {offset}")
+        pipeline = _Pipeline(self._handle.connection, None, len(into))
+        with self._failures(f"reading {self.path!r}", self.path):
+            for start, length in chunks([(offset, len(into))], self._chunk):
+                pipeline.make_room(length)
+                request, _ = self._handle.read(start, length, send=False)
+                pipeline.add(self._send(request), 0, functools.partial(_copy_read, into, start - offset, length, start))
+            pipeline.drain()
 
     def close(self) -> None:
         if not self.closed:
@@ -817,6 +830,13 @@ def _store_read(fd: int, offset: int, length: int, response) -> None:
         raise TransferFailed(f"the share returned {len(data)} of {length} bytes at offset {offset}")
     if not _is_zero(data):                      # a hole in the local file reads as zeros
         os.pwrite(fd, data, offset)
+
+
+def _copy_read(into: memoryview, at: int, length: int, offset: int, response) -> None:
+    data = _unpack(SMB2ReadResponse, response)["buffer"].get_value()
+    if len(data) != length:
+        raise TransferFailed(f"the share returned {len(data)} of {length} bytes at offset {offset}")
+    into[at:at + length] = data
 
 
 def _end_of_file(size: int) -> FileEndOfFileInformation:

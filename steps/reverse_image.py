@@ -1,9 +1,11 @@
 """reverseImage: a VHD(X) on an SMB share -> raw blocks on the attached disk (file or block device).
 
-The image is downloaded into local scratch space (holes stay holes), checked with qemu-img, then written over the
-attached disk from offset 0 by qemu-img (``convert -n``). The whole ``outputSizeMb`` is written: where the image
-has no data, and beyond its end, the disk is zeroed (qemu-img uses write-zeroes / discard, cheap on thin disks), so
-nothing of what the disk held before shows through.
+The image is read where it is: ce serves the file on the share to qemu-img over NBD on a local socket
+(ce.nbdexport), so no local copy is made, whatever the image's size. qemu-img checks the image, then writes it
+over the attached disk from offset 0 (``convert -n``) through a small local qcow2 overlay of ``outputSizeMb`` that
+reads as zeros past the image's end. The whole ``outputSizeMb`` is written: where the image has no data, and
+beyond its end, the disk is zeroed (qemu-img uses write-zeroes / discard, cheap on thin disks), so nothing of what
+the disk held before shows through. A share that fails in the middle is reported with its own error.
 
 Refused before the download: an image smaller than nothing or larger than ``outputSizeMb``; a differencing image
 (its parent is not part of the job); a block device smaller than ``outputSizeMb``; and, unless
@@ -19,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce import disks, hashing, staging
+from ce import disks, hashing, nbdexport, staging
 from ce.errors import CeError, naming_field
 from ce.smb import RemoteNotFound, normalize_path
 from ce.smbtarget import StorageLocation
@@ -29,6 +31,7 @@ NAME = "reverseImage"
 MiB = 1 << 20
 FORMATS = {"VhdxDiskFormat": "vhdx", "VhdDiskFormat": "vpc"}
 EXTENSIONS = {".vhdx": "vhdx", ".vhd": "vpc"}
+OVERLAY_SCRATCH = 16 * MiB          # the overlay's qcow2 metadata and the NBD socket
 
 
 class OutputNotEmpty(CeError):
@@ -95,7 +98,7 @@ def plan(params: Params) -> dict:
                                       "part of the job; merge it into one disk first")
     size = _output_size(params, virtual)
     grows = _check_target(params, target, size)
-    scratch = staging.require_scratch(found.allocated or found.size, f"downloading {params.inputImageFilename}")
+    scratch = staging.require_scratch(OVERLAY_SCRATCH, f"reading {params.inputImageFilename} from the share")
     return {"step": NAME, "dryRun": True,
             "source": {"location": str(params.inputStorageLocation.location), "name": params.inputImageFilename,
                        "format": label.lower(), "subformat": subformat, "virtual_size": virtual,
@@ -167,25 +170,21 @@ def run(params: Params, ctx: StepContext) -> dict:
     started = time.monotonic()
     stop = staging.Stopper(ctx, params.timeout, NAME)
     source, target = planned["source"], planned["target"]
-    with stop.translating(), staging.scratch_dir("reverse") as scratch:
-        local = scratch / "image"
-        with params.inputStorageLocation.share() as share:
-            share.download(params.inputImageFilename, local, cancel=stop,
-                           progress=staging.progress_band(ctx, 0, 45, f"downloading {source['name']}"))
-        fmt = FORMATS["VhdxDiskFormat" if source["format"] == "vhdx" else "VhdDiskFormat"]
-        image = disks.info(local, fmt)
-        if image.virtual_size != source["virtual_size"]:
-            raise ImageMismatch(f"the downloaded {source['name']} reads as {image.virtual_size} bytes, not "
-                                f"{source['virtual_size']}: it changed on the share; run the step again")
+    fmt = disks.qemu_format(source["format"])
+    where = f"{source['location']}\\{source['name']}"
+    with stop.translating(), staging.scratch_dir("reverse") as scratch, \
+            params.inputStorageLocation.share() as share, share.open_read(source["name"]) as reader, \
+            nbdexport.ShareExport(reader, scratch) as export, export.raising_share_errors():
+        virtual = disks.check_remote(export.uri, fmt, where)
+        if virtual != source["virtual_size"]:
+            raise ImageMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it changed on "
+                                "the share; run the step again")
         if target["grows_to"]:
             os.truncate(params.disk, target["grows_to"])
-        written_from = local
-        if target["output_size"] > image.virtual_size:
-            # A larger child reads as zeros past the parent's end, so one qemu-img run zeroes the tail too.
-            written_from = scratch / "sized.qcow2"
-            disks.create_child(local, written_from, fmt, "qcow2", target["output_size"])
-        disks.write_onto(written_from, params.disk, progress=staging.progress_band(ctx, 45, 100, "writing the disk"),
-                         cancel=stop)
+        overlay = scratch / "image.qcow2"
+        disks.create_overlay(export.uri, fmt, overlay, target["output_size"])
+        disks.write_onto(overlay, params.disk, progress=staging.progress_band(ctx, 0, 100, "writing the disk"),
+                         cancel=stop, label=where)
     ctx.progress(100, "done")
     return {**planned, "dryRun": False, "bytes_written": target["output_size"],
             "seconds": round(time.monotonic() - started, 3)}

@@ -502,6 +502,40 @@ def test_reverse_image_refuses_a_non_empty_disk_unless_overwrite(samba, image_on
     assert disks.compare(windows, target, fmt_b="raw")       # no old byte shows through, tail included
 
 
+def scratch_bytes(scratch: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in scratch.rglob("*") if p.is_file())
+
+
+def test_reverse_image_reads_the_image_in_place_without_a_local_copy(samba, folder, dense_disk, tmp_path, scratch):
+    """64 MiB of random data: the scratch space never holds more than the overlay's metadata."""
+    run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
+                   "SmbDiskName": "dense"})
+    target = tmp_path / "attached.raw"
+    target.touch()
+    seen: list[int] = []
+    ctx = Recorder(cancel_when=lambda percent, message: seen.append(scratch_bytes(scratch)) and False)
+    result = run("reverseImage", {"disk": str(target), "inputStorageLocation": location(samba, folder=folder.name),
+                                  "inputImageFilename": "dense.vhdx"}, ctx)
+    assert result["scratch"]["needed"] < 32 * MiB
+    assert disks.compare(dense_disk, target, fmt_a="raw", fmt_b="raw")
+    assert len(seen) > 3 and max(seen) < 4 * MiB, seen
+    assert list(scratch.iterdir()) == []
+
+
+def test_reverse_image_reports_a_share_that_fails_mid_write(dense_disk, tmp_path, scratch):
+    with SambaServer(tmp_path / "samba-dies") as server:
+        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(server), "SmbDiskName": "dense"})
+        target = tmp_path / "attached.raw"
+        target.touch()
+        ctx = Recorder(cancel_when=lambda percent, message: percent > 20 and server.stop())
+        with pytest.raises(CeError) as failed:
+            run("reverseImage", {"disk": str(target), "inputStorageLocation": location(server),
+                                 "inputImageFilename": "dense.vhdx"}, ctx)
+    assert failed.value.code.startswith("smb_"), failed.value.to_dict()
+    assert "partly written" in failed.value.message
+    assert list(scratch.iterdir()) == []
+
+
 def test_reverse_image_size_and_format_rules(samba, image_on_share, windows, tmp_path):
     target = tmp_path / "small.raw"
     target.write_bytes(b"")

@@ -1,0 +1,185 @@
+"""A file on an SMB share served read-only over NBD on a local Unix socket, so qemu-img reads it where it is.
+
+qemu-img has no smb:// driver, so a disk image on a share used to be downloaded into local scratch space first:
+as much local space as the image holds data, which the CE VM's own small disk does not have for a real golden
+image. qemu-img does speak NBD, and an NBD export is only a read of N bytes at offset X -- exactly what an SMB READ
+is. ``ShareExport`` answers qemu-img's NBD requests from an open ``RemoteReader``; qemu-img stays the only reader
+of the VHD / VHDX format (its checks, its BAT, its bitmaps).
+
+Protocol: the fixed newstyle handshake with NBD_OPT_GO / NBD_OPT_INFO (and NBD_OPT_EXPORT_NAME for old clients),
+simple replies, read-only transmission: NBD_CMD_READ and NBD_CMD_DISC; every other command gets EPERM or EINVAL
+(https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md). One thread per client connection; reads
+are serialized, since they share one SMB session. An SMB failure while serving a read is answered with EIO and
+kept in ``error``, so the caller reports the share's own error rather than qemu-img's "Input/output error".
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import CeError
+
+log = logging.getLogger(__name__)
+
+NBD_MAGIC = b"NBDMAGIC"
+OPTION_MAGIC = b"IHAVEOPT"
+OPTION_REPLY_MAGIC = 0x3E889045565A9
+REQUEST = struct.Struct(">IHHQQI")             # magic, command flags, type, cookie, offset, length
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY = struct.Struct(">IIQ")          # magic, error, cookie
+SIMPLE_REPLY_MAGIC = 0x67446698
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
+OPT_EXPORT_NAME, OPT_ABORT, OPT_INFO, OPT_GO = 1, 2, 6, 7
+REP_ACK, REP_INFO = 1, 3
+REP_ERR_UNSUP, REP_ERR_INVALID = (1 << 31) + 1, (1 << 31) + 3
+INFO_EXPORT = 0
+TRANSMISSION_FLAGS = 1 | 2                    # NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY
+CMD_READ, CMD_DISC = 0, 2
+EPERM, EIO, EINVAL = 1, 5, 22
+MAX_READ = 32 << 20                           # qemu's NBD client never asks for more in one request
+WRITING_COMMANDS = {1, 3, 4, 5, 6}            # WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES
+
+
+class ShareExport:
+    """``with ShareExport(reader, directory) as export:`` -- qemu-img opens ``export.uri``."""
+
+    def __init__(self, reader, directory):
+        self.reader = reader
+        self.size = reader.size
+        self.socket_path = Path(directory) / "nbd.sock"
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.socket_path}"
+
+    def __enter__(self) -> "ShareExport":
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)            # only this user (qemu-img runs as it) may read the share
+        self._listener.listen(4)
+        self._start(self._accept_loop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for thread in self._threads:
+            thread.join(10)
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    @contextmanager
+    def raising_share_errors(self):
+        """When qemu-img fails because a read from the share failed, raise the share's error (its code) with what
+        the failed operation left behind (qemu-img's failure, which says so)."""
+        try:
+            yield
+        except CeError as exc:
+            if self.error is None or self.error is exc:
+                raise
+            cause = self.error
+            code = getattr(cause, "code", exc.code)
+            raise CeError(f"{getattr(cause, 'message', cause)}; {exc.message}", code=code) from exc
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="nbd-export")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while self._listener is not None:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:                         # the listener was closed
+                return
+            self._start(self._session, client)
+
+    def _session(self, client: socket.socket) -> None:
+        with client:
+            try:
+                if self._handshake(client):
+                    self._transmission(client)
+            except (ConnectionError, EOFError):
+                pass                                # the client went away (qemu-img ended or was killed)
+
+    # ------------------------------------------------ handshake
+
+    def _handshake(self, client: socket.socket) -> bool:
+        client.sendall(NBD_MAGIC + OPTION_MAGIC + struct.pack(">H", FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        client_flags, = struct.unpack(">I", _receive(client, 4))
+        while True:
+            magic, option, length = struct.unpack(">8sII", _receive(client, 16))
+            if length:
+                _receive(client, length)           # the export name and info requests: there is one export
+            if magic != OPTION_MAGIC:
+                return False
+            if option == OPT_EXPORT_NAME:
+                zeroes = b"" if client_flags & FLAG_NO_ZEROES else bytes(124)
+                client.sendall(struct.pack(">QH", self.size, TRANSMISSION_FLAGS) + zeroes)
+                return True
+            if option in (OPT_GO, OPT_INFO):
+                self._reply(client, option, REP_INFO, struct.pack(">HQH", INFO_EXPORT, self.size, TRANSMISSION_FLAGS))
+                self._reply(client, option, REP_ACK)
+                if option == OPT_GO:
+                    return True
+            elif option == OPT_ABORT:
+                self._reply(client, option, REP_ACK)
+                return False
+            else:                                   # structured replies, meta contexts, TLS, ...: not offered
+                self._reply(client, option, REP_ERR_UNSUP)
+
+    @staticmethod
+    def _reply(client: socket.socket, option: int, kind: int, data: bytes = b"") -> None:
+        client.sendall(struct.pack(">QIII", OPTION_REPLY_MAGIC, option, kind, len(data)) + data)
+
+    # ------------------------------------------------ transmission
+
+    def _transmission(self, client: socket.socket) -> None:
+        while True:
+            magic, _flags, command, cookie, offset, length = REQUEST.unpack(_receive(client, REQUEST.size))
+            if magic != REQUEST_MAGIC or command == CMD_DISC:
+                return
+            if command in WRITING_COMMANDS:
+                if command == 1:                    # a WRITE carries its payload: read it to stay in step
+                    _receive(client, length)
+                client.sendall(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, EPERM, cookie))
+            elif command != CMD_READ or length > MAX_READ or offset + length > self.size:
+                client.sendall(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, EINVAL, cookie))
+            else:
+                self._serve_read(client, cookie, offset, length)
+
+    def _serve_read(self, client: socket.socket, cookie: int, offset: int, length: int) -> None:
+        buffer = bytearray(length)
+        try:
+            with self._lock:
+                self.reader.read_exactly(offset, memoryview(buffer))
+        except Exception as exc:                    # answered as EIO; the caller raises the share's own error
+            log.warning("reading %s at %d for qemu-img failed: %s", self.reader.path, offset, exc)
+            self.error = self.error or exc
+            client.sendall(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, EIO, cookie))
+            return
+        client.sendall(SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, 0, cookie))
+        client.sendall(buffer)
+
+
+def _receive(client: socket.socket, length: int) -> bytes:
+    data = bytearray()
+    while len(data) < length:
+        piece = client.recv(length - len(data))
+        if not piece:
+            raise EOFError("the NBD client closed the connection")
+        data += piece
+    return bytes(data)
