@@ -235,11 +235,11 @@ def verify_azure_vhd(path) -> None:
     raise AzureVhdInvalid(f"{path} is not an Azure-ready VHD: {problem}; convert it with azure_fixed=True")
 
 
-def _info_json(path: str, fmt: str | None) -> dict:
+def _info_json(path: str, fmt: str | None, what: str | None = None) -> dict:
     fmt_args = ("-f", fmt) if fmt else ()
     label = FORMAT_LABELS.get(fmt, "disk")
     result = _run("info", "-U", "--output=json", *fmt_args, path, fails_as=DiskUnreadable,
-                  doing=f"{path} is not a readable {label} image (copy it again or repair it at its source)")
+                  doing=f"{what or path} is not a readable {label} image (copy it again or repair it at its source)")
     return json.loads(result.stdout)
 
 
@@ -410,14 +410,27 @@ def create_overlay(backing: str, backing_fmt: str, path, size: int) -> None:
          str(size), fails_as=ConversionFailed, doing=f"cannot create an overlay of {size} bytes")
 
 
-def check_remote(uri: str, fmt: str, what: str) -> int:
-    """Open the image at ``uri`` as ``fmt`` as qemu-img reads it and check its metadata (VHDX, qcow2, VMDK);
-    returns its virtual size. ``what`` names it in errors (the URI is a local socket)."""
+def remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> DiskInfo:
+    """Describe and check the image qemu-img reads at ``uri`` (an NBD export of a file elsewhere), as ``info``
+    does a local file: ``read_at(offset, length)`` reads the file itself (``size`` bytes) for what qemu-img does
+    not report; ``fmt`` None probes, correcting fixed VHDs as ``probe_format`` does. ``what`` names it in errors.
+    Refuses differencing images and images with a backing file: their parent is not part of the job."""
+    if fmt is None:
+        fmt = _info_json(uri, None, what)["format"]
+        if fmt == "raw" and _vhd_type(read_at(max(size - SECTOR, 0), SECTOR)):
+            fmt = "vpc"
+        if fmt not in FORMAT_LABELS:
+            raise UnsupportedFormat(f"{what} is a {fmt} image: ce handles {', '.join(DISK_FORMATS)}")
     fmt = qemu_format(fmt)
-    label = FORMAT_LABELS[fmt]
-    data = json.loads(_run("info", "--output=json", "-f", fmt, uri, fails_as=DiskUnreadable,
-                           doing=f"{what} is not a readable {label} image (copy it again or repair it at its "
-                                 "source)").stdout)
+    data = _info_json(uri, fmt, what)
+    subformat = (header_facts(read_at, size)[1] if fmt in ("vpc", "vhdx")
+                 else _subformat(uri, fmt, data) if fmt != "raw" else None)
+    described = DiskInfo(path=what, format=fmt, virtual_size=data["virtual-size"], actual_size=size,
+                         subformat=subformat, backing_file=data.get("backing-filename"))
+    _refuse_differencing(described)
+    if described.backing_file:
+        raise UnsupportedFormat(f"{what} is a {FORMAT_LABELS[fmt]} with a backing file ({described.backing_file}): "
+                                "its parent is not part of the job; merge the chain into one image first")
     if fmt in CHECKABLE:
         result = _run("check", "--output=json", "-f", fmt, uri, ok=(0, 2, 3, CHECK_UNSUPPORTED),
                       fails_as=DiskUnreadable, doing=f"{what} is damaged (copy it again or repair it at its source)")
@@ -426,7 +439,7 @@ def check_remote(uri: str, fmt: str, what: str) -> int:
             _require_undamaged(CheckResult(what, fmt, supported=True, corruptions=found.get("corruptions", 0),
                                            leaks=found.get("leaks", 0), check_errors=found.get("check-errors", 0),
                                            detail=_reason(result.stderr)))
-    return data["virtual-size"]
+    return described
 
 
 def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = "qcow2", size: int | None = None,

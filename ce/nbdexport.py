@@ -21,6 +21,7 @@ import struct
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import CeError
 
@@ -43,6 +44,24 @@ CMD_READ, CMD_DISC = 0, 2
 EPERM, EIO, EINVAL = 1, 5, 22
 MAX_READ = 32 << 20                           # qemu's NBD client never asks for more in one request
 WRITING_COMMANDS = {1, 3, 4, 5, 6}            # WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES
+
+
+@contextmanager
+def serving(location, name: str, directory) -> Iterator["ShareExport"]:
+    """Connect to ``location`` (a ce.smbtarget.StorageLocation), open ``name`` there and serve it from a socket in
+    ``directory`` until the block ends; qemu-img failures caused by the share raise the share's error."""
+    with location.share() as share, share.open_read(name) as reader, ShareExport(reader, directory) as export, \
+            export.raising_share_errors():
+        yield export
+
+
+def read_at(export: "ShareExport"):
+    """``read_at(offset, length)`` on the served file, for the headers qemu-img does not report."""
+    def read(offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        export.reader.read_exactly(offset, memoryview(buffer))
+        return bytes(buffer)
+    return read
 
 
 class ShareExport:

@@ -1,7 +1,8 @@
 """convert: any supported disk format -> any other (raw, qcow2, vhd, vhdx, vmdk), locally or to / from SMB.
 
 The source is a local file or block device (``source``) or a file on a share (``inputStorageLocation`` +
-``inputImageFilename``, downloaded into local scratch space first: qemu-img cannot read SMB). The output is a local
+``inputImageFilename``, read in place: ce serves it to qemu-img over a local NBD socket, ce.nbdexport, and nothing
+of its size is copied locally; a differencing image or one with a backing file is refused). The output is a local
 file (``output``, written as ``output.partial`` and renamed once read back right) or a file on a share
 (``outputStorageLocation`` + ``outputImageFilename``, uploaded as ``.partial`` and renamed once its size on the
 share is verified: a local raw disk going to VHDX or VHD is streamed into its container as an export does, anything
@@ -10,19 +11,21 @@ number of MiB (rounded up with zeros), as Azure requires.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ce import disks, staging, layouts
-from ce.errors import naming_field
+from ce import disks, layouts, nbdexport, staging
+from ce.errors import CeError, naming_field
 from ce.smb import RemoteExists, normalize_path
 from ce.smbtarget import StorageLocation
 from ce.step import StepContext, StepType, register
 
 NAME = "convert"
+OVERLAY_SCRATCH = 16 << 20          # a source on a share is read in place: a qcow2 overlay and a socket
 EXTENSION_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vhd": "vpc", ".vhdx": "vhdx",
                      ".vmdk": "vmdk"}
 
@@ -76,7 +79,9 @@ def plan(params: Params) -> dict:
     validate(params)
     fmt = disks.qemu_format(params.outputFormat)
     subformat = disks._choose_subformat(fmt, params.subformat, params.azureFixed)
-    source, download = _plan_source(params)
+    if params.inputStorageLocation:
+        staging.require_scratch(OVERLAY_SCRATCH, "reading the source from the share")
+    source = _plan_source(params)
     upload = _plan_upload(params) if params.outputStorageLocation else None
     if params.output:
         _require_local_output(params.output, params.overwriteOutput)
@@ -86,7 +91,8 @@ def plan(params: Params) -> dict:
     if upload is not None:
         upload["method"] = "stream" if _streams(params, fmt) else "convert, then upload"
     converting = upload is not None and upload["method"] != "stream"
-    scratch_needed = (download or 0) + (_estimate(params, source, fmt, subformat) if converting else 0)
+    scratch_needed = (OVERLAY_SCRATCH if params.inputStorageLocation else 0) \
+        + (_estimate(params, source, fmt, subformat) if converting else 0)
     scratch = staging.require_scratch(scratch_needed, "this conversion") if scratch_needed else None
     output = {"format": _label(fmt), "subformat": subformat, "virtual_size": size, "azure_fixed": params.azureFixed}
     if upload is not None:
@@ -96,18 +102,23 @@ def plan(params: Params) -> dict:
     return {"step": NAME, "dryRun": True, "source": source, "output": output, "scratch": scratch}
 
 
-def _plan_source(params: Params) -> tuple[dict, int | None]:
+class RemoteChanged(CeError):
+    code = "image_changed_since_plan"
+
+
+def _plan_source(params: Params) -> dict:
     if params.source:
         info = disks.info(params.source, params.sourceFormat)
         disks._refuse_differencing(info)
-        return ({"path": info.path, "format": _label(info.format), "subformat": info.subformat,
-                 "virtual_size": info.virtual_size, "is_block_device": info.is_block_device}, None)
-    where = params.inputStorageLocation
-    with where.share() as share:
-        found = share.stat(params.inputImageFilename)
-    fmt = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(params.inputImageFilename)[1].lower())
-    return ({"location": str(where.location), "name": params.inputImageFilename, "file_size": found.size,
-             "format": _label(disks.qemu_format(fmt)) if fmt else None, "virtual_size": None}, found.allocated or found.size)
+        return {"path": info.path, "format": _label(info.format), "subformat": info.subformat,
+                "virtual_size": info.virtual_size, "is_block_device": info.is_block_device}
+    where, name = params.inputStorageLocation, params.inputImageFilename
+    hint = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(name)[1].lower())
+    with staging.scratch_dir(NAME) as scratch, nbdexport.serving(where, name, scratch) as export:
+        info = disks.remote_info(export.uri, hint, f"{where.location}\\{name}", nbdexport.read_at(export),
+                                 export.size)
+    return {"location": str(where.location), "name": name, "file_size": export.size, "format": _label(info.format),
+            "subformat": info.subformat, "virtual_size": info.virtual_size}
 
 
 def _streams(params: Params, fmt: str) -> bool:
@@ -140,7 +151,7 @@ def _require_local_output(path: str, overwrite: bool) -> None:
 def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> int:
     if params.source:
         return staging.output_estimate(disks.info(params.source, params.sourceFormat), fmt, subformat)
-    return source["file_size"] if subformat != "fixed" else 2 * source["file_size"]
+    return source["file_size"] if subformat != "fixed" else source["virtual_size"] + source["file_size"]
 
 
 # ---------------------------------------------------------------- run
@@ -153,13 +164,16 @@ def run(params: Params, ctx: StepContext) -> dict:
     stop = staging.Stopper(ctx, params.timeout, NAME)
     out = planned["output"]
     bands = _bands(params)
-    with stop.translating(), staging.scratch_dir(NAME) as scratch:
-        source = params.source
-        if source is None:
-            source = scratch / "source"
-            with params.inputStorageLocation.share() as share:
-                share.download(params.inputImageFilename, source, cancel=stop,
-                               progress=staging.progress_band(ctx, *bands["download"], "downloading"))
+    with stop.translating(), staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
+        source, source_fmt = params.source, planned["source"]["format"]
+        if source is None:                  # read in place: qemu-img reads the share's file through an overlay
+            where, name = params.inputStorageLocation, params.inputImageFilename
+            export = remote.enter_context(nbdexport.serving(where, name, scratch))
+            if export.size != planned["source"]["file_size"]:
+                raise RemoteChanged(f"{where.location}\\{name} changed on the share since the plan: run the step "
+                                    "again")
+            source, source_fmt = scratch / "source.qcow2", "qcow2"
+            disks.create_overlay(export.uri, planned["source"]["format"], source, planned["source"]["virtual_size"])
         if out.get("method") == "stream":
             layout = layouts.make(disks.qemu_format(out["format"]), out["subformat"], out["virtual_size"], scratch)
             with params.outputStorageLocation.share() as share:
@@ -168,7 +182,7 @@ def run(params: Params, ctx: StepContext) -> dict:
                                           ctx, bands["convert"][0], 100, "streaming into the container"))
             return _result(planned, out["subformat"], out["virtual_size"], stored.size, stored.sent, started, ctx)
         local = params.output or scratch / "output"
-        converted = disks.convert(source, local, out["format"], src_fmt=planned["source"]["format"],
+        converted = disks.convert(source, local, out["format"], src_fmt=source_fmt,
                                   subformat=out["subformat"], azure_fixed=params.azureFixed,
                                   overwrite=params.overwriteOutput, cancel=stop,
                                   durable=params.output is not None,      # a scratch file is not kept
@@ -194,9 +208,8 @@ def _result(planned: dict, subformat: str | None, virtual_size: int, file_size: 
 
 
 def _bands(params: Params) -> dict:
-    download = 30 if params.inputStorageLocation else 0
     upload = 60 if params.outputStorageLocation else 100
-    return {"download": (0, download), "convert": (download, upload), "upload": (upload, 100)}
+    return {"convert": (0, upload), "upload": (upload, 100)}
 
 
 STEP = register(StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",

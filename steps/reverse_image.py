@@ -173,9 +173,8 @@ def run(params: Params, ctx: StepContext) -> dict:
     fmt = disks.qemu_format(source["format"])
     where = f"{source['location']}\\{source['name']}"
     with stop.translating(), staging.scratch_dir("reverse") as scratch, \
-            params.inputStorageLocation.share() as share, share.open_read(source["name"]) as reader, \
-            nbdexport.ShareExport(reader, scratch) as export, export.raising_share_errors():
-        virtual = disks.check_remote(export.uri, fmt, where)
+            nbdexport.serving(params.inputStorageLocation, source["name"], scratch) as export:
+        virtual = disks.remote_info(export.uri, fmt, where, nbdexport.read_at(export), export.size).virtual_size
         if virtual != source["virtual_size"]:
             raise ImageMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it changed on "
                                 "the share; run the step again")

@@ -211,6 +211,30 @@ def test_convert_streams_a_raw_disk_to_a_share(samba, folder, windows, windows_r
     assert list(scratch.iterdir()) == [] and [p.name for p in folder.iterdir()] == [stored.name]
 
 
+def test_convert_from_a_share_probes_the_format_and_reads_in_place(samba, folder, windows, tmp_path, scratch):
+    """No extension and no sourceFormat: the format is probed over the share (a fixed VHD probes as raw to qemu-img;
+    its footer tells), and nothing of the image's size lands in the scratch space."""
+    disks.convert(windows, folder / "golden", "vhd", subformat="fixed")
+    planned = run("convert", {"inputStorageLocation": location(samba, folder=folder.name), "inputImageFilename": "golden",
+                              "output": str(tmp_path / "out.qcow2"), "outputFormat": "qcow2", "dryRun": True})
+    assert (planned["source"]["format"], planned["source"]["subformat"]) == ("vhd", "fixed")
+    assert planned["source"]["virtual_size"] == disks.info(windows).virtual_size
+    assert planned["scratch"]["needed"] < 32 * MiB and not (tmp_path / "out.qcow2").exists()
+    run("convert", {"inputStorageLocation": location(samba, folder=folder.name), "inputImageFilename": "golden",
+                    "output": str(tmp_path / "out.qcow2"), "outputFormat": "qcow2"})
+    assert disks.compare(windows, tmp_path / "out.qcow2")
+    assert list(scratch.iterdir()) == []
+
+
+def test_convert_from_a_share_refuses_an_image_whose_parent_is_elsewhere(samba, folder, windows, scratch):
+    disks.create_child(windows, folder / "child.qcow2")
+    with pytest.raises(CeError) as refused:
+        run("convert", {"inputStorageLocation": location(samba, folder=folder.name),
+                        "inputImageFilename": "child.qcow2", "output": str(folder / "out.raw"), "outputFormat": "raw"})
+    assert refused.value.code == "disk_format_unsupported" and "backing file" in refused.value.message
+    assert list(scratch.iterdir()) == []
+
+
 def test_convert_params_need_one_source_and_one_output():
     for params in ({"outputFormat": "vhdx", "output": "/tmp/x"},
                    {"outputFormat": "vhdx", "source": "/tmp/a"},
