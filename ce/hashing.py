@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from . import disks, staging
 from .errors import CeError
-from .smb import data_extents
+from .layouts import data_extents
 
 MiB = 1 << 20
 ALGORITHMS = ("md5", "sha256")
@@ -33,6 +33,7 @@ SLICE = 256 * MiB                        # qemu-img decodes this much per run in
 SCRATCH_DIRS = ("/dev/shm",)             # RAM first; the system temp directory otherwise
 
 Progress = Callable[[int, int], None]    # (bytes hashed, total)
+_ZEROS = memoryview(bytes(READ_CHUNK))
 
 
 class HashCanceled(CeError):
@@ -84,12 +85,61 @@ def hash_file(path, algorithms=ALGORITHMS, *, progress: Progress | None = None, 
     return DiskHash(path=path, format="file", size=size, hashes=hashes)
 
 
+class ContentHasher:
+    """The hashes of a disk's contents from the chunks another reader goes through anyway (a streamed export reads
+    the disk once for both): ``feed(offset, data)`` in increasing offsets, gaps between chunks are zeros (holes);
+    ``finish()`` hashes up to ``size`` and returns the DiskHash. Each algorithm runs in its own thread on a copy of
+    the chunk while the caller goes on with its buffer."""
+
+    def __init__(self, path: str, size: int, algorithms=ALGORITHMS):
+        self.path, self.size = path, size
+        self.algorithms = check_algorithms(algorithms)
+        self._hashers = [hashlib.new(name) for name in self.algorithms]
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self._hashers))
+        self._running: list[concurrent.futures.Future] = []
+        self._position = 0
+
+    def feed(self, offset: int, data) -> None:
+        if offset < self._position:
+            raise ValueError(f"chunk at {offset} is behind the position {self._position}")
+        self._zeros_until(offset)
+        self._update(bytes(data))
+        self._position = offset + len(data)
+
+    def __enter__(self) -> "ContentHasher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def finish(self) -> DiskHash:
+        self._zeros_until(self.size)
+        self._wait()
+        return DiskHash(path=self.path, format="raw", size=self.size,
+                        hashes={name: h.hexdigest() for name, h in zip(self.algorithms, self._hashers)})
+
+    def _zeros_until(self, end: int) -> None:
+        while self._position < end:
+            step = min(READ_CHUNK, end - self._position)
+            self._update(_ZEROS[:step])
+            self._position += step
+
+    def _update(self, block) -> None:
+        self._wait()
+        self._running = [self._pool.submit(h.update, block) for h in self._hashers]
+
+    def _wait(self) -> None:
+        for future in self._running:
+            future.result()
+        self._running = []
+
+
 # ---------------------------------------------------------------- sources of blocks
 
 def _file_blocks(path: str, size: int, start: int = 0) -> Iterator[memoryview]:
     """The bytes of ``path`` from ``start`` to ``start + size`` in READ_CHUNK pieces; holes come from a zero buffer."""
     buffers = [bytearray(READ_CHUNK), bytearray(READ_CHUNK)]    # one is being hashed while the other is filled
-    zeros = memoryview(bytes(READ_CHUNK))
+    zeros = _ZEROS
     turn = 0
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -454,13 +454,14 @@ class SmbShare:
         return RemoteReader(handle, path, self._chunk, self._failures, self._send)
 
     def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
-               overwrite: bool = False, layout=None) -> RemoteStat:
+               overwrite: bool = False, layout=None, tap=None) -> RemoteStat:
         """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
 
         ``layout`` (ce.layouts) places the local bytes inside a VHD / VHDX container and supplies the
         container's metadata, so a raw disk is streamed into its final format; by default the file is copied as
         it is. ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
-        ``cancel`` is a threading.Event or a callable polled between chunks."""
+        ``cancel`` is a threading.Event or a callable polled between chunks. ``tap(offset, data)`` sees every chunk
+        read from the local file, in order, zero ones included (holes are not read: a tap treats gaps as zeros)."""
         final = self._full(remote_name)
         with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
             fd = src.fileno()
@@ -475,7 +476,7 @@ class SmbShare:
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
             self._require_space(data_bytes + layout.overhead, remote_name)
-            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout)
+            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout, tap)
         log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, file of %d bytes)",
                  os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, layout.size)
         stored = self.stat(remote_name)
@@ -513,12 +514,12 @@ class SmbShare:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
 
-    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout) -> int:
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap) -> int:
         handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
                             options=CreateOptions.FILE_NON_DIRECTORY_FILE)
         try:
             self._mark_sparse(handle)
-            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout)
+            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap)
             self._set_info(handle, _end_of_file(layout.size))
             self._verify_size(handle, layout.size)
             self._rename_handle(handle, final, overwrite)
@@ -545,7 +546,7 @@ class SmbShare:
                 raise
             log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
 
-    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout) -> int:
+    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap) -> int:
         """Write the non-zero chunks of the data extents where the layout places them, then the layout's
         metadata; returns the bytes sent."""
         pipeline = _Pipeline(self._connection, progress, size, cancel)
@@ -555,6 +556,8 @@ class SmbShare:
             _stop_if_canceled(cancel)
             if writer.read(fd, offset, length) != length:
                 raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
+            if tap is not None:
+                tap(offset, writer.payload(length))
             if writer.read_is_zero(length):
                 pipeline.add(None, offset + length)
                 continue

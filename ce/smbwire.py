@@ -85,6 +85,10 @@ class FrameWriter:
         """Put ``data`` in the frame as the next payload (for bytes that are not in the local file)."""
         self._frame[PAYLOAD_START:PAYLOAD_START + len(data)] = data
 
+    def payload(self, length: int) -> memoryview:
+        """The payload last read or loaded (valid until the next read or load)."""
+        return self._frame[PAYLOAD_START:PAYLOAD_START + length]
+
     def send(self, offset: int, length: int) -> Request:
         """Send the payload last read (``length`` bytes) as a WRITE at ``offset``; returns the pending request."""
         connection = self._connection
@@ -144,6 +148,9 @@ class ProtocolWriter:
 
     def load(self, data: bytes) -> None:
         self._buffer[:len(data)] = data
+
+    def payload(self, length: int) -> memoryview:
+        return self._buffer[:length]
 
     def send(self, offset: int, length: int) -> Request:
         handle = self._handle

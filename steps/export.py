@@ -13,6 +13,7 @@ the local scratch directory can hold the converted file.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Literal
@@ -139,29 +140,37 @@ def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> d
     target = planned["target"]
     stop = staging.Stopper(ctx, params.timeout, step)
     result = {"step": step, "dryRun": False, "source": planned["source"], "hashes": None}
-    with stop.translating():
-        start = 0.0
-        if params.hashDisk:
+    streaming = target["method"] == "stream"
+    with stop.translating(), contextlib.ExitStack() as stack:
+        start, hasher = 0.0, None
+        if params.hashDisk and streaming:          # the stream reads every byte anyway: hash in the same pass
+            hasher = stack.enter_context(hashing.ContentHasher(params.disk, planned["source"]["virtual_size"]))
+        elif params.hashDisk:
             ctx.progress(0, "hashing the disk")
             digest = hashing.hash_disk(params.disk, progress=staging.progress_band(ctx, 0, 30, "hashing the disk"),
                                        cancel=stop)
             result["hashes"] = digest.hashes
             start = 30.0
         with staging.scratch_dir(step) as scratch:
-            move = _stream if target["method"] == "stream" else _convert_and_upload
-            stored = move(params, scratch, target, stop, ctx, start)
+            if streaming:
+                stored = _stream(params, scratch, target, stop, ctx, hasher)
+            else:
+                stored = _convert_and_upload(params, scratch, target, stop, ctx, start)
+        if hasher is not None:
+            result["hashes"] = hasher.finish().hashes
     ctx.progress(100, "done")
     return {**result,
             "target": {**target, "file_size": stored.size, "allocated_on_share": stored.allocated},
             "bytes_sent": stored.sent, "seconds": round(time.monotonic() - started, 3)}
 
 
-def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, start: float) -> RemoteStat:
+def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, hasher) -> RemoteStat:
     layout = layouts.make(disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"], scratch)
+    doing = f"streaming the disk into {target['name']}" + (" and hashing it" if hasher else "")
     with params.outputStorageLocation.share() as share:
         return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
-                            layout=layout, progress=staging.progress_band(ctx, start, 100,
-                                                                          f"streaming the disk into {target['name']}"))
+                            layout=layout, tap=hasher.feed if hasher else None,
+                            progress=staging.progress_band(ctx, 0, 100, doing))
 
 
 def _convert_and_upload(params: Params, scratch: Path, target: dict, stop, ctx: StepContext,

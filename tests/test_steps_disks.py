@@ -619,6 +619,23 @@ def test_file_hash_and_expected_values(windows_as):
     assert refused.value.code == "hash_mismatch" and md5 in refused.value.message
 
 
+def test_content_hasher_treats_gaps_as_zeros_and_keeps_its_own_copy():
+    """What a streamed export feeds it: chunks at increasing offsets, holes skipped, one buffer reused."""
+    size = 20 * MiB + 512
+    disk = bytearray(size)
+    pieces = [(MiB, os.urandom(3 * MiB)), (9 * MiB - 7, os.urandom(100)), (12 * MiB, os.urandom(8 * MiB))]
+    buffer = bytearray(8 * MiB)
+    with hashing.ContentHasher("disk", size) as hasher:
+        for offset, data in pieces:
+            disk[offset:offset + len(data)] = data
+            buffer[:len(data)] = data
+            hasher.feed(offset, memoryview(buffer)[:len(data)])
+            buffer[:] = bytes(len(buffer))            # the caller reuses its buffer at once
+        result = hasher.finish()
+    assert result.size == size
+    assert result.hashes == {"md5": hashlib.md5(disk).hexdigest(), "sha256": hashlib.sha256(disk).hexdigest()}
+
+
 def test_hash_of_a_sparse_raw_file_reads_holes_as_zeros(tmp_path):
     path = tmp_path / "sparse.raw"
     with open(path, "wb") as f:
