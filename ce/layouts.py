@@ -45,6 +45,7 @@ VMDK_HEADER = struct.Struct("<4sIIQQQQIQQQ")       # magic .. overHead of the Sp
 VMDK_COMPRESSED = 1 << 16
 FILL_CHUNK = 8 * MiB
 PROGRESS_STEP = 0.5                       # percent
+ZERO_GRAIN = 64 << 10                     # zero stretches this long inside a written block stay holes
 
 
 class LayoutError(DiskError):
@@ -104,9 +105,9 @@ STREAMABLE = {"vhdx": ("dynamic", "fixed"), "vpc": ("dynamic", "fixed"), "vmdk":
 def streamable(source, fmt: str, subformat: str | None) -> bool:
     """A raw disk (file or block device, whole sectors: qemu-img pads a partial last one) going to a container
     with a layout; other sources need qemu-img to read them."""
-    subformat = subformat or disks.SUBFORMATS[fmt][0] if fmt in STREAMABLE else subformat
-    return subformat in STREAMABLE.get(fmt, ()) and source.format == "raw" \
-        and disks.byte_size(source.path) == source.virtual_size
+    if fmt not in STREAMABLE or (subformat or disks.SUBFORMATS[fmt][0]) not in STREAMABLE[fmt]:
+        return False
+    return source.format == "raw" and disks.byte_size(source.path) == source.virtual_size
 
 
 def make(fmt: str, subformat: str, size: int, scratch) -> "VhdxLayout | VhdLayout | VmdkLayout":
@@ -149,18 +150,23 @@ def fill(source, container, fmt: str, subformat: str, *, progress: Callable[[flo
 
 
 def _runs(layout, data: bytearray, offset: int, length: int, block: int) -> list[tuple[int, int, int]]:
-    """(start, end, file offset) of the non-zero blocks of ``data[:length]`` (source bytes from ``offset``),
-    merged where both sides are contiguous: consecutive new VMDK grains become one write, not one per 64 KiB."""
+    """(start, end, file offset) of the non-zero parts of ``data[:length]`` (source bytes from ``offset``): a
+    block with no data is not allocated, and inside an allocated block zero stretches of ZERO_GRAIN stay holes of
+    the local file. Runs are merged where both sides are contiguous: consecutive new VMDK grains are one write."""
     runs: list[list[int]] = []
     for piece, size in chunks([(offset, length)], block, block):
         start = piece - offset
         if data.startswith(zeros(size), start):
             continue
         at = layout.place(piece, size)
-        if runs and runs[-1][1] == start and runs[-1][2] + (start - runs[-1][0]) == at:
-            runs[-1][1] = start + size
-        else:
-            runs.append([start, start + size, at])
+        for sub, sub_size in chunks([(start, size)], ZERO_GRAIN, ZERO_GRAIN):
+            if data.startswith(zeros(sub_size), sub):
+                continue
+            sub_at = at + sub - start
+            if runs and runs[-1][1] == sub and runs[-1][2] + (sub - runs[-1][0]) == sub_at:
+                runs[-1][1] = sub + sub_size
+            else:
+                runs.append([sub, sub + sub_size, sub_at])
     return [tuple(run) for run in runs]
 
 
