@@ -126,9 +126,6 @@ def fill(source, container, fmt: str, subformat: str, *, progress: Callable[[flo
     block = layout.block_size or FILL_CHUNK
     with open(source, "rb") as src, open(container, "r+b") as dst:
         fd, out = src.fileno(), dst.fileno()
-        # The layout holds every metadata byte, so the file can start empty: appending to a file is faster here
-        # than writing into the holes of one already sized (the fixed formats), and the end is set last anyway.
-        os.ftruncate(out, 0)
         buffer = memoryview(bytearray(FILL_CHUNK))
         reported = 0.0
         for offset, length in chunks(data_extents(fd, layout.source_size), FILL_CHUNK, max(block, FILL_CHUNK)):
