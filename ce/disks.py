@@ -47,6 +47,7 @@ CHECKABLE = {"qcow2", "vhdx", "vmdk"}
 MEASURABLE = {"qcow2", "raw"}
 CONVERT_FLAGS = ("-p", "-W", "-m", "8")      # fastest measured here; -t/-T none were 2-3x slower
 CHECK_UNSUPPORTED = 63
+NBD_URI = re.compile(r"'?nbd\+unix://[^'\s]*'?")
 POLL_SECONDS = 0.1
 REASON_LINES, REASON_CHARS = 2, 400
 
@@ -413,8 +414,19 @@ def create_overlay(backing: str, backing_fmt: str, path, size: int) -> None:
 def remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> DiskInfo:
     """Describe and check the image qemu-img reads at ``uri`` (an NBD export of a file elsewhere), as ``info``
     does a local file: ``read_at(offset, length)`` reads the file itself (``size`` bytes) for what qemu-img does
-    not report; ``fmt`` None probes, correcting fixed VHDs as ``probe_format`` does. ``what`` names it in errors.
-    Refuses differencing images and images with a backing file: their parent is not part of the job."""
+    not report; ``fmt`` None probes, correcting fixed VHDs as ``probe_format`` does. ``what`` names it in errors
+    (qemu-img's own messages name the socket, which means nothing to a user). Refuses differencing images and
+    images with a backing file: their parent is not part of the job."""
+    try:
+        return _remote_info(uri, fmt, what, read_at, size)
+    except DiskError as exc:
+        named = NBD_URI.sub(lambda _: what, exc.message)      # qemu-img rewrites the URI it was given
+        if named == exc.message:
+            raise
+        raise type(exc)(named, code=exc.code) from None
+
+
+def _remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> DiskInfo:
     if fmt is None:
         fmt = _info_json(uri, None, what)["format"]
         if fmt == "raw" and _vhd_type(read_at(max(size - SECTOR, 0), SECTOR)):

@@ -454,14 +454,16 @@ class SmbShare:
         return RemoteReader(handle, path, self._chunk, self._failures, self._send)
 
     def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
-               overwrite: bool = False, layout=None, tap=None) -> RemoteStat:
+               overwrite: bool = False, layout=None, tap=None, verify=None) -> RemoteStat:
         """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
 
         ``layout`` (ce.layouts) places the local bytes inside a VHD / VHDX container and supplies the
         container's metadata, so a raw disk is streamed into its final format; by default the file is copied as
         it is. ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
         ``cancel`` is a threading.Event or a callable polled between chunks. ``tap(offset, data)`` sees every chunk
-        read from the local file, in order, zero ones included (holes are not read: a tap treats gaps as zeros)."""
+        read from the local file, in order, zero ones included (holes are not read: a tap treats gaps as zeros).
+        ``verify(reader)`` gets a RemoteReader on the complete ``NAME.partial`` and raises to refuse it (the file is
+        then removed) before it is renamed to ``NAME``."""
         final = self._full(remote_name)
         with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
             fd = src.fileno()
@@ -476,7 +478,8 @@ class SmbShare:
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
             self._require_space(data_bytes + layout.overhead, remote_name)
-            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout, tap)
+            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout, tap,
+                                           verify)
         log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, file of %d bytes)",
                  os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, layout.size)
         stored = self.stat(remote_name)
@@ -514,7 +517,8 @@ class SmbShare:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
 
-    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap) -> int:
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap,
+                           verify) -> int:
         handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
                             options=CreateOptions.FILE_NON_DIRECTORY_FILE)
         try:
@@ -522,6 +526,9 @@ class SmbShare:
             sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap)
             self._set_info(handle, _end_of_file(layout.size))
             self._verify_size(handle, layout.size)
+            if verify is not None:
+                verify(RemoteReader(handle, final + PARTIAL_SUFFIX, self._chunk, self._failures, self._send,
+                                    size=layout.size, owns_handle=False))
             self._rename_handle(handle, final, overwrite)
         except BaseException:
             self._discard(handle)
@@ -708,14 +715,16 @@ class SmbShare:
 class RemoteReader(io.RawIOBase):
     """A read-only, seekable file on a share (``SmbShare.open_read``)."""
 
-    def __init__(self, handle: Open, path: str, chunk: int, failures, send):
+    def __init__(self, handle: Open, path: str, chunk: int, failures, send, *, size: int | None = None,
+                 owns_handle: bool = True):
         super().__init__()
         self._handle = handle
         self._send = send
+        self._owns_handle = owns_handle
         self._chunk = chunk                     # at most what the session has credits for
         self._failures = failures
         self.path = path
-        self.size = handle.end_of_file
+        self.size = handle.end_of_file if size is None else size
         self._position = 0
 
     def readable(self) -> bool:
@@ -757,7 +766,7 @@ class RemoteReader(io.RawIOBase):
             pipeline.drain()
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and self._owns_handle:
             _close_quietly(self._handle)
         super().close()
 

@@ -14,13 +14,14 @@ the local scratch directory can hold the converted file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ce import disks, hashing, smb, staging, layouts
+from ce import disks, hashing, layouts, nbdexport, smb, staging
 from ce.errors import naming_field
 from ce.smb import RemoteExists, RemoteStat, ShareFull, SmbShare
 from ce.smbtarget import StorageLocation
@@ -165,12 +166,26 @@ def upload_disk(params: Params, ctx: StepContext, planned: dict, step: str) -> d
 
 
 def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext, hasher) -> RemoteStat:
-    layout = layouts.make(disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"], scratch)
+    fmt = disks.qemu_format(target["format"])
+    layout = layouts.make(fmt, target["subformat"], target["virtual_size"], scratch)
     doing = f"streaming the disk into {target['name']}" + (" and hashing it" if hasher else "")
     with params.outputStorageLocation.share() as share:
         return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
                             layout=layout, tap=hasher.feed if hasher else None,
+                            verify=functools.partial(verify_container, target, scratch),
                             progress=staging.progress_band(ctx, 0, 100, doing))
+
+
+def verify_container(target: dict, scratch: Path, reader) -> None:
+    """Before the rename: qemu-img opens and checks the file on the share as it would a local one (over NBD),
+    so a streamed container is read back by the format's own reader, not by the code that wrote it."""
+    with nbdexport.ShareExport(reader, scratch) as export, export.raising_share_errors():
+        found = disks.remote_info(export.uri, target["format"], target["path"], nbdexport.read_at(export),
+                                  export.size)
+    expected = (disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"])
+    if (found.format, found.subformat, found.virtual_size) != expected:
+        raise disks.ConversionFailed(f"{target['path']} reads back as {found.format} {found.subformat} of "
+                                     f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
 
 
 def _convert_and_upload(params: Params, scratch: Path, target: dict, stop, ctx: StepContext,

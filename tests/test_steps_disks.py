@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -272,6 +273,26 @@ def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows
     assert list(scratch.iterdir()) == []
     if subformat == "dynamic":               # holes were skipped: far less than the 128 MiB virtual size was sent
         assert result["bytes_sent"] < 32 * MiB
+
+
+def test_a_streamed_container_qemu_img_cannot_read_is_never_renamed(samba, folder, dense_disk, scratch, monkeypatch):
+    """The check before the rename is qemu-img's, not the writer's: a BAT entry pointing past the end is caught."""
+    from ce import layouts
+    honest = layouts.VhdxLayout.metadata
+
+    def broken(layout):
+        (at, head), = honest(layout)
+        head = bytearray(head)
+        struct.pack_into("<Q", head, layout.bat_offset, (1 << 40) | layouts.VHDX_BLOCK_FULLY_PRESENT)
+        return [(at, bytes(head))]
+
+    monkeypatch.setattr(layouts.VhdxLayout, "metadata", broken)
+    with pytest.raises(CeError) as refused:
+        run("export", {"disk": str(dense_disk), "outputStorageLocation": location(samba, folder=folder.name),
+                       "SmbDiskName": "broken"})
+    assert refused.value.code == "disk_unreadable", refused.value.to_dict()
+    assert "broken.vhdx" in refused.value.message and "nbd" not in refused.value.message    # named as the user knows it
+    assert list(folder.iterdir()) == [] and list(scratch.iterdir()) == []
 
 
 def test_export_streams_a_raw_disk_whose_size_is_not_whole_sectors_through_a_conversion(samba, folder, tmp_path,
