@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from . import disks
 from .errors import CeError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,17 @@ def serving(location, name: str, directory) -> Iterator["ShareExport"]:
     with location.share() as share, share.open_read(name) as reader, ShareExport(reader, directory) as export, \
             export.raising_share_errors():
         yield export
+
+
+def verify(directory, fmt: str, subformat: str | None, virtual_size: int, what: str, reader) -> None:
+    """qemu-img opens and checks the file behind ``reader`` as it would a local one: a container ce streamed to a
+    share is read back by the format's own reader, not by the code that wrote it, before it gets its final name."""
+    with ShareExport(reader, directory) as export, export.raising_share_errors():
+        found = disks.remote_info(export.uri, fmt, what, read_at(export), export.size)
+    expected = (disks.qemu_format(fmt), subformat, virtual_size)
+    if (found.format, found.subformat, found.virtual_size) != expected:
+        raise disks.ConversionFailed(f"{what} reads back as {found.format} {found.subformat} of "
+                                     f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
 
 
 def read_at(export: "ShareExport"):

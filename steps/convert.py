@@ -12,6 +12,7 @@ number of MiB (rounded up with zeros), as Azure requires.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from typing import Literal
@@ -175,10 +176,13 @@ def run(params: Params, ctx: StepContext) -> dict:
             source, source_fmt = scratch / "source.qcow2", "qcow2"
             disks.create_overlay(export.uri, planned["source"]["format"], source, planned["source"]["virtual_size"])
         if out.get("method") == "stream":
-            layout = layouts.make(disks.qemu_format(out["format"]), out["subformat"], out["virtual_size"], scratch)
+            fmt = disks.qemu_format(out["format"])
+            layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
+            verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
+                                       f"{out['location']}\\{out['name']}")
             with params.outputStorageLocation.share() as share:
                 stored = share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput,
-                                      cancel=stop, layout=layout, progress=staging.progress_band(
+                                      cancel=stop, layout=layout, verify=verify, progress=staging.progress_band(
                                           ctx, bands["convert"][0], 100, "streaming into the container"))
             return _result(planned, out["subformat"], out["virtual_size"], stored.size, stored.sent, started, ctx)
         local = params.output or scratch / "output"

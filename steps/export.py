@@ -172,20 +172,9 @@ def _stream(params: Params, scratch: Path, target: dict, stop, ctx: StepContext,
     with params.outputStorageLocation.share() as share:
         return share.upload(params.disk, target["name"], overwrite=params.overwriteTargetFile, cancel=stop,
                             layout=layout, tap=hasher.feed if hasher else None,
-                            verify=functools.partial(verify_container, target, scratch),
+                            verify=functools.partial(nbdexport.verify, scratch, fmt, target["subformat"],
+                                                     target["virtual_size"], target["path"]),
                             progress=staging.progress_band(ctx, 0, 100, doing))
-
-
-def verify_container(target: dict, scratch: Path, reader) -> None:
-    """Before the rename: qemu-img opens and checks the file on the share as it would a local one (over NBD),
-    so a streamed container is read back by the format's own reader, not by the code that wrote it."""
-    with nbdexport.ShareExport(reader, scratch) as export, export.raising_share_errors():
-        found = disks.remote_info(export.uri, target["format"], target["path"], nbdexport.read_at(export),
-                                  export.size)
-    expected = (disks.qemu_format(target["format"]), target["subformat"], target["virtual_size"])
-    if (found.format, found.subformat, found.virtual_size) != expected:
-        raise disks.ConversionFailed(f"{target['path']} reads back as {found.format} {found.subformat} of "
-                                     f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
 
 
 def _convert_and_upload(params: Params, scratch: Path, target: dict, stop, ctx: StepContext,
