@@ -290,6 +290,17 @@ def test_invalid_input_names_the_field_and_never_500s(server, api):
         pass
 
 
+def test_a_client_goes_on_after_a_refused_oversized_body(server, api):
+    """The 413 says ``Connection: close``, so the client's next request opens a new connection instead of reusing
+    one the server drops (a connector saw "connection closed without response" on the request after)."""
+    for _ in range(5):
+        try:
+            api.post(server.url + "/v1/steps", data=b"x" * (2 << 20), timeout=30)
+        except requests.exceptions.ConnectionError:
+            pass
+        assert api.post(server.url + "/v1/steps", json={"type": "test-wait"}, timeout=10).status_code == 422
+
+
 # ---------------------------------------------------------------- secrets, logs, client
 
 def test_secrets_stay_out_of_state_logs_and_responses(server, api):

@@ -39,13 +39,31 @@ def step_doc(row: dict) -> dict:
             "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"])}
 
 
+DRAIN_LIMIT = 4 * MAX_BODY
+
+
 def error(code: str, message: str, status: int | None = None, field: str | None = None):
     body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
     response = jsonify(body)
     response.status_code = status or STATUS.get(code, 400)
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if response.status_code == 413:
+        _drain_body()
     return response
+
+
+def _drain_body() -> None:
+    """Read and drop what is left of a body refused as too large, so the connection can carry the client's next
+    request: left unread, gunicorn drops the connection after the 413 while the client, told keep-alive, reuses it
+    and gets "connection closed without response". Only a body announced (Content-Length) at most DRAIN_LIMIT
+    long is read: a larger or chunked one gets its 413 at once, and that client has to reconnect."""
+    length = request.content_length
+    if length is None or length > DRAIN_LIMIT:
+        return
+    stream, left = request.environ.get("wsgi.input"), length
+    while stream is not None and left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+        left -= len(chunk)
 
 
 def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, notifier=None,
