@@ -163,43 +163,54 @@ def run(params: Params, ctx: StepContext) -> dict:
         return planned
     started = time.monotonic()
     stop = staging.Stopper(ctx, params.timeout, NAME)
-    out = planned["output"]
-    bands = _bands(params)
     with stop.translating(), staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
-        source, source_fmt = params.source, planned["source"]["format"]
-        if source is None:                  # read in place: qemu-img reads the share's file through an overlay
-            where, name = params.inputStorageLocation, params.inputImageFilename
-            export = remote.enter_context(nbdexport.serving(where, name, scratch))
-            if export.size != planned["source"]["file_size"]:
-                raise RemoteChanged(f"{where.location}\\{name} changed on the share since the plan: run the step "
-                                    "again")
-            source, source_fmt = scratch / "source.qcow2", "qcow2"
-            disks.create_overlay(export.uri, planned["source"]["format"], source, planned["source"]["virtual_size"])
-        if out.get("method") == "stream":
-            fmt = disks.qemu_format(out["format"])
-            layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
-            verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
-                                       f"{out['location']}\\{out['name']}")
-            with params.outputStorageLocation.share() as share:
-                stored = share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput,
-                                      cancel=stop, layout=layout, verify=verify, progress=staging.progress_band(
-                                          ctx, bands["convert"][0], 100, "streaming into the container"))
-            return _result(planned, out["subformat"], out["virtual_size"], stored.size, stored.sent, started, ctx)
-        local = params.output or scratch / "output"
-        converted = disks.convert(source, local, out["format"], src_fmt=source_fmt,
-                                  subformat=out["subformat"], azure_fixed=params.azureFixed,
-                                  overwrite=params.overwriteOutput, cancel=stop,
-                                  durable=params.output is not None,      # a scratch file is not kept
-                                  progress=staging.progress_band(ctx, *bands["convert"], "converting"))
-        sent = None
-        if params.outputStorageLocation:
-            with params.outputStorageLocation.share() as share:
-                stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput,
-                                      cancel=stop, progress=staging.progress_band(ctx, *bands["upload"], "uploading"))
-            sent, file_size = stored.sent, stored.size
-        else:
-            file_size = os.path.getsize(local)
+        source, source_fmt = _open_source(params, planned["source"], scratch, remote)
+        if planned["output"].get("method") == "stream":
+            stored = _stream(params, planned["output"], source, scratch, stop, ctx)
+            return _result(planned, planned["output"]["subformat"], planned["output"]["virtual_size"], stored.size,
+                           stored.sent, started, ctx)
+        converted, file_size, sent = _convert(params, planned["output"], source, source_fmt, scratch, stop, ctx)
     return _result(planned, converted.subformat, converted.virtual_size, file_size, sent, started, ctx)
+
+
+def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitStack) -> tuple:
+    """(path, format) qemu-img reads: the local source, or a qcow2 overlay over the share's file served in place."""
+    if params.source:
+        return params.source, facts["format"]
+    where, name = params.inputStorageLocation, params.inputImageFilename
+    export = remote.enter_context(nbdexport.serving(where, name, scratch))
+    if export.size != facts["file_size"]:
+        raise RemoteChanged(f"{where.location}\\{name} changed on the share since the plan: run the step again")
+    overlay = scratch / "source.qcow2"
+    disks.create_overlay(export.uri, facts["format"], overlay, facts["virtual_size"])
+    return overlay, "qcow2"
+
+
+def _stream(params: Params, out: dict, source, scratch, stop, ctx: StepContext):
+    fmt = disks.qemu_format(out["format"])
+    layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
+    verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
+                               f"{out['location']}\\{out['name']}")
+    with params.outputStorageLocation.share() as share:
+        return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=stop,
+                            layout=layout, verify=verify,
+                            progress=staging.progress_band(ctx, 0, 100, "streaming into the container"))
+
+
+def _convert(params: Params, out: dict, source, source_fmt: str, scratch, stop, ctx: StepContext) -> tuple:
+    """qemu-img (or a container fill) into the local output, or into scratch space and then up to the share."""
+    bands = _bands(params)
+    local = params.output or scratch / "output"
+    converted = disks.convert(source, local, out["format"], src_fmt=source_fmt, subformat=out["subformat"],
+                              azure_fixed=params.azureFixed, overwrite=params.overwriteOutput, cancel=stop,
+                              durable=params.output is not None,      # a scratch file is not kept
+                              progress=staging.progress_band(ctx, *bands["convert"], "converting"))
+    if not params.outputStorageLocation:
+        return converted, os.path.getsize(local), None
+    with params.outputStorageLocation.share() as share:
+        stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=stop,
+                              progress=staging.progress_band(ctx, *bands["upload"], "uploading"))
+    return converted, stored.size, stored.sent
 
 
 def _result(planned: dict, subformat: str | None, virtual_size: int, file_size: int, sent: int | None,
