@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import disks
+from . import disks, staging
 from .errors import CeError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ INFO_EXPORT = 0
 TRANSMISSION_FLAGS = 1 | 2                    # NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY
 CMD_READ, CMD_DISC = 0, 2
 EPERM, EIO, EINVAL = 1, 5, 22
+MAX_SOCKET_PATH = 104                         # sun_path holds 108 bytes with its NUL; keep a margin
+SHORT_BASE = "/tmp"
 MAX_READ = 32 << 20                           # qemu's NBD client never asks for more in one request
 WRITING_COMMANDS = {1, 3, 4, 5, 6}            # WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES
 
@@ -83,6 +86,12 @@ class ShareExport:
         self.reader = reader
         self.size = reader.size
         self.socket_path = Path(directory) / "nbd.sock"
+        self._own_dir: Path | None = None
+        if len(os.fsencode(self.socket_path)) >= MAX_SOCKET_PATH:
+            # A Unix socket's path is limited to 107 bytes: a deep scratch directory gets a short one of its own
+            # (named after this process, so the next step removes it if this one is killed).
+            self._own_dir = staging.make_scratch_dir("nbd", base=SHORT_BASE)
+            self.socket_path = self._own_dir / "nbd.sock"
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -111,6 +120,8 @@ class ShareExport:
             self.socket_path.unlink()
         except FileNotFoundError:
             pass
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     @contextmanager
     def raising_share_errors(self):

@@ -567,6 +567,21 @@ def test_reverse_image_reads_the_image_in_place_without_a_local_copy(samba, fold
     assert list(scratch.iterdir()) == []
 
 
+def test_reading_in_place_works_from_a_scratch_directory_too_deep_for_a_socket(samba, image_on_share, windows,
+                                                                                tmp_path, monkeypatch):
+    """A Unix socket path holds at most 107 bytes: a deep scratch directory gets a short socket directory of its
+    own in /tmp, removed afterwards."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv(staging.SCRATCH_ENV, str(deep))
+    target = tmp_path / "attached.raw"
+    target.touch()
+    before = set(Path("/tmp").glob(f"ce-nbd-{os.getpid()}-*"))
+    reverse(samba, target)
+    assert disks.compare(windows, target, fmt_b="raw")
+    assert set(Path("/tmp").glob(f"ce-nbd-{os.getpid()}-*")) == before and list(deep.iterdir()) == []
+
+
 def test_reverse_image_reports_a_share_that_fails_mid_write(dense_disk, tmp_path, scratch):
     with SambaServer(tmp_path / "samba-dies") as server:
         run("export", {"disk": str(dense_disk), "outputStorageLocation": location(server), "SmbDiskName": "dense"})
