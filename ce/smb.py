@@ -513,9 +513,20 @@ class SmbShare:
 
     def _require_space(self, needed: int, remote_name: str) -> None:
         free, total = self.free_space()
+        free += self.stale_partial(remote_name)
         if free < needed:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
+
+    def stale_partial(self, remote_name: str) -> int:
+        """The space a ``NAME.partial`` left by an interrupted upload holds: the next upload of ``NAME`` truncates
+        and reuses it, so it counts as free."""
+        partial = remote_name + PARTIAL_SUFFIX
+        try:
+            found = self.stat(partial)
+        except RemoteNotFound:
+            return 0
+        return 0 if found.is_dir else found.allocated
 
     def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap,
                            verify) -> int:

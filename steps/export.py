@@ -86,8 +86,9 @@ def plan(params: Params, name: str | None = None, step: str = NAME) -> dict:
     with target.share() as share:
         existing = _existing(share, name, params.overwriteTargetFile)
         free, total = share.free_space()
+        stale = share.stale_partial(name)
     required = SPACE_FACTOR * source.virtual_size
-    available = free + (existing or 0)
+    available = free + (existing or 0) + stale
     if available < required:
         raise ShareFull(f"{target.location} has {_mib(free)} free but exporting a {_mib(source.virtual_size)} disk "
                         f"needs {_mib(required)} (twice its virtual size); free space on the share or choose "

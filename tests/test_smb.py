@@ -324,6 +324,23 @@ def test_upload_refused_when_the_share_reports_too_little_space(samba, tmp_path)
     assert os.listdir(samba.share_dir("tiny")) == []
 
 
+def test_a_stale_partial_file_counts_as_free_space(samba, tmp_path):
+    """A killed upload's NAME.partial is truncated and reused by the next upload of NAME: the space check counts it
+    as free (the tiny share reports 10 MiB free whatever is on it; the stale file holds 4 MiB)."""
+    src = tmp_path / "disk.img"
+    write_extents(src, 64 * MiB, [(0, 12 * MiB)])          # 12 MiB of data > 10 MiB free, < 10 + 4
+    stale = samba.share_dir("tiny") / "disk.img.partial"
+    stale.write_bytes(os.urandom(4 * MiB))
+    try:
+        with SmbShare(samba.unc("tiny"), GOOD, port=samba.port) as tiny:
+            assert tiny.stale_partial("disk.img") >= 4 * MiB and tiny.stale_partial("other.img") == 0
+            tiny.upload(src, "disk.img")
+            assert sha256(samba.share_dir("tiny") / "disk.img") == sha256(src) and not stale.exists()
+    finally:
+        for leftover in samba.share_dir("tiny").iterdir():
+            leftover.unlink()
+
+
 def test_sparse_upload_fits_where_its_size_would_not(samba, tmp_path):
     src = tmp_path / "disk.img"
     write_extents(src, 64 * MiB, [(0, 1 * MiB)])           # 64 MiB file, 1 MiB of data, 10 MiB free
