@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from . import firstboot, ntfs, registry
+from . import firstboot, ntfs, registry, staging
 from .errors import CeError
 from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot
@@ -248,7 +248,7 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
     status = {id(c): "not_attempted" for c in plan.changes}
     commits, warnings, error = [], list(plan.warnings), None
     try:
-        with tempfile.TemporaryDirectory(prefix="ce-apply-") as tmp:
+        with staging.scratch_dir("apply") as tmp:      # hive copies; a killed run's are removed by the next step
             for change in plan.changes:
                 if isinstance(change, FileWrite):
                     status[id(change)] = "failed"
