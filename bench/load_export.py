@@ -1,6 +1,7 @@
 """An export under polling load: 200 connectors polling the step while it streams a 1 GiB disk to the share.
 
     python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 3]
+                                [--split-cpus]
 
 Starts the real server (gunicorn, mutual TLS, generated certificates) and a real smbd on 127.0.0.1, makes a disk of
 ``--size-mb`` random bytes, then runs ``--rounds`` pairs of exports of it through the API, interleaved: one
@@ -70,7 +71,9 @@ def poller(conn: dict, interval: float, go, stop, out: dict) -> None:
         stop.wait(max(0.0, interval - (time.perf_counter() - started)))
 
 
-def poller_process(conn: dict, threads: int, interval: float, ready, go, stop, results) -> None:
+def poller_process(conn: dict, threads: int, interval: float, ready, go, stop, results, cpus=None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     out = {"latencies": [], "errors": []}
     workers = [threading.Thread(target=poller, args=(conn, interval, go, stop, out)) for _ in range(threads)]
     for t in workers:
@@ -113,7 +116,8 @@ def loaded_export(server: ServerProcess, api, disk: Path, samba: SambaServer, ar
     mp = multiprocessing.get_context("spawn")
     ready, go, stop, results = mp.Semaphore(0), mp.Event(), mp.Event(), mp.Queue()
     shares = [args.pollers // args.procs + (i < args.pollers % args.procs) for i in range(args.procs)]
-    procs = [mp.Process(target=poller_process, args=(conn, n, args.interval, ready, go, stop, results))
+    procs = [mp.Process(target=poller_process, args=(conn, n, args.interval, ready, go, stop, results,
+                                                                   args.poller_cpus))
              for n in shares if n]
     for p in procs:
         p.start()
@@ -140,7 +144,15 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between one poller's requests")
     parser.add_argument("--size-mb", type=int, default=1024, help="the disk's size (random bytes)")
     parser.add_argument("--rounds", type=int, default=3, help="pairs of unloaded + loaded exports (odd: a true median)")
+    parser.add_argument("--split-cpus", action="store_true",
+                        help="pollers on the last CPU, everything else (server, export, smbd) on the others: the "
+                             "connectors' own CPU cost stays off the CE's, as when they poll from another host")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    args.poller_cpus = None
+    if args.split_cpus and len(cpus) > 1:
+        args.poller_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))
 
     with tempfile.TemporaryDirectory(prefix="ce-bench-load-export-") as tmp:
         tmp = Path(tmp)
