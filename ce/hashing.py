@@ -103,7 +103,7 @@ class ContentHasher:
         if offset < self._position:
             raise ValueError(f"chunk at {offset} is behind the position {self._position}")
         self._zeros_until(offset)
-        self._update(bytes(data))
+        self.update(bytes(data))
         self._position = offset + len(data)
 
     def __enter__(self) -> "ContentHasher":
@@ -114,19 +114,22 @@ class ContentHasher:
 
     def finish(self) -> DiskHash:
         self._zeros_until(self.size)
+        return DiskHash(path=self.path, format="raw", size=self.size, hashes=self.hexdigests())
+
+    def update(self, block) -> None:
+        """Hash ``block`` next, without a copy: it must stay unchanged until the next update (double buffers)."""
         self._wait()
-        return DiskHash(path=self.path, format="raw", size=self.size,
-                        hashes={name: h.hexdigest() for name, h in zip(self.algorithms, self._hashers)})
+        self._running = [self._pool.submit(h.update, block) for h in self._hashers]
+
+    def hexdigests(self) -> dict[str, str]:
+        self._wait()
+        return {name: h.hexdigest() for name, h in zip(self.algorithms, self._hashers)}
 
     def _zeros_until(self, end: int) -> None:
         while self._position < end:
             step = min(READ_CHUNK, end - self._position)
-            self._update(_ZEROS[:step])
+            self.update(_ZEROS[:step])
             self._position += step
-
-    def _update(self, block) -> None:
-        self._wait()
-        self._running = [self._pool.submit(h.update, block) for h in self._hashers]
 
     def _wait(self) -> None:
         for future in self._running:
@@ -228,21 +231,16 @@ def _scratch_dir() -> str:
 def _digest(blocks: Iterator[memoryview], algorithms: tuple[str, ...], total: int, progress: Progress | None,
             cancel) -> dict[str, str]:
     """Feed every block to each algorithm, one thread per algorithm; the next block is read meanwhile."""
-    hashers = [hashlib.new(name) for name in algorithms]
     done = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hashers)) as pool:
-        running: list[concurrent.futures.Future] = []
+    with ContentHasher("", total, algorithms) as hasher:
         for block in blocks:
-            for future in running:           # the block before this one is finished with its buffer
-                future.result()
+            hasher.update(block)             # waits until the block before this one is finished with its buffer
             if cancel is not None and disks._is_set(cancel):
                 raise HashCanceled("hashing was canceled")
-            running = [pool.submit(h.update, block) for h in hashers]
             done += len(block)
             if progress:
                 progress(done, total)
-        for future in running:
-            future.result()
+        hashes = hasher.hexdigests()
     if done != total:
         raise disks.DiskUnreadable(f"hashed {done} bytes but the disk has {total}")
-    return {name: h.hexdigest() for name, h in zip(algorithms, hashers)}
+    return hashes

@@ -63,20 +63,11 @@ def verify(directory, fmt: str, subformat: str | None, virtual_size: int, what: 
     """qemu-img opens and checks the file behind ``reader`` as it would a local one: a container ce streamed to a
     share is read back by the format's own reader, not by the code that wrote it, before it gets its final name."""
     with ShareExport(reader, directory) as export, export.raising_share_errors():
-        found = disks.remote_info(export.uri, fmt, what, read_at(export), export.size)
+        found = disks.remote_info(export.uri, fmt, what, reader.read_at, export.size)
     expected = (disks.qemu_format(fmt), subformat, virtual_size)
     if (found.format, found.subformat, found.virtual_size) != expected:
         raise disks.ConversionFailed(f"{what} reads back as {found.format} {found.subformat} of "
                                      f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
-
-
-def read_at(export: "ShareExport"):
-    """``read_at(offset, length)`` on the served file, for the headers qemu-img does not report."""
-    def read(offset: int, length: int) -> bytes:
-        buffer = bytearray(length)
-        export.reader.read_exactly(offset, memoryview(buffer))
-        return bytes(buffer)
-    return read
 
 
 class ShareExport:

@@ -764,6 +764,14 @@ class RemoteReader(io.RawIOBase):
         self._position += len(data)
         return len(data)
 
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (the ``read_at`` callable header readers such as disks.header_facts
+        take), short only at the end of the file."""
+        length = max(0, min(length, self.size - offset))
+        buffer = bytearray(length)
+        self.read_exactly(offset, memoryview(buffer))
+        return bytes(buffer)
+
     def read_exactly(self, offset: int, into: memoryview) -> None:
         """Fill ``into`` from ``offset`` with up to IN_FLIGHT reads on the wire; the range must be in the file."""
         if offset + len(into) > self.size:

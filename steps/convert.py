@@ -116,7 +116,7 @@ def _plan_source(params: Params) -> dict:
     where, name = params.inputStorageLocation, params.inputImageFilename
     hint = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(name)[1].lower())
     with staging.scratch_dir(NAME) as scratch, nbdexport.serving(where, name, scratch) as export:
-        info = disks.remote_info(export.uri, hint, f"{where.location}\\{name}", nbdexport.read_at(export),
+        info = disks.remote_info(export.uri, hint, f"{where.location}\\{name}", export.reader.read_at,
                                  export.size)
     return {"location": str(where.location), "name": name, "file_size": export.size, "format": _label(info.format),
             "subformat": info.subformat, "virtual_size": info.virtual_size}

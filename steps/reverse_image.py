@@ -88,7 +88,7 @@ def plan(params: Params) -> dict:
             raise RemoteNotFound(f"{params.inputStorageLocation.location}\\{params.inputImageFilename} is a folder, "
                                  "not a VHD(X) file")
         with share.open_read(params.inputImageFilename) as reader:
-            image_fmt, subformat, virtual = disks.header_facts(_reader_at(reader), found.size)
+            image_fmt, subformat, virtual = disks.header_facts(reader.read_at, found.size)
     label = disks.FORMAT_LABELS[image_fmt]
     if image_fmt != fmt:
         raise ImageMismatch(f"{params.inputImageFilename} is a {label}, not a {disks.FORMAT_LABELS[fmt]}: fix "
@@ -114,16 +114,6 @@ def _target_info(path: str) -> disks.DiskInfo:
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return disks.DiskInfo(path=path, format="raw", virtual_size=0, actual_size=0)
     return disks.info(path, "raw" if disks._is_raw_target(path) else None)
-
-
-def _reader_at(reader):
-    def read_at(offset: int, length: int) -> bytes:
-        reader.seek(offset)
-        chunks = bytearray()
-        while len(chunks) < length and (piece := reader.read(length - len(chunks))):
-            chunks += piece
-        return bytes(chunks)
-    return read_at
 
 
 def _output_size(params: Params, virtual: int) -> int:
@@ -174,7 +164,7 @@ def run(params: Params, ctx: StepContext) -> dict:
     where = f"{source['location']}\\{source['name']}"
     with stop.translating(), staging.scratch_dir("reverse") as scratch, \
             nbdexport.serving(params.inputStorageLocation, source["name"], scratch) as export:
-        virtual = disks.remote_info(export.uri, fmt, where, nbdexport.read_at(export), export.size).virtual_size
+        virtual = disks.remote_info(export.uri, fmt, where, export.reader.read_at, export.size).virtual_size
         if virtual != source["virtual_size"]:
             raise ImageMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it changed on "
                                 "the share; run the step again")
