@@ -6,7 +6,7 @@ Starts the real server (gunicorn, mutual TLS, generated certificates) on 127.0.0
 the sample image (``--step test-wait``, or when the image is not built: a test-only step that only waits), and runs ``--pollers`` threads, each with
 its own TLS session, polling ``GET /v1/steps/{id}`` every ``--interval`` seconds while the step runs (for at most
 ``--seconds``), spread over ``--procs`` client processes. Reports requests, errors, throughput and latency
-p50/p90/p99/max as the clients see it and in the server's handler (from its access log), and whether the step
+p50/p90/p99/max as the clients see it and in the server's handler (its Server-Timing header), and whether the step
 still succeeded. Clients, server and appliance share the machine's CPUs, so
 latencies are an upper bound (the load average is printed with the figures).
 """
@@ -39,19 +39,17 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))]
 
 
-def server_durations(log_text: str, path: str) -> list[float]:
-    """The handler time of every request for ``path``, from the server's JSON access log."""
-    out = []
-    for line in log_text.splitlines():
-        if line.startswith("{") and f'"path": "{path}"' in line:
-            record = json.loads(line)
-            if record.get("path") == path and "duration_ms" in record:
-                out.append(record["duration_ms"])
-    return out
+def server_timing(response) -> float | None:
+    """The server's own time for a request in ms, from its ``Server-Timing: app;dur=...`` header."""
+    for metric in response.headers.get("Server-Timing", "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "app" and params.startswith("dur="):
+            return float(params[4:])
+    return None
 
 
 def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, errors: list,
-           connects: list) -> None:
+           connects: list, handled: list) -> None:
     """Polls until the step ends; a session's first request (TCP + TLS handshake) is timed apart."""
     session = outbound_session(OutboundPolicy(ca=Path(conn["ca"])), client_cert=(conn["cert"], conn["key"]))
     session.headers["Authorization"] = f"Bearer {conn['token']}"
@@ -65,6 +63,7 @@ def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, 
                 errors.append(f"HTTP {response.status_code}")
             else:
                 (latencies if warm else connects).append(took)
+                handled.append(server_timing(response))
                 warm = True
                 if response.json()["status"] in TERMINAL:
                     stop.set()
@@ -75,14 +74,15 @@ def poller(conn: dict, interval: float, stop, deadline: float, latencies: list, 
 
 def poller_process(conn: dict, threads: int, interval: float, seconds: float, stop, results) -> None:
     """``threads`` pollers in one process (several processes keep one GIL from serialising all clients)."""
-    latencies, errors, connects, deadline = [], [], [], time.monotonic() + seconds
-    workers = [threading.Thread(target=poller, args=(conn, interval, stop, deadline, latencies, errors, connects))
+    latencies, errors, connects, handled, deadline = [], [], [], [], time.monotonic() + seconds
+    workers = [threading.Thread(target=poller, args=(conn, interval, stop, deadline, latencies, errors, connects,
+                                                     handled))
                for _ in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
-    results.put((latencies, errors, connects))
+    results.put((latencies, errors, connects, handled))
 
 
 def main() -> int:
@@ -98,8 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ce-bench-load-") as tmp:
         tmp = Path(tmp)
         use_inspect = args.step == "inspect" and SAMPLE.exists()
-        server = ServerProcess(tmp / "server", Pki(tmp / "pki"), disks=[str(SAMPLE)] if use_inspect else [],
-                               verbose=True)
+        server = ServerProcess(tmp / "server", Pki(tmp / "pki"), disks=[str(SAMPLE)] if use_inspect else [])
         server.start()
         try:
             api, step_id = server.session(), f"bench-{uuid.uuid4().hex[:8]}"
@@ -118,12 +117,13 @@ def main() -> int:
             started = time.monotonic()
             for p in procs:
                 p.start()
-            latencies, errors, connects = [], [], []
+            latencies, errors, connects, handled = [], [], [], []
             for _ in procs:
-                got_latencies, got_errors, got_connects = results.get()
+                got_latencies, got_errors, got_connects, got_handled = results.get()
                 latencies += got_latencies
                 errors += got_errors
                 connects += got_connects
+                handled += [ms for ms in got_handled if ms is not None]
             for p in procs:
                 p.join()
             elapsed = time.monotonic() - started
@@ -132,7 +132,7 @@ def main() -> int:
                 api.post(url + "/cancel", timeout=30)
         finally:
             server.stop()
-        handled = sorted(server_durations(server.log_text(), f"/v1/steps/{step_id}"))
+        handled.sort()
 
     lat = sorted(x * 1000 for x in latencies)
     first = sorted(x * 1000 for x in connects)

@@ -4,7 +4,9 @@ create, 409s, cancel, timeout, restart -> interrupted, secrets kept out of the s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import pytest
 import requests
 
 from ce.server import bootstrap
+from ce.server.priority import REQUEST_NICE
 from ce.server.supervisor import group_members
+from ce.server.worker import PROGRESS_EVERY, Reporter, WorkerContext
 from images.spec import load_all as load_specs
 from tests.server_harness import CE, Pki, ServerProcess, alive, processes_with, wait_until
 
@@ -155,6 +159,51 @@ def test_create_is_idempotent_on_the_step_id(server, api):
     # A retry after the step finished still returns that step, not a new run.
     late = post_step(server, api, "test-wait", params, step_id).json()
     assert late["status"] == "succeeded" and late["result"] == {"slept": 0.5}
+
+
+def test_a_poller_revalidates_with_the_etag_and_sees_every_change(server, api):
+    step_id = new_id()
+    assert post_step(server, api, "test-wait", {"seconds": 1.5}, step_id).status_code == 202
+    url = f"{server.url}/v1/steps/{step_id}"
+    seen = []
+    while not seen or seen[-1][1]["status"] != "succeeded":
+        response = api.get(url, timeout=30)
+        assert response.status_code == 200 and response.headers["Cache-Control"] == "no-cache"
+        seen.append((response.headers["ETag"], response.json()))
+        time.sleep(0.05)
+    # The document is served from memory between changes, yet every poll saw the store as it was: progress and
+    # messages move, and the ETag changes exactly when the document does.
+    assert len({json.dumps(doc, sort_keys=True) for _, doc in seen}) > 3
+    for (tag_a, doc_a), (tag_b, doc_b) in zip(seen, seen[1:]):
+        assert (tag_a == tag_b) == (doc_a == doc_b)
+    etag, final = seen[-1]
+    assert final["result"] == {"slept": 1.5} and final["progressPercent"] == 100.0
+    unchanged = api.get(url, headers={"If-None-Match": etag}, timeout=30)
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["ETag"] == etag
+    assert api.get(url, headers={"If-None-Match": f'W/{etag}, "other"'}, timeout=30).status_code == 304
+    stale = api.get(url, headers={"If-None-Match": seen[0][0]}, timeout=30)
+    assert stale.status_code == 200 and stale.json() == final
+    # Every response says how long the server itself took.
+    name, _, duration = stale.headers["Server-Timing"].partition(";dur=")
+    assert name == "app" and 0 <= float(duration) < 30_000
+
+
+def test_polls_run_at_a_lower_cpu_priority_than_the_steps_they_poll(server, api, tmp_path):
+    pidfile, step_id = tmp_path / "pid", new_id()
+    assert post_step(server, api, "test-wait", {"seconds": 60, "pidfile": str(pidfile)}, step_id).status_code == 202
+    step = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 30, "the step process"))
+    try:
+        (gunicorn_worker,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                              if p.read_text().rpartition(") ")[2].split()[1] == str(server.proc.pid)]
+        nice = {int(task.name): os.getpriority(os.PRIO_PROCESS, int(task.name))
+                for task in Path(f"/proc/{gunicorn_worker}/task").iterdir()}
+        assert nice[gunicorn_worker] == REQUEST_NICE          # the main thread, and so every request thread
+        assert REQUEST_NICE in {n for tid, n in nice.items() if tid != gunicorn_worker}
+        assert 0 in nice.values()                             # the launcher, which started the step's thread
+        assert {os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path(f"/proc/{step}/task").iterdir()} == {0}
+    finally:
+        api.post(f"{server.url}/v1/steps/{step_id}/cancel", timeout=30)
+    assert wait_terminal(server, api, step_id)["status"] == "canceled"
 
 
 def test_same_id_with_different_params_is_a_conflict(server, api):
@@ -385,3 +434,22 @@ def test_serve_refuses_a_bad_bootstrap_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "bootstrap_invalid" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_step_reporting_every_write_sends_a_few_progress_events(tmp_path):
+    read_fd, write_fd = os.pipe()
+    ctx = WorkerContext("t-progress", Reporter(write_fd))
+    started = time.monotonic()
+    for i in range(20_000):                                   # a copy reporting each of its writes
+        ctx.progress(i / 200, "copying")
+    ctx.progress(100, "copying")
+    ctx.progress(100, "checking the copy")
+    elapsed = time.monotonic() - started
+    ctx.reporter._out.close()
+    with os.fdopen(read_fd) as events:
+        sent = [json.loads(line) for line in events]
+    assert sent[0] == {"event": "progress", "percent": 0.0, "message": "copying"}
+    assert sent[-2:] == [{"event": "progress", "percent": 100.0, "message": "copying"},
+                         {"event": "progress", "percent": 100.0, "message": "checking the copy"}]
+    assert len(sent) <= 2 + 1 + elapsed / PROGRESS_EVERY
+    assert [e["percent"] for e in sent] == sorted(e["percent"] for e in sent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
@@ -17,6 +16,8 @@ from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
 from .bootstrap import Bootstrap
 from .callback import Notifier
+from .polls import StepPolls, not_modified, poll_headers
+from .stepdocs import StepBodies, step_doc
 from .steps import step_types
 from .store import Store
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT, Conflict, NotFound, Supervisor
@@ -25,18 +26,6 @@ log = logging.getLogger("ce.server")
 MAX_BODY = 1 << 20
 STATUS = {"invalid_request": 400, "unauthorized": 401, "not_found": 404, "conflict": 409, "disk_busy": 409,
           "step_finished": 409, "invalid_params": 422}
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") \
-        if ts else None
-
-
-def step_doc(row: dict) -> dict:
-    return {"id": row["id"], "type": row["type"], "status": row["status"], "progressPercent": row["progress"],
-            "message": row["message"], "warnings": row["warnings"], "error": row["error"], "result": row["result"],
-            "params": row["params"], "timeoutSeconds": row["timeout"], "createdAt": iso(row["created"]),
-            "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"])}
 
 
 DRAIN_LIMIT = 4 * MAX_BODY
@@ -82,6 +71,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["ce"] = {"store": store, "supervisor": supervisor, "notifier": notifier, "boot": boot}
     spec = openapi.document(types)
+    bodies = StepBodies(store)
 
     @app.before_request
     def authenticate():
@@ -96,6 +86,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     @app.after_request
     def access_log(response: Response):
         took = (time.monotonic() - request.environ.get("ce.started", time.monotonic())) * 1000
+        response.headers["Server-Timing"] = f"app;dur={took:.2f}"
         level = logging.DEBUG if request.method == "GET" and response.status_code < 400 else logging.INFO
         log.log(level, "%s %s %d", request.method, request.path, response.status_code,
                 extra={"method": request.method, "path": request.path, "status": response.status_code,
@@ -155,10 +146,13 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
 
     @app.get("/v1/steps/<step_id>")
     def get_step(step_id: str):
-        row = store.get(step_id)
-        if row is None:
+        found = bodies.body(step_id)
+        if found is None:
             return error("not_found", f"no step {step_id}")
-        return jsonify(step_doc(row))
+        body, etag = found
+        if not_modified(request.headers.get("If-None-Match"), etag):
+            return Response(status=304, headers=poll_headers(etag))
+        return Response(body, mimetype="application/json", headers=poll_headers(etag))
 
     @app.get("/v1/steps/<step_id>/log")
     def get_step_log(step_id: str):
@@ -191,6 +185,8 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         return error(code, exc.description or exc.name, exc.code)
+
+    app.wsgi_app = StepPolls(app.wsgi_app, bodies, boot.token)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

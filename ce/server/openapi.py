@@ -56,6 +56,7 @@ def document(types: dict[str, StepType]) -> dict:
     components.update(step_components)
     step_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": api.STEP_ID}}
     location = {"Location": {"description": "the step's URL", "schema": {"type": "string"}}}
+    etag = {"ETag": {"description": "changes whenever the document does", "schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "ce step server", "version": __version__,
@@ -78,8 +79,13 @@ def document(types: dict[str, StepType]) -> dict:
                          "responses": {"202": json_response("accepted: the step as it is now", "Step", location),
                                        **error_responses(400, 401, 409, 413, 422)}}},
             "/v1/steps/{id}": {"get": {
-                "operationId": "getStep", "parameters": [step_id], "summary": "a step's status and result",
-                "responses": {"200": json_response("the step", "Step"), **error_responses(401, 404)}}},
+                "operationId": "getStep", "summary": "a step's status and result",
+                "parameters": [step_id, {"name": "If-None-Match", "in": "header", "required": False,
+                                         "description": "the ETag of the document the poller has",
+                                         "schema": {"type": "string"}}],
+                "responses": {"200": json_response("the step", "Step", etag),
+                              "304": {"description": "unchanged since the ETag in If-None-Match", "headers": etag},
+                              **error_responses(401, 404)}}},
             "/v1/steps/{id}/log": {"get": {
                 "operationId": "getStepLog", "summary": "a step's log lines",
                 "parameters": [step_id, {"name": "since", "in": "query", "required": False,

@@ -10,9 +10,11 @@ import logging
 import os
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from .. import logs, tls
 from .bootstrap import Bootstrap, BootstrapInvalid
+from .priority import lower_this_thread
 from .slowclients import DeadlineSocket
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
 
@@ -32,6 +34,14 @@ LOGCONFIG = {
 }
 
 
+class AppAccessLogger(Logger):
+    """The app logs each request itself (JSON, with the step id); gunicorn's own access line would be built from
+    its atoms on every poll only to be dropped."""
+
+    def access(self, resp, req, environ, request_time):
+        return None
+
+
 class CeServer(BaseApplication):
     def __init__(self, boot: Bootstrap, *, threads: int = THREADS, default_timeout: int = DEFAULT_TIMEOUT,
                  cancel_grace: float = CANCEL_GRACE, verbose: bool = False):
@@ -47,8 +57,9 @@ class CeServer(BaseApplication):
             "timeout": 60, "graceful_timeout": 20, "keepalive": 30,
             "accesslog": None, "logconfig_dict": {**LOGCONFIG, "root": {**LOGCONFIG["root"],
                                                   "level": "DEBUG" if verbose else "INFO"}},
-            "control_socket_disable": True, "proc_name": "ce-serve",
+            "control_socket_disable": True, "proc_name": "ce-serve", "logger_class": AppAccessLogger,
             "worker_exit": self._worker_exit,
+            "post_worker_init": lambda worker: lower_this_thread(),     # polls yield the CPU to steps
         }
         self.app = None
         super().__init__()

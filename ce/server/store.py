@@ -50,6 +50,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self.generation = 0                 # bumped by every write of a step row: cached documents compare it
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         with self._lock:
@@ -68,6 +69,7 @@ class Store:
         cols = ", ".join(row)
         with self._lock:
             self._db.execute(f"INSERT INTO steps ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+            self.generation += 1
 
     def get(self, step_id: str) -> dict | None:
         with self._lock:
@@ -84,6 +86,7 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
             self._db.execute(f"UPDATE steps SET {sets} WHERE id = ?", [*fields.values(), step_id])
+            self.generation += 1
 
     def finish(self, step_id: str, status: str, **fields) -> bool:
         """Move an active step to a terminal status; False if it was already terminal (first finisher wins)."""
@@ -93,6 +96,7 @@ class Store:
         with self._lock:
             cur = self._db.execute(f"UPDATE steps SET {sets} WHERE id = ? AND status IN {ACTIVE}",
                                    [*fields.values(), step_id])
+            self.generation += 1
         return cur.rowcount == 1
 
     def mark_interrupted(self) -> list[str]:
@@ -103,6 +107,7 @@ class Store:
             ids = [r[0] for r in self._db.execute(f"SELECT id FROM steps WHERE status IN {ACTIVE}")]
             self._db.execute(f"UPDATE steps SET status = 'failed', error = ?, finished = ? WHERE status IN {ACTIVE}",
                              (json.dumps(error), time.time()))
+            self.generation += 1
         return ids
 
     # ------------------------------------------------------------ log

@@ -28,6 +28,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr
 from .. import logs
 from ..errors import CeError
 from ..step import InvalidParams, StepType
+from .priority import Launcher
 from .store import Store
 
 log = logging.getLogger("ce.server")
@@ -96,6 +97,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._disk_owner: dict[str, str] = {}
         self._running: dict[str, Running] = {}
+        self._launcher = Launcher()                 # steps at the service's priority, not the request's
         self.subreaper = become_subreaper()
 
     # ------------------------------------------------------------ API
@@ -132,7 +134,7 @@ class Supervisor:
             logs.add_secret(secret)
         row = self.store.get(step_id)
         self.notify(row)
-        threading.Thread(target=self._supervise, args=(running,), daemon=True, name=f"step-{step_id}").start()
+        self._launcher.start(self._supervise, (running,), name=f"step-{step_id}")
         return row, True
 
     def cancel(self, step_id: str) -> dict:

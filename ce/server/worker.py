@@ -25,6 +25,7 @@ from ..step import StepCanceled, StepContext, StepFailed
 from .steps import step_types
 
 EXIT_GRACE = 20          # seconds the step has to unwind after the service disappeared
+PROGRESS_EVERY = 0.25    # seconds between two progress events with the same message; connectors poll about 1/s
 
 
 class Terminated(CeError):
@@ -67,9 +68,17 @@ class WorkerContext(StepContext):
     def __init__(self, step_id: str, reporter: Reporter):
         super().__init__(step_id=step_id, log=logging.getLogger("ce.step"))
         self.reporter = reporter
+        self._last_progress: tuple[float, str] = (-PROGRESS_EVERY, "")
 
     def progress(self, percent: float, message: str = "") -> None:
-        self.reporter.send("progress", percent=max(0.0, min(float(percent), 100.0)), message=logs.redact(message))
+        """Sent when the message changes, at 100 %, and otherwise at most every PROGRESS_EVERY seconds: a copy
+        reporting each 8 MiB write would make the service write its state hundreds of times a second."""
+        percent, now = max(0.0, min(float(percent), 100.0)), time.monotonic()
+        last_time, last_message = self._last_progress
+        if message == last_message and percent < 100.0 and now - last_time < PROGRESS_EVERY:
+            return
+        self._last_progress = (now, message)
+        self.reporter.send("progress", percent=percent, message=logs.redact(message))
 
     def warn(self, code: str, message: str) -> None:
         super().warn(code, logs.redact(message))
