@@ -1,6 +1,6 @@
 """An export under polling load: 200 connectors polling the step while it streams a 1 GiB disk to the share.
 
-    python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 3]
+    python bench/load_export.py [--pollers 200] [--procs 4] [--interval 1.0] [--size-mb 1024] [--rounds 7]
                                 [--shared-cpus]
 
 Starts the real server (gunicorn, mutual TLS, generated certificates, as configured in production) and a real smbd
@@ -186,7 +186,8 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=4, help="client processes the pollers are spread over")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between one poller's requests")
     parser.add_argument("--size-mb", type=int, default=1024, help="the disk's size (random bytes)")
-    parser.add_argument("--rounds", type=int, default=3, help="pairs of unloaded + loaded exports (odd: a true median)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="pairs of unloaded + loaded exports (odd: a true median; single runs vary by 20-40 % here)")
     parser.add_argument("--dir", help="where the disk and the share live (default: /dev/shm when it has room)")
     parser.add_argument("--shared-cpus", action="store_true",
                         help="pollers, server, export and smbd on all CPUs (by default the pollers get the last CPU "
@@ -228,6 +229,7 @@ def main() -> int:
     rate_unloaded = statistics.median(size / r["seconds"] / 1e6 for r in unloaded)
     rate_loaded = statistics.median(size / r["seconds"] / 1e6 for r in loaded)
     ratio = rate_loaded / rate_unloaded
+    pairs = sorted(u["seconds"] / ld["seconds"] for u, ld in zip(unloaded, loaded))
     where = ("sharing all CPUs with the CE" if args.poller_cpus is None
              else f"on CPU {min(args.poller_cpus)}, the CE on CPU {', '.join(map(str, cpus[:-1]))}")
     print(f"export of a {args.size_mb} MiB random disk to smbd on 127.0.0.1 (VHDX), {args.rounds} rounds, "
@@ -237,11 +239,12 @@ def main() -> int:
     for label, results, rate in (("unloaded", unloaded, rate_unloaded), ("loaded", loaded, rate_loaded)):
         print(f"{'export ' + label:<24}{statistics.median(r['seconds'] for r in results):>9.1f}{rate:>8.0f}")
     print(f"{'loaded / unloaded':<24}{'':>9}{ratio:>8.2f}  target >= {TARGET} "
-          f"({'met' if ratio >= TARGET else 'MISSED'})")
+          f"({'met' if ratio >= TARGET else 'MISSED'}); round by round {pairs[0]:.2f} .. {pairs[-1]:.2f}, unloaded "
+          f"runs alone {min(r['seconds'] for r in unloaded):.1f} .. {max(r['seconds'] for r in unloaded):.1f} s")
     print(f"polls {len(latencies)}, errors {len(errors)}{' ' + str(sorted(set(errors))) if errors else ''}; "
           f"latency ms p50 {percentile(latencies, 50):.1f}  p99 {percentile(latencies, 99):.1f}  "
           f"max {latencies[-1] if latencies else float('nan'):.1f}; in the server's handler p50 "
-          f"{percentile(handled, 50):.2f}  p99 {percentile(handled, 99):.2f}; server CPU {cpu_per_poll:.2f} ms per poll")
+          f"{percentile(handled, 50):.3f}  p99 {percentile(handled, 99):.3f}; server CPU {cpu_per_poll:.2f} ms per poll")
     print(json.dumps({"pollers": args.pollers, "interval_s": args.interval, "size_mb": args.size_mb,
                       "rounds": args.rounds, "polls": len(latencies), "errors": len(errors),
                       "p50_ms": round(percentile(latencies, 50), 1), "p99_ms": round(percentile(latencies, 99), 1),
@@ -250,6 +253,7 @@ def main() -> int:
                       "server_cpu_ms_per_poll": round(cpu_per_poll, 3), "pollers_own_cpu": args.poller_cpus is not None,
                       "unloaded_seconds": [r["seconds"] for r in unloaded],
                       "loaded_seconds": [r["seconds"] for r in loaded], "throughput_ratio": round(ratio, 3),
+                      "round_ratios": [round(x, 3) for x in pairs],
                       "load_average": Path("/proc/loadavg").read_text().split()[:3]}))
     return 0 if not errors and latencies else 1
 
