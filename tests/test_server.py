@@ -183,6 +183,9 @@ def test_a_poller_revalidates_with_the_etag_and_sees_every_change(server, api):
     assert api.get(url, headers={"If-None-Match": f'W/{etag}, "other"'}, timeout=30).status_code == 304
     stale = api.get(url, headers={"If-None-Match": seen[0][0]}, timeout=30)
     assert stale.status_code == 200 and stale.json() == final
+    for token in (None, "wrong-token-" + "x" * 32):
+        refused = server.session(token=token).get(url, headers={"If-None-Match": etag}, timeout=30)
+        assert refused.status_code == 401 and "ETag" not in refused.headers and "slept" not in refused.text
     # Every response says how long the server itself took.
     name, _, duration = stale.headers["Server-Timing"].partition(";dur=")
     assert name == "app" and 0 <= float(duration) < 30_000

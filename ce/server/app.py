@@ -16,7 +16,7 @@ from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
 from .bootstrap import Bootstrap
 from .callback import Notifier
-from .polls import StepPolls, not_modified, poll_headers
+from .polls import StepPolls, answer
 from .stepdocs import StepBodies, step_doc
 from .steps import step_types
 from .store import Store
@@ -146,13 +146,12 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
 
     @app.get("/v1/steps/<step_id>")
     def get_step(step_id: str):
+        """Reached for an unknown step (StepPolls answers the others) or one created since StepPolls looked."""
         found = bodies.body(step_id)
         if found is None:
             return error("not_found", f"no step {step_id}")
-        body, etag = found
-        if not_modified(request.headers.get("If-None-Match"), etag):
-            return Response(status=304, headers=poll_headers(etag))
-        return Response(body, mimetype="application/json", headers=poll_headers(etag))
+        status, headers, body = answer(found, request.headers.get("If-None-Match"))
+        return Response(body, status=int(status[:3]), headers=headers)
 
     @app.get("/v1/steps/<step_id>/log")
     def get_step_log(step_id: str):
@@ -186,11 +185,10 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         code = (exc.name or "error").lower().replace(" ", "_")
         return error(code, exc.description or exc.name, exc.code)
 
-    app.wsgi_app = StepPolls(app.wsgi_app, bodies, boot.token)
-
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error("internal_error", "the server failed on this request; its log has the details", 500)
 
+    app.wsgi_app = StepPolls(app.wsgi_app, bodies, boot.token)
     return app

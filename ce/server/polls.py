@@ -21,12 +21,13 @@ log = logging.getLogger("ce.server")
 PREFIX = "/v1/steps/"
 
 
-def poll_headers(etag: str) -> list[tuple[str, str]]:
-    return [("ETag", f'"{etag}"'), ("Cache-Control", "no-cache")]
-
-
-def not_modified(if_none_match: str | None, etag: str) -> bool:
-    return bool(if_none_match) and parse_etags(if_none_match).contains_weak(etag)
+def answer(found: tuple[bytes, str], if_none_match: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
+    """(status, headers, body) for a step's encoded document, or a 304 when the poller has it already."""
+    body, etag = found
+    headers = [("ETag", f'"{etag}"'), ("Cache-Control", "no-cache")]
+    if if_none_match and parse_etags(if_none_match).contains_weak(etag):
+        return "304 NOT MODIFIED", headers, b""
+    return "200 OK", [*headers, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body
 
 
 class StepPolls:
@@ -45,12 +46,7 @@ class StepPolls:
         found = self.bodies.body(step_id)
         if found is None:
             return self.app(environ, start_response)
-        body, etag = found
-        status, headers = "200 OK", poll_headers(etag)
-        if not_modified(environ.get("HTTP_IF_NONE_MATCH"), etag):
-            status, body = "304 NOT MODIFIED", b""
-        else:
-            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        status, headers, body = answer(found, environ.get("HTTP_IF_NONE_MATCH"))
         took = (time.monotonic() - started) * 1000
         start_response(status, [*headers, ("Server-Timing", f"app;dur={took:.2f}")])
         if log.isEnabledFor(logging.DEBUG):
