@@ -128,10 +128,13 @@ def clean(samples, tmp_path_factory):
 def test_kill_at_many_points_leaves_old_or_new_and_a_rerun_finishes(clean, capsys):
     work, job, sample = clean["work"], clean["job"], clean["sample"]
     points = chosen_points(clean["apply_calls"])
-    children, problems, survivors = {}, [], 0
+    children, problems, survivors, left_by_kills = {}, [], 0, set()
+    scratch = work / "scratch"                  # the runs' own: what a killed prepare leaves there is counted
+    scratch.mkdir(exist_ok=True)
     for point in points:
         child = disks.create_child(str(sample.path), str(work / f"kill-{point}.qcow2"), parent_fmt=sample.format).path
-        proc = ce_run(job, child, {"CE_FAULT_KILL_AT": str(point)})
+        proc = ce_run(job, child, {"CE_FAULT_KILL_AT": str(point), "CE_SCRATCH": str(scratch)})
+        left_by_kills |= {p.name for p in scratch.iterdir()}
         assert proc.returncode == -9, f"kill at call {point} did not happen: {proc.returncode} {proc.stderr[-500:]}"
         left = orphans(child)
         survivors += len(left)
@@ -152,7 +155,7 @@ def test_kill_at_many_points_leaves_old_or_new_and_a_rerun_finishes(clean, capsy
                 problems.append(f"call {point}: {rel} is at its final name with unexpected content")
     reruns = {}
     for point, child in children.items():
-        proc = ce_run(job, child)
+        proc = ce_run(job, child, {"CE_SCRATCH": str(scratch)})
         reruns[point] = proc.returncode
         if proc.returncode != 0:
             problems.append(f"call {point}: the re-run failed: {proc.stdout[-300:]} {proc.stderr[-300:]}")
@@ -163,7 +166,12 @@ def test_kill_at_many_points_leaves_old_or_new_and_a_rerun_finishes(clean, capsy
         if state["files"] != final_files:
             extra = sorted(set(state["files"].items()) ^ set(final_files.items()))
             problems.append(f"call {point}: after the re-run the files differ from a clean run's: {extra}")
+    # The re-runs removed the hive copies the killed runs had left in scratch, and their own.
+    leftovers = sorted(p.name for p in scratch.iterdir())
+    if leftovers:
+        problems.append(f"scratch still holds {leftovers} after the re-runs")
     with capsys.disabled():
         print(f"\ncrash injection: {len(points)} kill points over {len(clean['apply_calls'])} apply calls; "
-              f"{len(problems)} problem(s); {survivors} qemu process(es) outlived the worker")
+              f"{len(problems)} problem(s); {survivors} qemu process(es) outlived the worker; the kills left "
+              f"{len(left_by_kills)} scratch dir(s), the re-runs removed them")
     assert problems == []
