@@ -22,32 +22,11 @@ from typing import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import CeError
+from .errors import Canceled, CeError, InvalidParams, StepFailed
+
+StepCanceled = Canceled          # the one cancel lives in ce.errors
 
 REGISTRY: dict[str, "StepType"] = {}
-
-
-class InvalidParams(CeError):
-    code = "invalid_params"
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), **({"field": self.field} if self.field else {})}
-
-
-class StepCanceled(CeError):
-    code = "canceled"
-
-
-class StepFailed(CeError):
-    """A step that stopped part-way but still has an exact result (what was and was not done)."""
-
-    def __init__(self, code: str, message: str, result: dict):
-        super().__init__(message)
-        self.code, self.result = code, result
 
 
 @dataclass(frozen=True)

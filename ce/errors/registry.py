@@ -1,0 +1,30 @@
+"""Registry errors: offline hives read and written with hivex."""
+from __future__ import annotations
+
+from .base import CeError
+
+
+class RegistryError(CeError):
+    code = "registry_error"
+    action = "a hive could not be read or written: the message names the hive and key"
+
+
+class HiveCorrupt(RegistryError):
+    code = "hive_corrupt"
+    action = "the hive is damaged: repair the image in Windows (or restore the hive from its backup)"
+
+
+class HiveDirty(RegistryError):
+    code = "hive_dirty"
+    action = "boot Windows and shut it down once so that its pending registry transactions are written"
+
+
+class HiveMissing(RegistryError):
+    code = "hive_missing"
+    action = "the Windows installation lacks a hive: the image is incomplete or not a system disk"
+
+
+class HiveCommitFailed(RegistryError):
+    code = "hive_commit_failed"
+    status = 500
+    action = "the hive was not replaced (the old one is intact): retry; collect diagnostics if it recurs"
