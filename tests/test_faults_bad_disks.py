@@ -89,13 +89,13 @@ def test_unsupported_windows_release_is_refused(samples, tmp_path):
         root = guest.windows_root()
         guest.mount_windows(root, readonly=False)
         path = hive_path(guest, root, "SOFTWARE")
-        local = registry.download_hive(guest.g, path, tmp_path)
+        local = registry.download_hive(guest, path, tmp_path)
         with Hive.open(local, write=True) as hive:
             key = r"Microsoft\Windows NT\CurrentVersion"
             hive.set(key, "ProductName", RegType.SZ, "Windows Server 2012 R2 Datacenter")
             hive.set(key, "CurrentBuild", RegType.SZ, "9600")
             hive.set(key, "CurrentBuildNumber", RegType.SZ, "9600")
-            registry.commit_hive(guest.g, path, hive)
+            registry.commit_hive(guest, path, hive)
     before = digest(disk)
     error = run_prepare(disk, tmp_path)
     assert_clear(error, "windows_unsupported")

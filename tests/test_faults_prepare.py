@@ -79,7 +79,7 @@ def image_state(guest: Guest, device: str, work: Path) -> dict:
     try:
         hives = {}
         for name in HIVES:
-            local = registry.download_hive(guest.g, hive_path(guest, root, name), work)
+            local = registry.download_hive(guest, hive_path(guest, root, name), work)
             regipy_walk(local)
             hives[name] = dump_hive(local)
         base, files = guest.win_path(FB), {}

@@ -133,8 +133,8 @@ def test_hives_read_the_same_with_regipy(appliance, tmp_path):
     root = guest.windows_root(device=appliance.device[name])
     guest.mount_windows(root)
     try:
-        software = registry.download_hive(guest.g, guest.win_path("/windows/system32/CONFIG/software"), tmp_path)
-        system = registry.download_hive(guest.g, guest.win_path("/Windows/System32/config/SYSTEM"), tmp_path)
+        software = registry.download_hive(guest, guest.win_path("/windows/system32/CONFIG/software"), tmp_path)
+        system = registry.download_hive(guest, guest.win_path("/Windows/System32/config/SYSTEM"), tmp_path)
     finally:
         guest.g.umount_all()
     report = report_of(appliance, name)

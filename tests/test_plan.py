@@ -36,7 +36,7 @@ def session(samples, tmp_path_factory):
 
 
 def read_back(guest, root, hive, tmp):
-    return registry.download_hive(guest.g, hive_path(guest, root, hive), tmp)
+    return registry.download_hive(guest, hive_path(guest, root, hive), tmp)
 
 
 def make_plan(guest, root, work):

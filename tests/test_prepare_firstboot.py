@@ -205,7 +205,7 @@ def read_back(child: str, work: Path) -> dict:
         for path in guest.g.find(base):                    # names come back as "/actions/x.ps1"
             if guest.g.is_file(base + path):
                 files[path.lstrip("/")] = guest.g.read_file(base + path)
-        hives = {name: registry.download_hive(guest.g, hive_path(guest, root, name), work)
+        hives = {name: registry.download_hive(guest, hive_path(guest, root, name), work)
                  for name in ("SYSTEM", "SOFTWARE")}
     return {"report": report, "files": files, "hives": hives}
 
@@ -377,7 +377,7 @@ def others(samples, tmp_path_factory):
             base = guest.win_path(FB)
             files = {p.lstrip("/"): guest.g.read_file(base + p) for p in (guest.g.find(base) if guest.g.is_dir(base)
                                                                             else []) if guest.g.is_file(base + p)}
-            system = registry.download_hive(guest.g, hive_path(guest, root, "SYSTEM"), work)
+            system = registry.download_hive(guest, hive_path(guest, root, "SYSTEM"), work)
             guest.g.umount_all()
             backs[name] = {"report": report, "files": files, "system": system}
     return results, backs

@@ -169,7 +169,7 @@ def read_back(children: dict[str, str], work: Path) -> dict:
             guest.mount_windows(root, readonly=True)
             local = work / f"back-{name}"
             local.mkdir()
-            hives = {h: registry.download_hive(guest.g, hive_path(guest, root, h), local) for h in ("SYSTEM", "SOFTWARE")}
+            hives = {h: registry.download_hive(guest, hive_path(guest, root, h), local) for h in ("SYSTEM", "SOFTWARE")}
             files = {}
             for base in (r"C:\Windows\Setup\ce-firstboot", r"C:\Windows\Drivers\ce"):
                 if guest.exists(base):

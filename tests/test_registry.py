@@ -424,22 +424,25 @@ CONFIG = "/Windows/System32/config"
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    guestfs = pytest.importorskip("guestfs")
+    """A ``Guest`` over a fresh 64 MiB NTFS disk mounted read-write at "/"; the tests set the disk up through its
+    libguestfs handle, and the code under test gets the ``Guest``."""
+    pytest.importorskip("guestfs")
+    from ce.guest import Drive, Guest
     disk = tmp_path_factory.mktemp("disk") / "ntfs.img"
-    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-    g = guestfs.GuestFS(python_return_dict=True)
-    if os.environ.get("CE_GUEST_ACCEL", "tcg") != "kvm":
-        g.set_backend_setting("force_tcg", "1")      # nested KVM is broken on the development machine
-    g.disk_create(str(disk), "raw", 64 * 1024 * 1024)
-    g.add_drive_opts(str(disk), format="raw", readonly=False)
-    g.launch()
+    with open(disk, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    session = Guest([Drive(str(disk), "raw", readonly=False)])
+    with pytest.MonkeyPatch.context() as env:
+        if os.environ.get("CE_GUEST_ACCEL", "tcg") != "kvm":
+            env.setenv("CE_GUEST_ACCEL", "tcg")      # nested KVM is broken on the development machine
+        session.launch()
+    g = session.g
     g.part_disk("/dev/sda", "mbr")
     g.mkfs("ntfs", "/dev/sda1")
     g.mount("/dev/sda1", "/")
     g.mkdir_p(CONFIG)
-    yield g
-    g.shutdown()
-    g.close()
+    yield session
+    session.close()
 
 
 def put_hive(g, local_dir, name: str, values) -> tuple[str, bytes]:
@@ -469,20 +472,20 @@ def read_guest(g, guest_path: str, local) -> bytes:
 
 @pytest.mark.slow
 def test_commit_hive_replaces_the_hive_verified_and_backed_up(guest, tmp_path):
-    g = guest
+    g = guest.g
     guest_path, original = put_hive(g, tmp_path, "SOFTWARE", [
         ("Microsoft\\Windows NT\\CurrentVersion", "ProductName", RegType.SZ, "Windows 10 Pro"),
         ("Citrix\\VirtualDesktopAgent", "ListOfDDCs", RegType.SZ, "old.example"),
     ])
     permissions = give_distinct_permissions(g, guest_path)
-    local = download_hive(g, guest_path, tmp_path)
+    local = download_hive(guest, guest_path, tmp_path)
     assert local.read_bytes() == original
     with Hive.open(local, write=True, label=guest_path) as hive:
         hive.set("Citrix\\VirtualDesktopAgent", "ListOfDDCs", RegType.SZ, "ddc1.example ddc2.example")
         hive.set("Citrix\\VirtualDesktopAgent", "ControllerRegistrarPort", RegType.DWORD, 80)
         hive.delete_value("Microsoft\\Windows NT\\CurrentVersion", "ProductName")
         port_is_80 = lambda written: written.get_data("Citrix\\VirtualDesktopAgent", "ControllerRegistrarPort") == 80
-        result = commit_hive(g, guest_path, hive, expected=port_is_80, backup_stamp="20250101T000000Z")
+        result = commit_hive(guest, guest_path, hive, expected=port_is_80, backup_stamp="20250101T000000Z")
 
     assert not local.with_name(local.name + ".ce-new").exists()
     assert result.backup_path == f"{CONFIG}/ce-backup/SOFTWARE.20250101T000000Z" and result.backup_created
@@ -506,10 +509,10 @@ def test_commit_hive_replaces_the_hive_verified_and_backed_up(guest, tmp_path):
     assert len(result.warnings) == 1 and "ntfs-3g gives new files" in result.warnings[0]
 
     # A second commit in the same job keeps the pristine backup.
-    local = download_hive(g, guest_path, tmp_path)
+    local = download_hive(guest, guest_path, tmp_path)
     with Hive.open(local, write=True) as hive:
         hive.set("Citrix\\VirtualDesktopAgent", "ControllerRegistrarPort", RegType.DWORD, 443)
-        again = commit_hive(g, guest_path, hive, backup_stamp="20250101T000000Z")
+        again = commit_hive(guest, guest_path, hive, backup_stamp="20250101T000000Z")
     assert not again.backup_created and again.sha256_before == result.sha256_after
     assert again.warnings == ()
     assert read_guest(g, result.backup_path, tmp_path / "backup2") == original
@@ -518,10 +521,10 @@ def test_commit_hive_replaces_the_hive_verified_and_backed_up(guest, tmp_path):
 
 @pytest.mark.slow
 def test_failed_verification_leaves_the_image_untouched(guest, tmp_path):
-    g = guest
+    g = guest.g
     guest_path, original = put_hive(g, tmp_path, "SYSTEM", [("Select", "Current", RegType.DWORD, 1),
                                                            ("ControlSet001\\Control", "x", RegType.DWORD, 1)])
-    local = download_hive(g, guest_path, tmp_path)
+    local = download_hive(guest, guest_path, tmp_path)
 
     def expected(hive):
         assert hive.get_data("Select", "Current") == 2, "Select\\Current should be 2"
@@ -529,9 +532,9 @@ def test_failed_verification_leaves_the_image_untouched(guest, tmp_path):
     with Hive.open(local, write=True) as hive:
         hive.set("Select", "Current", RegType.DWORD, 3)
         with pytest.raises(HiveCommitFailed, match="failed verification.*Current should be 2"):
-            commit_hive(g, guest_path, hive, expected=expected, backup_dir=f"{CONFIG}/sys-backup")
+            commit_hive(guest, guest_path, hive, expected=expected, backup_dir=f"{CONFIG}/sys-backup")
         with pytest.raises(HiveCommitFailed, match="failed the caller's check"):
-            commit_hive(g, guest_path, hive, expected=lambda written: False, backup_dir=f"{CONFIG}/sys-backup")
+            commit_hive(guest, guest_path, hive, expected=lambda written: False, backup_dir=f"{CONFIG}/sys-backup")
     assert read_guest(g, guest_path, tmp_path / "after") == original
     assert not g.exists(guest_path + ".ce-new")
     assert not g.exists(f"{CONFIG}/sys-backup")
@@ -539,39 +542,39 @@ def test_failed_verification_leaves_the_image_untouched(guest, tmp_path):
 
 @pytest.mark.slow
 def test_commit_refuses_a_hive_changed_since_download(guest, tmp_path):
-    g = guest
+    g = guest.g
     guest_path, _ = put_hive(g, tmp_path, "DEFAULT", [("A", "x", RegType.DWORD, 1)])
-    local = download_hive(g, guest_path, tmp_path)
+    local = download_hive(guest, guest_path, tmp_path)
     meanwhile = new_hive(tmp_path / "other", [("A", "x", RegType.DWORD, 2)])
     g.upload(meanwhile, guest_path)
     with Hive.open(local, write=True) as hive:
         hive.set("A", "x", RegType.DWORD, 3)
         with pytest.raises(HiveCommitFailed, match="changed in the image since it was read"):
-            commit_hive(g, guest_path, hive)
+            commit_hive(guest, guest_path, hive)
     assert read_guest(g, guest_path, tmp_path / "after") == open(meanwhile, "rb").read()
     assert not g.exists(guest_path + ".ce-new")
 
 
 @pytest.mark.slow
 def test_commit_without_changes_touches_nothing(guest, tmp_path):
-    g = guest
+    g = guest.g
     guest_path, original = put_hive(g, tmp_path, "UNCHANGED", [("A", "x", RegType.DWORD, 1)])
-    with Hive.open(download_hive(g, guest_path, tmp_path), write=True) as hive:
-        result = commit_hive(g, guest_path, hive)
+    with Hive.open(download_hive(guest, guest_path, tmp_path), write=True) as hive:
+        result = commit_hive(guest, guest_path, hive)
     assert (result.changes, result.backup_path, result.sha256_after) == (0, None, sha256(original))
     assert read_guest(g, guest_path, tmp_path / "after") == original
 
 
 @pytest.mark.slow
 def test_download_of_missing_and_dirty_hives(guest, tmp_path):
-    g = guest
+    g = guest.g
     with pytest.raises(HiveMissing, match=f"{CONFIG}/SAM does not exist in the image"):
-        download_hive(g, f"{CONFIG}/SAM", tmp_path)
+        download_hive(guest, f"{CONFIG}/SAM", tmp_path)
     dirty = tmp_path / "SECURITY"
     create_empty_hive(dirty)
     patch_header(dirty, 8, 9)
     g.upload(str(dirty), f"{CONFIG}/SECURITY")
-    local = download_hive(g, f"{CONFIG}/SECURITY", tmp_path)
+    local = download_hive(guest, f"{CONFIG}/SECURITY", tmp_path)
     assert local.read_bytes() == dirty.read_bytes()
     with pytest.raises(HiveDirty, match=f"^{CONFIG}/SECURITY was not saved cleanly"):
         Hive.open(local, write=True, label=f"{CONFIG}/SECURITY")
@@ -579,15 +582,15 @@ def test_download_of_missing_and_dirty_hives(guest, tmp_path):
 
 @pytest.mark.slow
 def test_stale_files_of_an_interrupted_commit(guest, tmp_path):
-    g = guest
+    g = guest.g
     guest_path, original = put_hive(g, tmp_path, "COMPONENTS", [("A", "x", RegType.DWORD, 1)])
     g.write(guest_path + ".ce-new", b"half an upload")
-    assert download_hive(g, guest_path, tmp_path).read_bytes() == original
-    assert cleanup_stale(g, guest_path) == [guest_path + ".ce-new"]
+    assert download_hive(guest, guest_path, tmp_path).read_bytes() == original
+    assert cleanup_stale(guest, guest_path) == [guest_path + ".ce-new"]
 
     # A crash inside ntfs-3g's rename-over leaves the original only under its temporary link name.
     g.mv(guest_path, guest_path + ".ntfs-3g-0000000001")
     g.write(guest_path + ".ce-new", b"verified new hive")
-    assert cleanup_stale(g, guest_path) == [guest_path, guest_path + ".ce-new"]
+    assert cleanup_stale(guest, guest_path) == [guest_path, guest_path + ".ce-new"]
     assert read_guest(g, guest_path, tmp_path / "restored") == original
-    assert cleanup_stale(g, guest_path) == []
+    assert cleanup_stale(guest, guest_path) == []

@@ -28,3 +28,16 @@ class HiveCommitFailed(RegistryError):
     code = "hive_commit_failed"
     status = 500
     action = "the hive was not replaced (the old one is intact): retry; collect diagnostics if it recurs"
+
+
+class RegistryKeyMissing(RegistryError):
+    code = "registry_key_missing"
+    action = ("a key the operation reads is missing from the hive (the message names it): the image is not the "
+              "Windows installation the job expects, or its registry is damaged")
+
+
+class UnsupportedEdit(RegistryError):
+    """An edit hivex would perform in a way Windows cannot read back."""
+    code = "registry_unsupported_edit"
+    action = ("the edit would make hivex rewrite a value larger than it can store in a form Windows reads: make "
+              "this change in Windows instead")
