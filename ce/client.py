@@ -11,20 +11,11 @@ from pathlib import Path
 
 import requests
 
-from .errors import CeError
+from .errors import ClientError, Unreachable, WaitTimeout
 from .server.bootstrap import load as load_bootstrap
 from .tls import OutboundPolicy, outbound_session
 
 TERMINAL = ("succeeded", "failed", "canceled")
-
-
-class ClientError(CeError):
-    code = "client_error"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 field: str | None = None):
-        super().__init__(message, code=code)
-        self.status, self.field = status, field
 
 
 class Client:
@@ -47,7 +38,7 @@ class Client:
         try:
             response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise ClientError(f"cannot reach the ce server at {self.url}: {exc}", code="unreachable") from None
+            raise Unreachable(f"cannot reach the ce server at {self.url}: {exc}") from None
         try:
             body = response.json()
         except ValueError:
@@ -89,7 +80,7 @@ class Client:
             if step["status"] in TERMINAL:
                 return step
             if end is not None and time.monotonic() > end:
-                raise ClientError(f"step {step_id} still {step['status']} after {timeout:.0f} s", code="wait_timeout")
+                raise WaitTimeout(f"step {step_id} still {step['status']} after {timeout:.0f} s")
             time.sleep(interval)
 
 

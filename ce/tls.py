@@ -19,13 +19,9 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import CeError
+from .errors import TlsConfigError
 
 SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
-
-
-class TlsConfigError(CeError):
-    code = "tls_config_invalid"
 
 
 def normalize_sha1(fingerprint: str) -> str:

@@ -7,10 +7,11 @@ import time
 
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug import exceptions as http
 
 from .. import __version__, disks as disk_info
-from ..errors import CeError
+from ..errors import (CeError, InternalError, InvalidParams, InvalidRequest, MethodNotAllowed, NotFound,
+                      RequestTooLarge, Unauthorized)
 from ..step import StepType
 from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
@@ -20,21 +21,26 @@ from .polls import StepPolls, answer
 from .stepdocs import StepBodies, step_doc
 from .steps import step_types
 from .store import Store
-from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT, Conflict, NotFound, Supervisor
+from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT, Supervisor
 
 log = logging.getLogger("ce.server")
 MAX_BODY = 1 << 20
-STATUS = {"invalid_request": 400, "unauthorized": 401, "not_found": 404, "conflict": 409, "disk_busy": 409,
-          "step_finished": 409, "invalid_params": 422}
-
-
 DRAIN_LIMIT = 4 * MAX_BODY
+# werkzeug's refusals (routing, the body limit) answered as the ce errors they are; any other HTTP error keeps its
+# own name as code and its own status.
+HTTP_ERRORS: dict[type[http.HTTPException], type[CeError]] = {
+    http.NotFound: NotFound, http.MethodNotAllowed: MethodNotAllowed, http.RequestEntityTooLarge: RequestTooLarge}
 
 
-def error(code: str, message: str, status: int | None = None, field: str | None = None):
+def refuse(exc: CeError, field: str | None = None):
+    """The JSON refusal of this request: the error's own code and HTTP status."""
+    return error(exc.code, exc.message, exc.status, field)
+
+
+def error(code: str, message: str, status: int, field: str | None = None):
     body = {"error": {"code": code, "message": message, **({"field": field} if field else {})}}
     response = jsonify(body)
-    response.status_code = status or STATUS.get(code, 400)
+    response.status_code = status
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if response.status_code == 413:
@@ -79,8 +85,8 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
         if not token_ok(request.headers.get("Authorization"), boot.token):
-            return error("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token> from the "
-                                         "job's bootstrap)")
+            return refuse(Unauthorized("missing or wrong bearer token (Authorization: Bearer <token> from the "
+                                       "job's bootstrap)"))
         return None
 
     @app.after_request
@@ -126,17 +132,16 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         # A chunked body has no Content-Length to refuse up front: werkzeug stops reading it at MAX_BODY and
         # would hand over the truncated JSON as if it were all.
         if len(request.get_data()) >= MAX_BODY:
-            return error("request_entity_too_large", f"the request body must be smaller than {MAX_BODY} bytes",
-                         413)
+            return refuse(RequestTooLarge(f"the request body must be smaller than {MAX_BODY} bytes"))
         body = request.get_json(force=True, silent=True)
         if not isinstance(body, dict):
-            return error("invalid_request", "the request body must be a JSON object {id, type, params}")
+            return refuse(InvalidRequest("the request body must be a JSON object {id, type, params}"))
         try:
             create = api.StepCreate.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            return error("invalid_params", f"{where}: {first['msg']}", field=where)
+            return refuse(InvalidParams(f"{where}: {first['msg']}"), field=where)
         request.environ["ce.step_id"] = create.id
         row, _ = supervisor.submit(create.id, create.type, create.params)
         response = jsonify(step_doc(row))
@@ -149,7 +154,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         """Reached for an unknown step (StepPolls answers the others) or one created since StepPolls looked."""
         found = bodies.body(step_id)
         if found is None:
-            return error("not_found", f"no step {step_id}")
+            return refuse(NotFound(f"no step {step_id}"))
         status, headers, body = answer(found, request.headers.get("If-None-Match"))
         return Response(body, status=int(status[:3]), headers=headers)
 
@@ -157,10 +162,9 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     def get_step_log(step_id: str):
         since = request.args.get("since", "0")
         if not since.isdigit() or int(since) > 2**62:
-            return error("invalid_request", "since must be a non-negative integer (a log line's seq)",
-                         field="since")
+            return refuse(InvalidRequest("since must be a non-negative integer (a log line's seq)"), field="since")
         if store.get(step_id) is None:
-            return error("not_found", f"no step {step_id}")
+            return refuse(NotFound(f"no step {step_id}"))
         lines = store.log(step_id, int(since))
         return jsonify({"lines": lines, "next": lines[-1]["seq"] if lines else int(since)})
 
@@ -176,19 +180,20 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         field = getattr(exc, "field", None)
         if field and field != "type" and not field.startswith("params."):
             field = f"params.{field}"
-        # Anything else a request raises is a refusal of that request's content (a step's own validation).
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
-        return error(exc.code, exc.message, status, field)
+        return refuse(exc, field)
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return error(code, exc.description or exc.name, exc.code)
+    @app.errorhandler(http.HTTPException)
+    def http_error(exc: http.HTTPException):
+        message = exc.description or exc.name
+        kind = next((HTTP_ERRORS[k] for k in type(exc).__mro__ if k in HTTP_ERRORS), None)
+        if kind is not None:
+            return refuse(kind(message))
+        return error((exc.name or "error").lower().replace(" ", "_"), message, exc.code or 400)
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error("internal_error", "the server failed on this request; its log has the details", 500)
+        return refuse(InternalError("the server failed on this request; its log has the details"))
 
     app.wsgi_app = StepPolls(app.wsgi_app, bodies, boot.token)
     return app

@@ -23,15 +23,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import CeError
-from ..tls import OutboundPolicy, TlsConfigError, normalize_sha1
+from ..errors import BootstrapInvalid, TlsConfigError
+from ..tls import OutboundPolicy, normalize_sha1
 
 MIN_TOKEN = 32
 CONFIG_DRIVE_LABELS = ("CEBOOT",)
-
-
-class BootstrapInvalid(CeError):
-    code = "bootstrap_invalid"
 
 
 class TlsFiles(BaseModel):

@@ -13,7 +13,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from .. import logs, tls
-from .bootstrap import Bootstrap, BootstrapInvalid
+from ..errors import BootstrapInvalid
+from .bootstrap import Bootstrap
 from .priority import lower_this_thread
 from .slowclients import DeadlineSocket
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT

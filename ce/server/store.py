@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import Interrupted
+
 ACTIVE = ("pending", "running")
 JSON_COLUMNS = ("params", "disks", "warnings", "error", "result")
 
@@ -101,8 +103,8 @@ class Store:
 
     def mark_interrupted(self) -> list[str]:
         """Steps a previous service left active: failed, ``interrupted``."""
-        error = {"code": "interrupted", "message": "the ce service restarted while this step ran; its work was "
-                 "stopped part-way: run the step again with a new id"}
+        error = Interrupted("the ce service restarted while this step ran; its work was stopped part-way: run the "
+                            "step again with a new id").to_dict()
         with self._lock:
             ids = [r[0] for r in self._db.execute(f"SELECT id FROM steps WHERE status IN {ACTIVE}")]
             self._db.execute(f"UPDATE steps SET status = 'failed', error = ?, finished = ? WHERE status IN {ACTIVE}",

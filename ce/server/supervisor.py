@@ -26,8 +26,9 @@ from pathlib import Path
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from .. import logs
-from ..errors import CeError
-from ..step import InvalidParams, StepType
+from ..errors import (Canceled, Conflict, DiskBusy, InternalError, InvalidParams, NotFound, StepDeadline,
+                      StepFinished, WorkerDied)
+from ..step import StepType
 from .priority import Launcher
 from .store import Store
 
@@ -39,12 +40,9 @@ KILL_GRACE = 5.0                # seconds between SIGTERM and SIGKILL
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class Conflict(CeError):
-    code = "conflict"
-
-
-class NotFound(CeError):
-    code = "not_found"
+def canceled() -> dict:
+    """The error of a step canceled through the API."""
+    return Canceled("the step was canceled").to_dict()
 
 
 def become_subreaper() -> bool:
@@ -119,8 +117,8 @@ class Supervisor:
             disks = self._check_disks(kind, params)
             for disk in disks:
                 if disk in self._disk_owner:
-                    raise Conflict(f"disk {disk} is in use by step {self._disk_owner[disk]}; wait for it to finish "
-                                   f"or cancel it", code="disk_busy")
+                    raise DiskBusy(f"disk {disk} is in use by step {self._disk_owner[disk]}; wait for it to finish "
+                                   f"or cancel it")
             timeout = int(getattr(params, "timeout", None) or self.default_timeout)
             now = time.time()
             self.store.insert({"id": step_id, "type": type_name, "params": params.model_dump(mode="json"),
@@ -142,7 +140,7 @@ class Supervisor:
         if row is None:
             raise NotFound(f"no step {step_id}")
         if row["status"] in ("succeeded", "failed"):
-            raise Conflict(f"step {step_id} already {row['status']}; nothing to cancel", code="step_finished")
+            raise StepFinished(f"step {step_id} already {row['status']}; nothing to cancel")
         with self._lock:
             running = self._running.get(step_id)
         if running and not running.cancel_requested:
@@ -189,8 +187,8 @@ class Supervisor:
                 self._run_child(r)
             except Exception:
                 log.exception("supervising the step failed")
-                self._finish(r, "failed", error={"code": "internal_error",
-                                                 "message": "the service could not run the step; see its log"})
+                self._finish(r, "failed", error=InternalError("the service could not run the step; see its log")
+                             .to_dict())
             finally:
                 with self._lock:
                     for disk in r.disks:
@@ -208,7 +206,7 @@ class Supervisor:
         with r.lock:
             if r.cancel_requested:
                 os.close(read_fd), os.close(write_fd)
-                self._finish(r, "canceled", error={"code": "canceled", "message": "the step was canceled"})
+                self._finish(r, "canceled", error=canceled())
                 return
             r.proc = subprocess.Popen([sys.executable, "-m", "ce.server.worker", str(write_fd)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -275,16 +273,16 @@ class Supervisor:
         if done and done["status"] == "succeeded":
             self._finish(r, "succeeded", result=result, progress=100.0, message="done")
         elif r.timed_out:
-            self._finish(r, "failed", result=result, error={
-                "code": "timeout", "message": f"the step did not finish within its timeout of {r.timeout} s and was "
-                f"stopped; raise params.timeout or check the CE's load"})
+            self._finish(r, "failed", result=result, error=StepDeadline(
+                f"the step did not finish within its timeout of {r.timeout} s and was stopped; raise params.timeout "
+                f"or check the CE's load").to_dict())
         elif r.cancel_requested:
-            self._finish(r, "canceled", result=result, error={"code": "canceled", "message": "the step was canceled"})
+            self._finish(r, "canceled", result=result, error=canceled())
         elif done:
             self._finish(r, done["status"], result=result, error=done.get("error"))
         else:
-            self._finish(r, "failed", error={"code": "worker_died", "message": f"the step's process ended without a "
-                         f"result (exit status {exit_code}); see the step log"})
+            self._finish(r, "failed", error=WorkerDied(f"the step's process ended without a result (exit status "
+                                                        f"{exit_code}); see the step log").to_dict())
 
     def _finish(self, r: Running, status: str, **fields) -> None:
         if self.store.finish(r.id, status, **fields):
