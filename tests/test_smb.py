@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ce import smb
-from ce.disks import DestinationExists
+from ce.errors import Canceled, DestinationExists
 from ce.smb import Credentials, SmbLocation, SmbShare
 from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
 
@@ -135,7 +135,7 @@ def test_cancel_from_progress_leaves_nothing(share, folder, tmp_path):
         seen_on_server.append(sorted(os.listdir(folder)))
         cancel.set()
 
-    with pytest.raises(smb.TransferCanceled) as caught:
+    with pytest.raises(Canceled) as caught:
         share.upload(src, "disk.vhdx", progress=cancel_midway, cancel=cancel)
     assert caught.value.code == "canceled"
     assert seen_on_server == [["disk.vhdx.partial"]]       # canceled after the first chunk, while partial
@@ -156,7 +156,7 @@ def test_failing_progress_callback_removes_the_partial_file(share, folder, tmp_p
 
 def test_cancel_download_leaves_no_local_file(share, folder, tmp_path):
     (folder / "remote.img").write_bytes(os.urandom(16 * MiB))
-    with pytest.raises(smb.TransferCanceled):
+    with pytest.raises(Canceled):
         share.download("remote.img", tmp_path / "local.img", cancel=lambda: True)
     assert os.listdir(tmp_path) == []
 

@@ -1,4 +1,4 @@
-"""ce.smbwire against a real Samba smbd on 127.0.0.1, which verifies the signature of every request it accepts."""
+"""ce.smb.wire against a real Samba smbd on 127.0.0.1, which verifies the signature of every request it accepts."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, FilePipePrinterA
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from ce import smbwire
+from ce.smb import wire
 from tests.smbserver import PASSWORD, USER, SambaServer
 
 MiB = 1 << 20
@@ -67,9 +67,9 @@ def test_signed_writes_arrive_intact(samba, tmp_path, dialect, algorithm):
     src = tmp_path / "disk.img"
     src.write_bytes(os.urandom(3 * MiB + 4321))                  # the last write is short
     with opened(samba, dialect, f"wire-{algorithm}.img") as handle:
-        assert smbwire.signing_algorithm_name(handle.connection) == algorithm
-        writer = smbwire.writer_for(handle, CHUNK)
-        assert isinstance(writer, smbwire.FrameWriter)
+        assert wire.signing_algorithm_name(handle.connection) == algorithm
+        writer = wire.writer_for(handle, CHUNK)
+        assert isinstance(writer, wire.FrameWriter)
         upload(handle, src, writer)
     assert (samba.share_dir("share") / f"wire-{algorithm}.img").read_bytes() == src.read_bytes()
 
@@ -80,8 +80,7 @@ def test_a_wrong_signature_is_refused_by_the_server(samba, tmp_path):
     src.write_bytes(os.urandom(CHUNK))
     with pytest.raises(AccessDenied):                               # Samba answers a bad signature so
         with opened(samba, Dialects.SMB_3_1_1, "forged.img") as handle:
-            writer = smbwire.writer_for(handle, CHUNK)
-            writer._sign = lambda message, message_id: bytes(16)
+            writer = wire.FrameWriter(handle, CHUNK, sign=lambda message, message_id: bytes(16))
             upload(handle, src, writer)
     assert (samba.share_dir("share") / "forged.img").stat().st_size == 0
 
@@ -89,7 +88,7 @@ def test_a_wrong_signature_is_refused_by_the_server(samba, tmp_path):
 def test_read_is_zero_sees_one_nonzero_byte(tmp_path):
     src = tmp_path / "zeros.img"
     src.write_bytes(bytes(CHUNK) + bytes(CHUNK - 1) + b"\x01")
-    writer = smbwire.ProtocolWriter(None, CHUNK)
+    writer = wire.ProtocolWriter(None, CHUNK)
     with open(src, "rb") as f:
         assert writer.read(f.fileno(), 0, CHUNK) == CHUNK and writer.read_is_zero(CHUNK)
         assert writer.read(f.fileno(), CHUNK, CHUNK) == CHUNK and not writer.read_is_zero(CHUNK)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from .smb import Credentials, SmbError, SmbLocation, SmbShare
+from ..errors import SmbError
+from .location import Credentials, SmbLocation
+from .share import SmbShare
 
 
 class SmbCredentials(BaseModel):

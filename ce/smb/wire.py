@@ -1,4 +1,5 @@
-"""SMB2 WRITE requests framed, signed and sent from one reusable buffer: the upload path of ``ce.smb``.
+"""SMB2 WRITE requests framed, signed and sent from one reusable buffer: the upload path of ``ce.smb``, and the
+credit arithmetic every request of the package follows.
 
 smbprotocol packs every message into fresh bytes objects and copies a write's payload five or six times (message,
 header, padding, signature splice, TCP frame, partial sends); at 8 MiB per write those copies and the page faults of
@@ -37,7 +38,7 @@ TCP_LENGTH = struct.Struct(">I")
 FRAME_START = TCP_LENGTH.size                     # the SMB2 message starts after the TCP length
 PAYLOAD_START = FRAME_START + WRITE_HEADER.size   # 4 + 112
 SIGNATURE_AT = FRAME_START + 48
-CREDIT_BYTES = 64 * 1024
+CREDIT_BYTES = 64 * 1024                          # one SMB2 credit pays for 64 KiB of payload
 MAX_TCP_MESSAGE = 0xFFFFFF
 
 SIGNING_NAMES = {SigningAlgorithms.AES_GMAC: "AES-GMAC", SigningAlgorithms.AES_CMAC: "AES-CMAC",
@@ -62,14 +63,15 @@ def writer_for(handle: Open, chunk: int):
 class FrameWriter:
     """Sends WRITE requests for one open file: ``read(fd, offset, length)``, then ``send(offset, length)``."""
 
-    def __init__(self, handle: Open, chunk: int):
+    def __init__(self, handle: Open, chunk: int, *, sign: Signer | None = None):
+        """``sign`` replaces the session's own signer (the tests forge signatures with it)."""
         tree = handle.tree_connect
         self._connection: Connection = handle.connection
         self._session_id = tree.session.session_id
         self._tree_id = tree.tree_connect_id
         self._file_id = handle.file_id
         self._flags = Smb2Flags.SMB2_FLAGS_DFS_OPERATIONS if tree.is_dfs_share else 0
-        self._sign = signer(self._connection, tree.session)
+        self._sign = sign or signer(self._connection, tree.session)
         if self._sign is not None:
             self._flags |= Smb2Flags.SMB2_FLAGS_SIGNED
         self._frame = memoryview(bytearray(PAYLOAD_START + chunk))
@@ -92,7 +94,7 @@ class FrameWriter:
     def send(self, offset: int, length: int) -> Request:
         """Send the payload last read (``length`` bytes) as a WRITE at ``offset``; returns the pending request."""
         connection = self._connection
-        charge = _credit_charge(connection, length)
+        charge = credit_charge(connection, length)
         message_id = self._take_message_id(charge)
         message = self._frame[FRAME_START:PAYLOAD_START + length]
         TCP_LENGTH.pack_into(self._frame, 0, len(message))
@@ -207,5 +209,16 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def _credit_charge(connection: Connection, length: int) -> int:
+def credits(connection: Connection) -> int:
+    """The credits the server has granted and no request has spent yet."""
+    return connection.sequence_window["high"] - connection.sequence_window["low"]
+
+
+def credit_charge(connection: Connection, length: int) -> int:
+    """The credits a request carrying ``length`` bytes costs (one per 64 KiB once the dialect allows more than one)."""
     return (length - 1) // CREDIT_BYTES + 1 if connection.supports_multi_credit else 1
+
+
+def has_credits(connection: Connection, length: int) -> bool:
+    """smbprotocol raises instead of waiting when a request needs more credits than the server granted so far."""
+    return credits(connection) >= credit_charge(connection, length)

@@ -1,0 +1,40 @@
+"""SMB2/3 file shares through smbprotocol: the byte path for exports, publishes and reverse images.
+
+The CE cannot rely on the kernel (no CIFS mount in the sandbox) nor on qemu-img (no smb:// driver), so every byte to
+or from a share goes through this package. Each ``SmbShare`` owns its own connection, session and tree: nothing is
+registered process-wide, so two jobs never share credentials.
+
+Rules this package enforces:
+
+* Every remote path is relative to the location's folder; ``..``, absolute paths, drive letters, UNC prefixes,
+  control characters, alternate data streams, wildcards and reserved device names are refused (``SmbPathRefused``).
+* Uploads go to ``NAME.partial`` and are renamed to ``NAME`` only after the size on the share was verified; a
+  failure or a cancel (``ce.errors.Canceled``) deletes the partial file. The share's free space is checked before
+  the first byte is sent.
+* Uploads skip the holes of sparse local files (SEEK_DATA / SEEK_HOLE) and all-zero chunks, and mark the remote
+  file sparse, so a half-empty disk does not send (or store) its empty half.
+* Neither the user name nor the password ever appears in an error message or a log line.
+
+Modules, from the job's view down to the wire: ``target`` (``StorageLocation``, the location as a job gives it),
+``location`` (``SmbLocation``, ``Credentials``), ``paths`` (``normalize_path`` and Windows' name rules), ``share``
+(``SmbShare``: queries, changes, uploads, downloads), ``reader`` (``RemoteReader``), ``session`` (connection,
+sign-in, credits, request plumbing, error mapping), ``pipeline`` (requests in flight, chunk sizes), ``protocol``
+(NTSTATUS groups, access masks) and ``wire`` (WRITE requests framed and signed in one buffer). The errors live in
+``ce.errors`` (``ce/errors/smb.py``) and are re-exported here.
+"""
+from __future__ import annotations
+
+from ..errors import (RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed, SmbError,
+                      SmbPathRefused, SmbUnreachable, TransferFailed)
+from .location import Credentials, SmbLocation
+from .paths import normalize_path
+from .pipeline import Progress
+from .reader import RemoteReader
+from .session import CONNECT_TIMEOUT, DEFAULT_PORT, RemoteStat
+from .share import PARTIAL_SUFFIX, SmbShare
+from .target import SmbCredentials, StorageLocation
+
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_PORT", "PARTIAL_SUFFIX", "Credentials", "Progress", "RemoteExists",
+           "RemoteNotFound", "RemoteReader", "RemoteStat", "ShareFull", "ShareNotFound", "SmbAccessDenied",
+           "SmbAuthFailed", "SmbCredentials", "SmbError", "SmbLocation", "SmbPathRefused", "SmbShare",
+           "SmbUnreachable", "StorageLocation", "TransferFailed", "normalize_path"]

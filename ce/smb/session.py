@@ -1,0 +1,288 @@
+"""``ShareSession``: one authenticated connection to one share folder, and the request plumbing ``SmbShare``'s file
+operations stand on (open, query and set information, send, and turning smbprotocol's exceptions into SMB errors).
+
+Each session owns its own connection, session and tree: nothing is registered process-wide, so two jobs never share
+credentials. Neither the user name nor the password ever appears in an error message or a log line: smbprotocol
+logs the user name at INFO and whole messages at DEBUG, so its loggers are capped at WARNING.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator, Self
+
+from smbprotocol.connection import Connection
+from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBResponseException
+from smbprotocol.file_info import FileAttributes, FileNamesInformation, FileRenameInformation
+from smbprotocol.header import NtStatus
+from smbprotocol.open import (CreateDisposition, ImpersonationLevel, Open, QueryDirectoryFlags, SMB2QueryInfoRequest,
+                              SMB2QueryInfoResponse, SMB2SetInfoRequest, SMB2SetInfoResponse)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from ..errors import (RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed, SmbError,
+                      SmbUnreachable, TransferFailed)
+from .location import Credentials, SmbLocation
+from .paths import normalize_path
+from .pipeline import IN_FLIGHT, READ_CHUNK, WRITE_CHUNK
+from .protocol import (AUTH_STATUSES, FULL_STATUSES, NOT_FOUND_STATUSES, READ_ATTRIBUTES, SHARE_ALL, close_quietly,
+                       disconnect_quietly, reason, status_name, unpack)
+from .wire import CREDIT_BYTES, credit_charge, credits, signer, signing_algorithm_name
+
+log = logging.getLogger("ce.smb")
+for _noisy in ("smbprotocol", "spnego"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+DEFAULT_PORT = 445
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass
+class RemoteStat:
+    path: str                # relative to the location's folder
+    size: int
+    allocated: int           # bytes the server reports as allocated
+    is_dir: bool
+    modified: datetime
+    sent: int | None = None  # after an upload: bytes that went over the wire (holes and zero chunks are skipped)
+
+
+class ShareSession:
+    """One authenticated connection to one share folder (``SmbShare`` adds the file operations); a context manager."""
+
+    def __init__(self, location: SmbLocation | str, credentials: Credentials, *, port: int | None = None,
+                 encrypt: bool = False, timeout: float = CONNECT_TIMEOUT):
+        self.location = SmbLocation.parse(location) if isinstance(location, str) else location
+        self.port = port or self.location.port or DEFAULT_PORT
+        self._credentials = credentials
+        self._encrypt = encrypt
+        self._timeout = timeout
+        self._connection: Connection | None = None
+        self._tree: TreeConnect | None = None
+        self._chunk = READ_CHUNK
+        self._write_chunk = WRITE_CHUNK
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.location)!r}, port={self.port})"
+
+    @property
+    def where(self) -> str:
+        port = "" if self.port == DEFAULT_PORT else f" (port {self.port})"
+        return f"{self.location}{port}"
+
+    # ------------------------------------------------ connect / close
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> Self:
+        self._connection = self._negotiate()
+        try:
+            session = self._authenticate(self._connection)
+            self._tree = self._connect_tree(session)
+            if self.location.folder:
+                self._require_folder()
+            self._chunk, self._write_chunk = self._reserve_credits(session)
+        except BaseException:
+            self.close()
+            raise
+        log.info("connected to %s (%s)", self.where, self.protection)
+        return self
+
+    @property
+    def protection(self) -> str:
+        """What protects the bytes on the wire, e.g. "SMB 3.1.1, signed (AES-GMAC)"."""
+        if self._tree is None:
+            return "not connected"
+        connection, session = self._connection, self._tree.session
+        dialect = connection.dialect
+        version = f"SMB {dialect >> 8}.{(dialect >> 4) & 0xF}.{dialect & 0xF}"
+        if session.encrypt_data or self._tree.encrypt_data:
+            return f"{version}, encrypted"
+        if signer(connection, session) is None:
+            return f"{version}, not signed"
+        return f"{version}, signed ({signing_algorithm_name(connection)})"
+
+    def close(self) -> None:
+        connection, self._connection, self._tree = self._connection, None, None
+        if connection is None:
+            return
+        try:
+            connection.disconnect(close=True, timeout=self._timeout)
+        except (SMBException, OSError, ValueError) as exc:
+            log.debug("ignoring an error while disconnecting from %s: %s", self.where, type(exc).__name__)
+
+    def _negotiate(self) -> Connection:
+        # Samba 4.17 refuses a connection negotiated with require_signing=False at tree connect: always sign.
+        connection = Connection(uuid.uuid4(), self.location.host, self.port, require_signing=True)
+        try:
+            connection.connect(timeout=self._timeout)
+        except (ValueError, OSError, SMBException) as exc:
+            disconnect_quietly(connection)
+            raise SmbUnreachable(f"cannot reach an SMB server at {self.location.host}:{self.port} "
+                                 f"({reason(exc)}); check the host name, the port and the firewall") from None
+        return connection
+
+    def _authenticate(self, connection: Connection) -> Session:
+        session = Session(connection, self._credentials.principal, self._credentials.password,
+                          require_encryption=self._encrypt)
+        try:
+            session.connect()
+        except SMBAuthenticationError:
+            raise self._auth_failed("authentication failed") from None
+        except SMBResponseException as exc:
+            if exc.status in AUTH_STATUSES:
+                raise self._auth_failed(status_name(exc.status)) from None
+            raise self._error(exc, "signing in") from None
+        except SMBException as exc:
+            raise SmbError(f"cannot sign in to {self.where}: {reason(exc)}") from None
+        return session
+
+    def _auth_failed(self, why: str) -> SmbAuthFailed:
+        return SmbAuthFailed(f"the SMB server {self.location.host} refused the sign-in for {self.location.share_unc} "
+                             f"({why}); check the job's SMB user name, password and domain")
+
+    def _connect_tree(self, session: Session) -> TreeConnect:
+        tree = TreeConnect(session, self.location.share_unc)
+        try:
+            tree.connect()
+        except SMBResponseException as exc:
+            if exc.status == NtStatus.STATUS_BAD_NETWORK_NAME:
+                raise ShareNotFound(f"the server {self.location.host} has no share named "
+                                    f"{self.location.share!r}; check the location") from None
+            raise self._error(exc, f"connecting to {self.location.share_unc}") from None
+        return tree
+
+    def _reserve_credits(self, session: Session) -> tuple[int, int]:
+        """Ask for enough credits to keep IN_FLIGHT writes on the wire; returns the (read, write) chunk sizes.
+
+        A session starts with a few credits and smbprotocol fails a request it has no credits for rather than
+        waiting, so an echo asks for more up front. Samba grants what is asked; a server that grants less gets
+        smaller chunks."""
+        connection = self._connection
+        read_chunk = min(READ_CHUNK, connection.max_read_size)
+        write_chunk = min(WRITE_CHUNK, connection.max_write_size)
+        wanted = (IN_FLIGHT + 1) * credit_charge(connection, write_chunk)
+        if credits(connection) < wanted:
+            with self._failures("asking the server for I/O credits", ""):
+                connection.echo(sid=session.session_id, timeout=self._timeout,
+                                credit_request=wanted - credits(connection) + 1)
+        affordable = max(1, credits(connection) - 1) * CREDIT_BYTES
+        return min(read_chunk, affordable), min(write_chunk, affordable)
+
+    def _require_folder(self) -> None:
+        try:
+            is_dir = self._stat(self.location.folder, "").is_dir
+        except RemoteNotFound:
+            is_dir = None
+        if not is_dir:
+            problem = "does not exist" if is_dir is None else "is a file, not a folder"
+            raise RemoteNotFound(f"the folder {self.location} {problem}; create it or fix the location")
+
+    # ------------------------------------------------ plumbing
+
+    def _full(self, path: str) -> str:
+        relative = normalize_path(path)
+        return f"{self.location.folder}\\{relative}" if self.location.folder else relative
+
+    def _stat(self, full: str, path: str) -> RemoteStat:
+        """``path`` is what the caller named ("" for the location's folder itself)."""
+        with self._failures("looking it up", path), self._opened(full, READ_ATTRIBUTES) as h:
+            return RemoteStat(path=path, size=h.end_of_file, allocated=h.allocation_size,
+                              is_dir=bool(h.file_attributes & FileAttributes.FILE_ATTRIBUTE_DIRECTORY),
+                              modified=h.last_write_time)
+
+    def _open(self, full: str, access: int, *, disposition=CreateDisposition.FILE_OPEN, options: int = 0) -> Open:
+        if self._tree is None:
+            raise SmbError(f"not connected to {self.where}: use the share inside a 'with' block")
+        handle = Open(self._tree, full)
+        handle.create(ImpersonationLevel.Impersonation, access, FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_ALL,
+                      disposition, options)
+        return handle
+
+    @contextmanager
+    def _opened(self, full: str, access: int, **kwargs) -> Iterator[Open]:
+        handle = self._open(full, access, **kwargs)
+        try:
+            yield handle
+        finally:
+            close_quietly(handle)
+
+    def _directory_names(self, handle: Open) -> Iterator[str]:
+        flags = QueryDirectoryFlags.SMB2_RESTART_SCANS
+        while True:
+            try:
+                entries = handle.query_directory("*", FileNamesInformation.INFO_CLASS, flags=flags)
+            except SMBResponseException as exc:
+                if exc.status in (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE):
+                    return
+                raise
+            flags = 0
+            for entry in entries:
+                yield entry["file_name"].get_value().decode("utf-16-le")
+
+    def _rename_handle(self, handle: Open, full_dst: str, overwrite: bool) -> None:
+        info = FileRenameInformation()
+        info["replace_if_exists"] = overwrite
+        info["file_name"] = full_dst.encode("utf-16-le")
+        self._set_info(handle, info)
+
+    def _query_info(self, handle: Open, info_class):
+        info = info_class()
+        request = SMB2QueryInfoRequest()
+        request["info_type"] = info.INFO_TYPE
+        request["file_info_class"] = info.INFO_CLASS
+        request["file_id"] = handle.file_id
+        request["output_buffer_length"] = len(info)
+        return self._call(request, SMB2QueryInfoResponse).parse_buffer(info_class)
+
+    def _set_info(self, handle: Open, info) -> None:
+        request = SMB2SetInfoRequest()
+        request["info_type"] = info.INFO_TYPE
+        request["file_info_class"] = info.INFO_CLASS
+        request["file_id"] = handle.file_id
+        request["buffer"] = info
+        self._call(request, SMB2SetInfoResponse)
+
+    def _send(self, request):
+        return self._connection.send(request, self._tree.session.session_id, self._tree.tree_connect_id)
+
+    def _call(self, request, response_class):
+        return unpack(response_class, self._connection.receive(self._send(request)))
+
+    @contextmanager
+    def _failures(self, doing: str, path: str) -> Iterator[None]:
+        """Turn smbprotocol's exceptions into one actionable CeError (never with credentials in it)."""
+        try:
+            yield
+        except SMBResponseException as exc:
+            raise self._error(exc, doing, path) from None
+        except (SMBException, ConnectionError, TimeoutError) as exc:
+            raise SmbUnreachable(f"lost the connection to {self.where} while {doing} ({reason(exc)}); "
+                                 "check the network and retry") from None
+        except OSError as exc:
+            raise TransferFailed(f"{doing} failed on the local side: {exc.strerror or exc} "
+                                 f"({exc.filename or 'local file'})") from None
+
+    def _error(self, exc: SMBResponseException, doing: str, path: str = "") -> SmbError:
+        status = exc.status
+        where = f"{path!r} in {self.location}" if path else str(self.location)
+        if status in NOT_FOUND_STATUSES:
+            return RemoteNotFound(f"{where} does not exist (while {doing})")
+        if status == NtStatus.STATUS_OBJECT_NAME_COLLISION:
+            return RemoteExists(f"{where} already exists (while {doing}); allow overwriting or choose another name")
+        if status in FULL_STATUSES:
+            return ShareFull(f"{self.location} is full (while {doing}); free space on the share or choose another "
+                             "location; no file was left at the final name")
+        if status == NtStatus.STATUS_ACCESS_DENIED:
+            return SmbAccessDenied(f"access denied to {where} while {doing}; the job's SMB user needs read and "
+                                   "write permission on the share and the folder")
+        if status == NtStatus.STATUS_SHARING_VIOLATION:
+            return SmbError(f"{where} is in use by another program (while {doing}); close it and retry")
+        return SmbError(f"{doing} failed on {self.where}: the server answered {status_name(status)}")

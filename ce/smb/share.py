@@ -1,0 +1,264 @@
+"""``SmbShare``: the file operations on one share folder (queries, changes, uploads and downloads) over a
+``ShareSession``. Every remote path is relative to the location's folder (``ce.smb.paths``).
+
+* Uploads go to ``NAME.partial`` and are renamed to ``NAME`` only after the size on the share was verified; a
+  failure or a cancel deletes the partial file. The share's free space is checked before the first byte is sent.
+* Uploads skip the holes of sparse local files (SEEK_DATA / SEEK_HOLE) and all-zero chunks, and mark the remote
+  file sparse, so a half-empty disk does not send (or store) its empty half.
+* Downloads are written to ``PATH.partial`` and renamed when complete; all-zero chunks become holes.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from smbprotocol.exceptions import SMBException, SMBResponseException
+from smbprotocol.file_info import FileDispositionInformation, FileFsFullSizeInformation, FileStandardInformation
+from smbprotocol.ioctl import CtlCode, IOCTLFlags, SMB2IOCTLRequest, SMB2IOCTLResponse
+from smbprotocol.open import CreateDisposition, CreateOptions, Open
+
+from ..errors import DestinationExists, RemoteExists, RemoteNotFound, ShareFull, TransferFailed
+from ..disks.extents import chunks, data_extents
+from ..disks.layouts import Identity
+from .pipeline import MiB, Pipeline, Progress, check_written, report, stop_if_canceled, store_read
+from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, READ_ATTRIBUTES, SPARSE_UNSUPPORTED, close_quietly,
+                       end_of_file, reason)
+from .reader import RemoteReader
+from .session import RemoteStat, ShareSession
+from .wire import writer_for
+
+log = logging.getLogger("ce.smb")
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class SmbShare(ShareSession):
+    """One authenticated connection to one share folder; use as a context manager."""
+
+    # ------------------------------------------------ queries
+
+    def stat(self, path: str) -> RemoteStat:
+        return self._stat(self._full(path), path)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except RemoteNotFound:
+            return False
+        return True
+
+    def listdir(self, path: str | None = None) -> list[str]:
+        """Names in the location's folder (or in ``path`` below it), sorted, without '.' and '..'."""
+        full = self.location.folder if path is None else self._full(path)
+        with self._failures("listing the folder", path or ""), \
+                self._opened(full, LIST_DIR, options=CreateOptions.FILE_DIRECTORY_FILE) as handle:
+            names = [name for name in self._directory_names(handle) if name not in (".", "..")]
+        return sorted(names)
+
+    def free_space(self) -> tuple[int, int]:
+        """(bytes free for this user, total bytes) of the share, from FileFsFullSizeInformation."""
+        with self._failures("reading the free space", ""), \
+                self._opened(self.location.folder, READ_ATTRIBUTES) as handle:
+            info = self._query_info(handle, FileFsFullSizeInformation)
+        unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
+        return info["caller_available_units"].get_value() * unit, info["total_allocation_units"].get_value() * unit
+
+    # ------------------------------------------------ changes
+
+    def mkdir(self, path: str, *, exist_ok: bool = False) -> None:
+        full = self._full(path)
+        disposition = CreateDisposition.FILE_OPEN_IF if exist_ok else CreateDisposition.FILE_CREATE
+        with self._failures(f"creating the folder {path!r}", path), \
+                self._opened(full, READ_ATTRIBUTES, disposition=disposition,
+                             options=CreateOptions.FILE_DIRECTORY_FILE):
+            pass
+
+    def delete(self, path: str) -> None:
+        """Delete a file or an empty folder."""
+        with self._failures(f"deleting {path!r}", path), \
+                self._opened(self._full(path), DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE):
+            pass
+
+    def rename(self, src: str, dst: str, *, overwrite: bool = False) -> None:
+        full_dst = self._full(dst)
+        with self._failures(f"renaming {src!r} to {dst!r}", dst), self._opened(self._full(src), DELETE) as handle:
+            self._rename_handle(handle, full_dst, overwrite)
+
+    # ------------------------------------------------ transfers
+
+    def open_read(self, path: str) -> RemoteReader:
+        with self._failures(f"opening {path!r}", path):
+            handle = self._open(self._full(path), FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE)
+        return RemoteReader(handle, path, self._chunk, self._failures, self._send)
+
+    def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
+               overwrite: bool = False, layout=None, tap=None, verify=None) -> RemoteStat:
+        """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
+
+        ``layout`` (ce.disks.layouts) places the local bytes inside a VHD / VHDX container and supplies the
+        container's metadata, so a raw disk is streamed into its final format; by default the file is copied as
+        it is. ``progress(bytes_done, total)`` follows the position in the local file (holes count as done);
+        ``cancel`` is a threading.Event or a callable polled between chunks. ``tap(offset, data)`` sees every chunk
+        read from the local file, in order, zero ones included (holes are not read: a tap treats gaps as zeros).
+        ``verify(reader)`` gets a RemoteReader on the complete ``NAME.partial`` and raises to refuse it (the file is
+        then removed) before it is renamed to ``NAME``."""
+        final = self._full(remote_name)
+        with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
+            fd = src.fileno()
+            size = os.lseek(fd, 0, os.SEEK_END)      # st_size is 0 for block devices
+            layout = layout or Identity(size)
+            if layout.source_size != size:
+                raise TransferFailed(f"{os.fspath(local_path)} holds {size} bytes but its container was made for "
+                                     f"{layout.source_size}")
+            extents = list(data_extents(fd, size))
+            data_bytes = sum(length for _, length in extents)
+            if not overwrite and self.exists(remote_name):
+                raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
+                                   "allow overwriting or choose another name")
+            self._require_space(data_bytes + layout.overhead, remote_name)
+            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout, tap,
+                                           verify)
+        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, file of %d bytes)",
+                 os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, layout.size)
+        stored = self.stat(remote_name)
+        stored.sent = sent
+        return stored
+
+    def download(self, remote_name: str, local_path, progress: Progress | None = None, cancel=None,
+                 overwrite: bool = False) -> int:
+        """Copy ``remote_name`` to a local file (written as ``local_path.partial``, renamed when complete); all-zero
+        chunks become holes. Returns the number of bytes."""
+        local_path = os.fspath(local_path)
+        if os.path.exists(local_path) and not overwrite:
+            raise DestinationExists(f"{local_path} already exists; allow overwriting or choose another path")
+        partial = local_path + PARTIAL_SUFFIX
+        with self._failures(f"downloading {remote_name!r}", remote_name), \
+                self._opened(self._full(remote_name), FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE) \
+                as handle, open(partial, "wb") as dst:
+            size = handle.end_of_file
+            try:
+                self._receive_chunks(handle, size, dst.fileno(), progress, cancel)
+                os.ftruncate(dst.fileno(), size)
+                os.fsync(dst.fileno())
+            except BaseException:
+                os.unlink(partial)
+                raise
+        os.replace(partial, local_path)
+        log.info("downloaded %s\\%s to %s (%d bytes)", self.location, remote_name, local_path, size)
+        return size
+
+    # ------------------------------------------------ upload internals
+
+    def _require_space(self, needed: int, remote_name: str) -> None:
+        free, total = self.free_space()
+        free += self.stale_partial(remote_name)
+        if free < needed:
+            raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
+                            f"{_size(needed)}; free space on the share or choose another location")
+
+    def stale_partial(self, remote_name: str) -> int:
+        """The space a ``NAME.partial`` left by an interrupted upload holds: the next upload of ``NAME`` truncates
+        and reuses it, so it counts as free."""
+        partial = remote_name + PARTIAL_SUFFIX
+        try:
+            found = self.stat(partial)
+        except RemoteNotFound:
+            return 0
+        return 0 if found.is_dir else found.allocated
+
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap,
+                           verify) -> int:
+        handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
+                            options=CreateOptions.FILE_NON_DIRECTORY_FILE)
+        try:
+            self._mark_sparse(handle)
+            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap)
+            self._set_info(handle, end_of_file(layout.size))
+            self._verify_size(handle, layout.size)
+            if verify is not None:
+                verify(RemoteReader(handle, final + PARTIAL_SUFFIX, self._chunk, self._failures, self._send,
+                                    size=layout.size, owns_handle=False))
+            self._rename_handle(handle, final, overwrite)
+        except BaseException:
+            self._discard(handle)
+            raise
+        finally:
+            close_quietly(handle)
+        report(progress, size, size)
+        return sent
+
+    def _mark_sparse(self, handle: Open) -> None:
+        """Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with zeros."""
+        request = SMB2IOCTLRequest()
+        request["ctl_code"] = CtlCode.FSCTL_SET_SPARSE
+        request["file_id"] = handle.file_id
+        request["max_output_response"] = 0
+        request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
+        request["buffer"] = b""
+        try:
+            self._call(request, SMB2IOCTLResponse)
+        except SMBResponseException as exc:
+            if exc.status not in SPARSE_UNSUPPORTED:
+                raise
+            log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
+
+    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap) -> int:
+        """Write the non-zero chunks of the data extents where the layout places them, then the layout's
+        metadata; returns the bytes sent."""
+        pipeline = Pipeline(self._connection, progress, size, cancel)
+        writer = writer_for(handle, self._write_chunk)
+        sent = 0
+        for offset, length in chunks(extents, self._write_chunk, layout.block_size):
+            stop_if_canceled(cancel)
+            if writer.read(fd, offset, length) != length:
+                raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
+            if tap is not None:
+                tap(offset, writer.payload(length))
+            if writer.read_is_zero(length):
+                pipeline.add(None, offset + length)
+                continue
+            at = layout.place(offset, length)
+            pipeline.make_room(length)
+            pipeline.add(writer.send(at, length), offset + length, functools.partial(check_written, at, length))
+            sent += length
+        for at, data in layout.metadata():
+            for start in range(0, len(data), self._write_chunk):
+                piece = data[start:start + self._write_chunk]
+                writer.load(piece)
+                pipeline.make_room(len(piece))
+                pipeline.add(writer.send(at + start, len(piece)), size,
+                             functools.partial(check_written, at + start, len(piece)))
+                sent += len(piece)
+        pipeline.drain()
+        return sent
+
+    def _verify_size(self, handle: Open, size: int) -> None:
+        stored = self._query_info(handle, FileStandardInformation)["end_of_file"].get_value()
+        if stored != size:
+            raise TransferFailed(f"the share stored {stored} bytes instead of {size}; the upload was discarded")
+
+    def _discard(self, handle: Open) -> None:
+        """Delete the partial file (best effort: a dead connection cannot delete anything)."""
+        try:
+            info = FileDispositionInformation()
+            info["delete_pending"] = True
+            self._set_info(handle, info)
+        except (SMBException, OSError, ValueError) as exc:
+            log.warning("could not remove the partial file %s on %s: %s", handle.file_name, self.where,
+                        reason(exc))
+
+    # ------------------------------------------------ download internals
+
+    def _receive_chunks(self, handle: Open, size: int, fd: int, progress, cancel) -> None:
+        pipeline = Pipeline(self._connection, progress, size, cancel)
+        for offset, length in chunks([(0, size)], self._chunk):
+            stop_if_canceled(cancel)
+            pipeline.make_room(length)
+            request, _ = handle.read(offset, length, send=False)
+            pipeline.add(self._send(request), offset + length, functools.partial(store_read, fd, offset, length))
+        pipeline.drain()
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:,.0f} MiB" if n >= MiB else f"{n} bytes"
