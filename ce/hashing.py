@@ -23,21 +23,17 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import disks, staging
-from .errors import CeError
-from .layouts import data_extents
+from .disks import qemuimg
+from .disks.extents import READ_CHUNK, zeros
+from .errors import Canceled, DiskUnreadable, InvalidParams
 
 MiB = 1 << 20
 ALGORITHMS = ("md5", "sha256")
-READ_CHUNK = 8 * MiB
 SLICE = 256 * MiB                        # qemu-img decodes this much per run into the scratch directory
 SCRATCH_DIRS = ("/dev/shm",)             # RAM first; the system temp directory otherwise
 
 Progress = Callable[[int, int], None]    # (bytes hashed, total)
-_ZEROS = memoryview(bytes(READ_CHUNK))
-
-
-class HashCanceled(CeError):
-    code = "canceled"
+_ZEROS = memoryview(zeros(READ_CHUNK))
 
 
 @dataclass
@@ -55,8 +51,8 @@ def check_algorithms(algorithms) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(a.lower() for a in algorithms))
     unknown = [a for a in chosen if a not in ALGORITHMS]
     if unknown or not chosen:
-        raise CeError(f"unknown hash algorithm(s) {', '.join(unknown) or '(none given)'}: choose from "
-                      f"{', '.join(ALGORITHMS)}", code="invalid_params")
+        raise InvalidParams(f"unknown hash algorithm(s) {', '.join(unknown) or '(none given)'}: choose from "
+                            f"{', '.join(ALGORITHMS)}")
     return chosen
 
 
@@ -66,11 +62,11 @@ def hash_disk(path, fmt: str | None = None, algorithms=ALGORITHMS, *, progress: 
     path = os.fspath(path)
     algorithms = check_algorithms(algorithms)
     info = disks.info(path, fmt)
-    disks._refuse_differencing(info)
+    disks.refuse_differencing(info)
     if info.format == "raw":
-        blocks = _file_blocks(path, info.virtual_size)
+        blocks = disks.file_blocks(path, info.virtual_size)
     else:
-        blocks = _decoded_blocks(info, cancel)
+        blocks = decoded_blocks(info, cancel)
     hashes = _digest(blocks, algorithms, info.virtual_size, progress, cancel)
     return DiskHash(path=path, format=info.format, size=info.virtual_size, hashes=hashes)
 
@@ -81,7 +77,7 @@ def hash_file(path, algorithms=ALGORITHMS, *, progress: Progress | None = None, 
     algorithms = check_algorithms(algorithms)
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
-    hashes = _digest(_file_blocks(path, size), algorithms, size, progress, cancel)
+    hashes = _digest(disks.file_blocks(path, size), algorithms, size, progress, cancel)
     return DiskHash(path=path, format="file", size=size, hashes=hashes)
 
 
@@ -139,46 +135,7 @@ class ContentHasher:
 
 # ---------------------------------------------------------------- sources of blocks
 
-def _file_blocks(path: str, size: int, start: int = 0) -> Iterator[memoryview]:
-    """The bytes of ``path`` from ``start`` to ``start + size`` in READ_CHUNK pieces; holes come from a zero buffer."""
-    buffers = [bytearray(READ_CHUNK), bytearray(READ_CHUNK)]    # one is being hashed while the other is filled
-    zeros = _ZEROS
-    turn = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        position = start
-        for offset, length in _extents(fd, start, size):
-            while position < offset:                            # a hole
-                step = min(READ_CHUNK, offset - position)
-                yield zeros[:step]
-                position += step
-            while position < offset + length:
-                step = min(READ_CHUNK, offset + length - position)
-                view = memoryview(buffers[turn])[:step]
-                got = os.preadv(fd, [view], position)
-                if got != step:
-                    raise disks.DiskUnreadable(f"{path} shrank while it was being hashed (short read at {position})")
-                yield view
-                turn ^= 1
-                position += step
-        while position < start + size:                          # a trailing hole
-            step = min(READ_CHUNK, start + size - position)
-            yield zeros[:step]
-            position += step
-    finally:
-        os.close(fd)
-
-
-def _extents(fd: int, start: int, size: int) -> Iterator[tuple[int, int]]:
-    end = start + size
-    for offset, length in data_extents(fd, os.fstat(fd).st_size or end):
-        lo, hi = max(offset, start), min(offset + length, end)
-        if lo < hi:
-            yield lo, hi - lo
-    # a block device reports st_size 0; data_extents then covers [0, end), which the clamp above handles
-
-
-def _decoded_blocks(info: disks.DiskInfo, cancel, length: int | None = None) -> Iterator[memoryview]:
+def decoded_blocks(info: disks.DiskInfo, cancel, length: int | None = None) -> Iterator[memoryview]:
     """The guest-visible bytes of a non-raw image (its first ``length`` bytes), decoded slice by slice by
     qemu-img into scratch files. The next slice is decoded in the background while the current one is used."""
     end = info.virtual_size if length is None else min(length, info.virtual_size)
@@ -192,10 +149,10 @@ def _decoded_blocks(info: disks.DiskInfo, cancel, length: int | None = None) -> 
             if index + 1 < len(slices):
                 pending = pool.submit(_decode_slice, info, scratch, index + 1, *slices[index + 1])
             try:
-                yield from _file_blocks(current, slices[index][1])
+                yield from disks.file_blocks(current, slices[index][1])
             finally:
                 os.remove(current)
-            disks._stop_if_canceled(cancel)
+            disks.stop_if_canceled(cancel)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         for name in os.listdir(scratch):
@@ -208,9 +165,9 @@ def _decode_slice(info: disks.DiskInfo, scratch: str, index: int, offset: int, l
     source = {"driver": "raw", "offset": offset, "size": length,
               "file": {"driver": info.format, "file": {"driver": protocol, "filename": info.path}}}
     out = os.path.join(scratch, f"slice-{index}.raw")
-    disks._run("convert", *disks.CONVERT_FLAGS[1:], "-U", "json:" + json.dumps(source),
-               "-O", "raw", out, fails_as=disks.DiskUnreadable,
-               doing=f"cannot read {info.path} as {disks.FORMAT_LABELS[info.format]} at offset {offset}")
+    qemuimg.run("convert", *qemuimg.CONVERT_FLAGS[1:], "-U", "json:" + json.dumps(source), "-O", "raw", out,
+                fails_as=DiskUnreadable,
+                doing=f"cannot read {info.path} as {disks.FORMAT_LABELS[info.format]} at offset {offset}")
     return out
 
 
@@ -235,12 +192,12 @@ def _digest(blocks: Iterator[memoryview], algorithms: tuple[str, ...], total: in
     with ContentHasher("", total, algorithms) as hasher:
         for block in blocks:
             hasher.update(block)             # waits until the block before this one is finished with its buffer
-            if cancel is not None and disks._is_set(cancel):
-                raise HashCanceled("hashing was canceled")
+            if disks.is_canceled(cancel):
+                raise Canceled("hashing was canceled")
             done += len(block)
             if progress:
                 progress(done, total)
         hashes = hasher.hexdigests()
     if done != total:
-        raise disks.DiskUnreadable(f"hashed {done} bytes but the disk has {total}")
+        raise DiskUnreadable(f"hashed {done} bytes but the disk has {total}")
     return hashes

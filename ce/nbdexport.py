@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import disks, staging
-from .errors import CeError
+from .errors import CeError, ConversionFailed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ WRITING_COMMANDS = {1, 3, 4, 5, 6}            # WRITE, FLUSH, TRIM, CACHE, WRITE
 
 @contextmanager
 def serving(location, name: str, directory) -> Iterator["ShareExport"]:
-    """Connect to ``location`` (a ce.smbtarget.StorageLocation), open ``name`` there and serve it from a socket in
+    """Connect to ``location`` (a ce.smb.StorageLocation), open ``name`` there and serve it from a socket in
     ``directory`` until the block ends; qemu-img failures caused by the share raise the share's error."""
     with location.share() as share, share.open_read(name) as reader, ShareExport(reader, directory) as export, \
             export.raising_share_errors():
@@ -66,8 +66,8 @@ def verify(directory, fmt: str, subformat: str | None, virtual_size: int, what: 
         found = disks.remote_info(export.uri, fmt, what, reader.read_at, export.size)
     expected = (disks.qemu_format(fmt), subformat, virtual_size)
     if (found.format, found.subformat, found.virtual_size) != expected:
-        raise disks.ConversionFailed(f"{what} reads back as {found.format} {found.subformat} of "
-                                     f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
+        raise ConversionFailed(f"{what} reads back as {found.format} {found.subformat} of "
+                               f"{found.virtual_size} bytes, not {expected[0]} {expected[1]} of {expected[2]}")
 
 
 class ShareExport:

@@ -1,11 +1,15 @@
 """Local scratch space and stop conditions for steps that move disks between an attached disk and a share.
 
-qemu-img cannot write to SMB (no smb:// driver) and the kernel cannot mount CIFS here, so an export converts into
-a local scratch file and uploads it; a reverse image downloads into one. The scratch directory is ``$CE_SCRATCH``
-when set, else the system temp directory; its free space is checked before any byte is written, and it is
-removed whatever happens -- even when the process is killed outright (SIGKILL, the CE VM losing power, the OOM
-killer): each scratch directory is named after its process, and the next one made removes those whose process is
-gone (a converted disk left there would hold gigabytes, in RAM for /dev/shm).
+qemu-img cannot write to SMB (no smb:// driver) and the kernel cannot mount CIFS here, so an export (or a convert
+to a share) of a disk that is not raw converts it into a local scratch file and uploads that; a raw disk is
+streamed, and only the empty container (a few MiB; a sparse file when fixed) is made there. Nothing of an image
+on a share is copied locally: for a reverse image (or a convert from a share) ce.nbdexport serves the file to
+qemu-img, which reads it through a small local qcow2 overlay (with the NBD socket, a few MiB of scratch space).
+
+The scratch directory is ``$CE_SCRATCH`` when set, else the system temp directory; its free space is checked before
+any byte is written, and it is removed whatever happens -- even when the process is killed outright (SIGKILL, the
+CE VM losing power, the OOM killer): each scratch directory is named after its process, and the next one made
+removes those whose process is gone (a converted disk left there would hold gigabytes, in RAM for /dev/shm).
 """
 from __future__ import annotations
 
@@ -16,23 +20,17 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import disks
-from .errors import CeError
-from .step import StepCanceled, StepContext
+from .errors import Canceled, CeError, ScratchSpaceShort, TimedOut
+
+if TYPE_CHECKING:
+    from .step import StepContext
 
 SCRATCH_ENV = "CE_SCRATCH"
 SCRATCH_MARGIN = 64 << 20            # headroom for qemu-img metadata and the file system itself
 OWNED_DIR = re.compile(r"^ce-[A-Za-z]+-(\d+)-")     # ce-PREFIX-PID-random, made by make_scratch_dir
-
-
-class ScratchSpaceShort(CeError):
-    code = "local_space_short"
-
-
-class StepTimedOut(CeError):
-    code = "step_timeout"
 
 
 def scratch_base() -> str:
@@ -127,16 +125,17 @@ class Stopper:
 
     @contextmanager
     def translating(self) -> Iterator[None]:
-        """A mechanism's own "canceled" error becomes the step's canceled or timed-out error, message kept."""
+        """A mechanism's Canceled (raised because this stopper said stop) becomes TimedOut when the step's time ran
+        out rather than a cancel, message kept; a TimedOut passes through."""
         try:
             yield
-        except CeError as exc:
-            if exc.code != "canceled":
-                raise
+        except TimedOut:
+            raise
+        except Canceled as exc:
             if self.expired and not self.ctx.canceled():
-                raise StepTimedOut(f"the {self.name} step ran out of its {self.timeout:g} s timeout: "
-                                   f"{exc.message}") from None
-            raise StepCanceled(exc.message) from None
+                raise TimedOut(f"the {self.name} step ran out of its {self.timeout:g} s timeout: "
+                               f"{exc.message}") from None
+            raise Canceled(exc.message) from None
 
 
 def progress_band(ctx: StepContext, start: float, end: float, message: str):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ce import disks
-from ce.errors import DiskError, DiskNotFound, DiskUnreadable, EmptyDisk
+from ce.disks import qemuimg
+from ce.errors import Canceled, DiskError, DiskNotFound, DiskUnreadable, EmptyDisk
 
 MiB = 1 << 20
 SAMPLE_SIZE = 24 * MiB
@@ -221,7 +222,7 @@ def test_progress_rises_to_100(sample, tmp_path):
 
 def test_progress_parser_handles_split_chunks():
     seen: list[float] = []
-    meter = disks._ProgressMeter(seen.append)
+    meter = qemuimg.ProgressMeter(seen.append)
     for chunk in ["    (0.00/100%)\r    (1", "2.50/10", "0%)\r    (12.50/100%)\r  (25.00/100%)\r"]:
         meter.feed(chunk)
     assert seen == [0.0, 12.5, 25.0]
@@ -236,7 +237,7 @@ def test_cancel_kills_qemu_img_and_keeps_nothing(dense, tmp_path):
         if percent > 0:
             cancel.set()
 
-    with pytest.raises(disks.Canceled):
+    with pytest.raises(Canceled):
         disks.convert(dense, tmp_path / "out.vmdk", "vmdk", subformat="streamOptimized",
                       progress=progress, cancel=cancel)
     assert seen and seen[-1] < 100.0                            # stopped mid-way, not after the end
@@ -244,7 +245,7 @@ def test_cancel_kills_qemu_img_and_keeps_nothing(dense, tmp_path):
 
 
 def test_cancel_before_start_writes_nothing(sample, tmp_path):
-    with pytest.raises(disks.Canceled):
+    with pytest.raises(Canceled):
         disks.convert(sample, tmp_path / "out.qcow2", "qcow2", cancel=lambda: True)
     assert leftovers(tmp_path) == []
 

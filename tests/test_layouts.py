@@ -1,4 +1,4 @@
-"""Streaming a raw disk into a VHD / VHDX on a real Samba share (ce.layouts through SmbShare.upload).
+"""Streaming a raw disk into a VHD / VHDX on a real Samba share (ce.disks.layouts through SmbShare.upload).
 
 Each container is checked the way a user would: downloaded back, opened by qemu-img (check, compare with the
 source) and by libvhdi (an independent reader: type and size), and its allocation is compared with the source's
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ce import disks, layouts
+from ce import disks
+from ce.disks import layouts
 from ce.smb import Credentials, SmbShare
 from tests.smbserver import PASSWORD, USER, SambaServer
 

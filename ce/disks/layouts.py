@@ -22,34 +22,27 @@ VMDKs (compressed grains) and differencing containers stay with qemu-img.
 """
 from __future__ import annotations
 
-import errno
-import functools
 import os
 import struct
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
-from . import disks
-from .disks import (SECTOR, VHDX_FILE_PARAMETERS, VHDX_METADATA_REGION, VHDX_REGION_TABLE, VHDX_VIRTUAL_DISK_SIZE,
-                    DiskError, vhdx_metadata_items)
+from ..errors import LayoutError
+from .create import create_empty
+from .extents import byte_size, chunks, data_extents, round_up, zeros
+from .formats import SUBFORMATS
+from .headers import (SECTOR, VHDX_BAT_REGION, VHDX_METADATA_REGION, VHDX_REGION_TABLE, vhd_dynamic_header, vhd_type,
+                      vhd_virtual_size, vhdx_geometry, vhdx_metadata_items, vhdx_regions, vmdk_header)
 
 MiB = 1 << 20
-VHDX_BAT_REGION = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08").bytes_le
-VHDX_LOGICAL_SECTOR_SIZE = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F").bytes_le
 VHDX_BLOCK_FULLY_PRESENT = 6
 VHDX_BLOCK_STATE_MASK = 7
 VHDX_OFFSET_MASK = ~((1 << 20) - 1)       # entries hold the block's file offset in MiB from bit 20
 VHD_UNALLOCATED = 0xFFFFFFFF
-VMDK_HEADER = struct.Struct("<4sIIQQQQIQQQ")       # magic .. overHead of the SparseExtentHeader (VMDK 1.1, p. 8)
-VMDK_COMPRESSED = 1 << 16
 FILL_CHUNK = 8 * MiB
 PROGRESS_STEP = 0.5                       # percent
 ZERO_GRAIN = 64 << 10                     # zero stretches this long inside a written block stay holes
-
-
-class LayoutError(DiskError):
-    code = "container_layout_invalid"
 
 
 class Identity:
@@ -105,22 +98,22 @@ STREAMABLE = {"vhdx": ("dynamic", "fixed"), "vpc": ("dynamic", "fixed"), "vmdk":
 def streamable(source, fmt: str, subformat: str | None) -> bool:
     """A raw disk (file or block device, whole sectors: qemu-img pads a partial last one) going to a container
     with a layout; other sources need qemu-img to read them."""
-    if fmt not in STREAMABLE or (subformat or disks.SUBFORMATS[fmt][0]) not in STREAMABLE[fmt]:
+    if fmt not in STREAMABLE or (subformat or SUBFORMATS[fmt][0]) not in STREAMABLE[fmt]:
         return False
-    return source.format == "raw" and disks.byte_size(source.path) == source.virtual_size
+    return source.format == "raw" and byte_size(source.path) == source.virtual_size
 
 
 def make(fmt: str, subformat: str, size: int, scratch) -> "VhdxLayout | VhdLayout | VmdkLayout":
     """The layout of a new ``fmt`` container of ``size`` bytes, made empty by qemu-img in the ``scratch``
     directory (a few MiB; a sparse file for the fixed subformats)."""
     empty = os.path.join(scratch, f"empty.{fmt}")
-    disks.create_empty(empty, fmt, size, subformat)
+    create_empty(empty, fmt, size, subformat)
     return for_container(empty, fmt, subformat)
 
 
 def fill(source, container, fmt: str, subformat: str, *, progress: Callable[[float], None] | None = None,
          cancel: Callable[[], None] | None = None) -> None:
-    """Write the raw disk ``source`` into ``container``, an empty one ``disks.create_empty`` made for its size.
+    """Write the raw disk ``source`` into ``container``, an empty one ``create_empty`` made for its size.
     ``progress(percent)``; ``cancel()`` raises to stop (the caller removes the half-written container)."""
     layout = for_container(os.fspath(container), fmt, subformat)
     block = layout.block_size or FILL_CHUNK
@@ -193,18 +186,16 @@ class VhdxLayout(_Blocks):
 
     @classmethod
     def read(cls, read_at, subformat: str, file_size: int) -> "VhdxLayout":
-        regions = read_at(VHDX_REGION_TABLE, 64 * 1024)
+        regions = vhdx_regions(read_at(VHDX_REGION_TABLE, 64 * 1024))
         bat_offset, bat_length = _vhdx_region(regions, VHDX_BAT_REGION)
         metadata_offset, metadata_length = _vhdx_region(regions, VHDX_METADATA_REGION)
         items = vhdx_metadata_items(read_at, metadata_offset)
-        block_size, _flags = struct.unpack("<II", read_at(items[VHDX_FILE_PARAMETERS], 8))
-        logical_sector = struct.unpack("<I", read_at(items[VHDX_LOGICAL_SECTOR_SIZE], 4))[0]
-        source_size = struct.unpack("<Q", read_at(items[VHDX_VIRTUAL_DISK_SIZE], 8))[0]
+        block_size, logical_sector, source_size = vhdx_geometry(read_at, items)
         chunk_ratio = (1 << 23) * logical_sector // block_size
         head_end = max(bat_offset + bat_length, metadata_offset + metadata_length)
         if subformat != "fixed":
             return cls(bytearray(read_at(0, file_size)), bat_offset, block_size, chunk_ratio, source_size,
-                       next_free=_round_up(file_size, MiB))
+                       next_free=round_up(file_size, MiB))
         # qemu-img sizes a fixed VHDX for the whole disk behind the metadata but marks its blocks "zero" and, when
         # it converts, appends them after that space (doubling the file); ce puts block n where the space is.
         data_start = file_size - source_size
@@ -233,15 +224,12 @@ class VhdxLayout(_Blocks):
         struct.pack_into("<Q", self.head, self._entry_offset(block), start | VHDX_BLOCK_FULLY_PRESENT)
 
 
-def _vhdx_region(regions: bytes, guid: bytes) -> tuple[int, int]:
-    if regions[:4] != b"regi":
+def _vhdx_region(regions: dict[bytes, tuple[int, int]] | None, guid: bytes) -> tuple[int, int]:
+    if regions is None:
         raise LayoutError("the VHDX has no region table")
-    for i in range(struct.unpack_from("<I", regions, 8)[0]):
-        entry = regions[16 + 32 * i:48 + 32 * i]
-        if entry[:16] == guid:
-            offset, length = struct.unpack_from("<QI", entry, 16)
-            return offset, length
-    raise LayoutError(f"the VHDX region table has no region {uuid.UUID(bytes_le=guid)}")
+    if guid not in regions:
+        raise LayoutError(f"the VHDX region table has no region {uuid.UUID(bytes_le=guid)}")
+    return regions[guid]
 
 
 # ---------------------------------------------------------------- VHD (Virtual Hard Disk Image Format Specification)
@@ -260,24 +248,22 @@ class VhdLayout(_Blocks):
     @classmethod
     def read(cls, read_at, subformat: str, file_size: int) -> "VhdLayout":
         footer = read_at(file_size - SECTOR, SECTOR)
-        if footer[:8] != b"conectix":
+        if vhd_type(footer) is None:
             raise LayoutError("the VHD has no footer")
-        source_size = struct.unpack_from(">Q", footer, 48)[0]
+        source_size = vhd_virtual_size(footer)
         if subformat == "fixed":
             if file_size != source_size + SECTOR:
                 raise LayoutError(f"a fixed VHD of {source_size} bytes is {file_size} bytes long")
             return cls(bytearray(), footer, source_size, None)
-        header_at = struct.unpack_from(">Q", footer, 16)[0]
-        header = read_at(header_at, 1024)
-        if header[:8] != b"cxsparse":
+        header = vhd_dynamic_header(read_at, footer)
+        if header is None:
             raise LayoutError("the dynamic VHD has no dynamic header")
-        bat_offset, = struct.unpack_from(">Q", header, 16)
-        entries, block_size = struct.unpack_from(">II", header, 28)
-        data_start = _round_up(bat_offset + 4 * entries, SECTOR)
+        bat_offset, entries, block_size = header
+        data_start = round_up(bat_offset + 4 * entries, SECTOR)
         if file_size != data_start + SECTOR:
             raise LayoutError("the dynamic VHD template already holds data blocks")
         return cls(bytearray(read_at(0, data_start)), footer, source_size, block_size, bat_offset,
-                   bitmap_size=_round_up(block_size // SECTOR // 8, SECTOR), next_free=data_start)
+                   bitmap_size=round_up(block_size // SECTOR // 8, SECTOR), next_free=data_start)
 
     def place(self, offset: int, length: int) -> int:
         if self.block_size is None:
@@ -322,17 +308,18 @@ class VmdkLayout(_Blocks):
 
     @classmethod
     def read(cls, read_at, file_size: int) -> "VmdkLayout":
-        (magic, _version, flags, capacity, grain, _desc, _desc_size, per_table, redundant, directory,
-         _overhead) = VMDK_HEADER.unpack(read_at(0, VMDK_HEADER.size))
-        if magic != b"KDMV" or flags & VMDK_COMPRESSED:
+        header = vmdk_header(read_at)
+        if not header.uncompressed_sparse:
             raise LayoutError("the VMDK is not an uncompressed hosted sparse extent")
+        capacity, grain, per_table = header.capacity, header.grain_size, header.entries_per_table
+        directory, redundant = header.directory, header.redundant_directory
         head = bytearray(read_at(0, file_size))
         count = -(-capacity // (grain * per_table))
         tables = tuple(list(struct.unpack_from(f"<{count}I", head, at * SECTOR)) for at in (directory, redundant))
         if any(not 0 < t * SECTOR < file_size for table in tables for t in table):
             raise LayoutError("the VMDK template's grain tables are not preallocated")
         return cls(head, tables, per_table, grain * SECTOR, capacity * SECTOR,
-                   next_free=_round_up(file_size, SECTOR))
+                   next_free=round_up(file_size, SECTOR))
 
     def place(self, offset: int, length: int) -> int:
         grain, within = self._block_of(offset, length)
@@ -346,42 +333,7 @@ class VmdkLayout(_Blocks):
         return sector * SECTOR + within
 
 
-# ---------------------------------------------------------------- local files
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) of the data regions of a local file; one extent when the file system cannot tell."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:          # only a hole is left
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                yield offset, size - offset
-                return
-            raise
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end - start
-        offset = end
-
-
-def chunks(extents, chunk: int, boundary: int | None = None) -> Iterator[tuple[int, int]]:
-    """Pieces of at most ``chunk`` bytes that never cross a multiple of ``boundary`` (a container's block)."""
-    for offset, length in extents:
-        start, end = offset, offset + length
-        while start < end:
-            stop = min(start + chunk, end)
-            if boundary:
-                stop = min(stop, (start // boundary + 1) * boundary)
-            yield start, stop - start
-            start = stop
-
-
-@functools.lru_cache(maxsize=8)
-def zeros(length: int) -> bytes:
-    return bytes(length)
-
+# ---------------------------------------------------------------- container templates
 
 def _reader(f):
     def read_at(offset: int, length: int) -> bytes:
@@ -395,6 +347,3 @@ def _reader(f):
 def _file_size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
-
-def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit

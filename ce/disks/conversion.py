@@ -1,0 +1,82 @@
+"""Copying a disk's contents into another image: ``convert`` to a new file in any format ce writes, ``write_onto``
+an existing disk. A raw source going to a container with a layout is streamed by ce (ce.disks.layouts); everything
+else is ``qemu-img convert``, watched for progress and cancel."""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+
+from ..errors import DiskTooSmall
+from .create import create_empty, partial_output, require_destination, verify_output
+from .extents import round_up
+from .formats import FORMAT_LABELS, choose_subformat, create_options, qemu_format
+from .layouts import fill as fill_container, streamable
+from .probe import DiskInfo, info, is_raw_target, refuse_differencing, verify_azure_vhd
+from .qemuimg import convert as qemu_convert, create as qemu_create, stop_if_canceled
+
+MiB = 1 << 20
+
+
+def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: str | None = None,
+            progress=None, cancel=None, azure_fixed: bool = False, overwrite: bool = False,
+            durable: bool = True) -> DiskInfo:
+    """Convert ``src`` to ``dst`` in ``dst_fmt`` ("vhd" or "vpc", "vhdx", "vmdk", "qcow2", "raw").
+
+    ``progress(percent)`` is called with increasing values ending at 100; ``cancel`` is a threading.Event or a
+    callable polled while qemu-img runs. ``azure_fixed`` writes a fixed VHD whose virtual size is rounded up to a
+    whole MiB (the padding reads as zeros; the source is never modified). ``durable=False`` skips flushing the
+    output to stable storage, for scratch files that do not outlive the step (a flush of a 1 GiB file costs seconds).
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    fmt = qemu_format(dst_fmt)
+    subformat = choose_subformat(fmt, subformat, azure_fixed)
+    source = info(src, src_fmt)
+    refuse_differencing(source)
+    size = round_up(source.virtual_size, MiB) if azure_fixed else source.virtual_size
+    require_destination(dst, overwrite)
+    stop_if_canceled(cancel)
+    doing = f"converting {src} to {FORMAT_LABELS[fmt]} failed"
+    with partial_output(dst, overwrite, durable) as partial:
+        options = create_options(fmt, subformat)
+        if not azure_fixed and streamable(source, fmt, subformat):
+            create_empty(partial, fmt, size, subformat, doing)
+            fill_container(src, partial, fmt, subformat, progress=progress,
+                         cancel=functools.partial(stop_if_canceled, cancel))
+        else:
+            if azure_fixed:
+                # Pre-create the larger target and fill it: qemu-img convert cannot pad, and resizing the source
+                # would modify a disk this step does not own.
+                qemu_create(partial, fmt, size, "-o", options, doing=doing)
+                target_args = ["-n", "--target-is-zero"]
+            else:
+                target_args = ["-O", fmt, *(("-o", options) if options else ())]
+            qemu_convert(["-f", source.format, *target_args, src, partial], progress=progress, cancel=cancel,
+                            doing=doing)
+        result = verify_output(partial, fmt, subformat, size)
+        if azure_fixed:
+            verify_azure_vhd(partial)
+    return replace(result, path=dst)
+
+
+def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel=None,
+               label: str | None = None) -> DiskInfo:
+    """Write the contents of ``src`` over the existing disk ``target`` (a file or block device), in ``target``'s
+    own format, from offset 0; ``target`` must be at least as large. Areas that are zero in ``src`` are zeroed in
+    ``target`` (qemu-img uses write-zeroes / discard), so stale data never shows through. ``label`` names ``src``
+    in errors.
+
+    There is no partial name for an attached disk: a failure or cancel leaves it partly written, and the error
+    says so."""
+    src, target = os.fspath(src), os.fspath(target)
+    source = info(src, src_fmt)
+    refuse_differencing(source)
+    dest = info(target, "raw" if is_raw_target(target) else None)
+    if dest.virtual_size < source.virtual_size:
+        raise DiskTooSmall(f"{target} holds {dest.virtual_size} bytes but the image needs {source.virtual_size}")
+    stop_if_canceled(cancel)
+    doing = f"writing {label or src} onto {target} failed (the disk is now partly written)"
+    qemu_convert(["-n", "-f", source.format, "-O", dest.format, src, target], progress=progress, cancel=cancel,
+                    doing=doing, canceled_message="writing onto the disk was canceled; the disk is partly written: "
+                    "run the step again before using it")
+    return dest
