@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from .errors import CeError
+from .errors import FirstBootPlanUnreadable, InvalidFirstBootAction, SetupInProgress
 from .registry import RegType
 
 SETUP_KEY = "Setup"
@@ -28,14 +28,6 @@ MAX_BOOTS = 10
 ACTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}\.ps1$")
 SAFE_PARAM = re.compile(r"^[A-Za-z0-9 ._:/\\{}()=,+-]*$")
-
-
-class SetupInProgress(CeError):
-    code = "setup_in_progress"
-
-
-class InvalidFirstBootAction(CeError):
-    code = "invalid_first_boot_action"
 
 
 class FirstBootAction(BaseModel):
@@ -99,13 +91,13 @@ def staged_plan(actions: list[FirstBootAction]) -> bytes:
 
 def read_staged(guest, systemroot: str) -> list[FirstBootAction]:
     path = guest.win_path(folder(systemroot) + r"\plan.json")
-    if not guest.g.is_file(path):
+    if not guest.is_file(path):
         return []
     try:
-        return [FirstBootAction(**a) for a in json.loads(guest.g.read_file(path))["actions"]]
+        return [FirstBootAction(**a) for a in json.loads(guest.read_bytes(path))["actions"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise CeError(f"{folder(systemroot)}\\plan.json is not a first-boot plan ce wrote ({exc})",
-                      code="first_boot_plan_unreadable") from None
+        raise FirstBootPlanUnreadable(f"{folder(systemroot)}\\plan.json is not a first-boot plan ce wrote "
+                                      f"({exc})") from None
 
 
 def stage(planner, new: list[FirstBootAction]) -> None:
@@ -163,19 +155,19 @@ def read_status(guest, systemroot: str, setup_cmdline: str | None) -> FirstBootS
 
 def read_json(guest, win_path: str) -> dict | None:
     path = guest.win_path(win_path)
-    if not guest.g.is_file(path):
+    if not guest.is_file(path):
         return None
     try:
-        return json.loads(guest.g.read_file(path).decode("utf-8-sig"))
+        return json.loads(guest.read_bytes(path).decode("utf-8-sig"))
     except ValueError:
         return None
 
 
 def read_log(guest, win_path: str, last: int = 50) -> list[dict]:
     path = guest.win_path(win_path)
-    if not guest.g.is_file(path):
+    if not guest.is_file(path):
         return []
-    lines = guest.g.read_file(path).decode("utf-8-sig", "replace").splitlines()[-last:]
+    lines = guest.read_bytes(path).decode("utf-8-sig", "replace").splitlines()[-last:]
     out = []
     for line in lines:
         try:

@@ -2,35 +2,31 @@
 
 Launching the appliance is the dominant cost (13-25 s under TCG), so a step opens one ``Guest`` and does all its
 work through it. Read-only sessions add the drives read-only (libguestfs puts a throwaway overlay in front), so
-inspect and dry runs can never change the input.
+inspect and dry runs can never change the input. Nothing outside this module touches the libguestfs handle
+(``Guest.g``): callers use ``Guest``'s methods. The appliance's accelerator choice and watchdog are in
+``ce/appliance.py``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
 import re
-import signal
-import subprocess
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import guestfs
 
 from . import faults, ntfs
-from .errors import (ApplianceError, BitLockerVolume, EmptyDisk, GuestError, GuestTimeout,
-                     HibernatedVolume, MultipleWindowsRoots, NotWindows, UncleanVolume)
+from .appliance import ACCEL_ENV, choose_accel, deadline, qemu_children
+from .errors import (ApplianceError, BitLockerVolume, BlankDisk, GuestError, HibernatedVolume,
+                     MultipleWindowsRoots, NotWindows, UncleanVolume)
 
 log = logging.getLogger(__name__)
 
-ACCEL_ENV = "CE_GUEST_ACCEL"          # auto (default) | kvm | tcg
 LAUNCH_TIMEOUT_ENV = "CE_GUEST_LAUNCH_TIMEOUT"
 DEFAULT_LAUNCH_TIMEOUT = 600.0        # TCG on a busy 2-core box can take minutes; KVM takes seconds
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ce"
 BITLOCKER_OEM_ID = b"-FVE-FS-"
 SYSTEMROOTS = ("Windows", "WINNT")
 ROOT_MARKERS = ("System32/config/SYSTEM", "System32/config/SOFTWARE", "System32/cmd.exe")
@@ -41,10 +37,6 @@ PARTITION_ROLES = {ESP_GUID: "efi-system", "E3C9E316-0B5C-4DB8-817D-F92DF00215AE
                    "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC": "windows-recovery",
                    "0FC63DAF-8483-4772-8E79-3D69D8477DE4": "linux", "0x07": "ntfs/exfat", "0x27": "windows-recovery",
                    "0xee": "gpt-protective", "0x83": "linux", "0x0c": "fat32", "0xef": "efi-system"}
-
-
-class BlankDisk(EmptyDisk):
-    code = "disk_blank"
 
 
 @dataclass
@@ -88,98 +80,6 @@ def unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
-# ---------------------------------------------------------------- acceleration
-
-def kvm_probe() -> tuple[bool, str]:
-    """Boot the host kernel under KVM until it panics (no root fs). Broken nested KVM aborts or hangs instead."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is missing or not accessible"
-    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
-    if not kernels:
-        return False, "no kernel in /boot to probe KVM with"
-    cmd = ["qemu-system-x86_64", "-machine", "accel=kvm", "-cpu", "host", "-m", "256", "-nodefaults",
-           "-display", "none", "-no-reboot", "-serial", "null", "-kernel", str(kernels[-1]),
-           "-append", "panic=-1 console=ttyS0"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return False, "a KVM test boot hung"
-    except FileNotFoundError:
-        return False, "qemu-system-x86_64 is not installed"
-    if proc.returncode != 0:
-        return False, f"a KVM test boot failed: {proc.stderr.decode(errors='replace').strip()[-200:]}"
-    return True, "KVM works"
-
-
-def choose_accel() -> str:
-    """``kvm`` or ``tcg``: forced by $CE_GUEST_ACCEL, else probed once per machine and cached."""
-    forced = os.environ.get(ACCEL_ENV, "auto").lower()
-    if forced in ("kvm", "tcg"):
-        return forced
-    if forced != "auto":
-        raise GuestError(f"{ACCEL_ENV} must be auto, kvm or tcg, not {forced!r}")
-    cache = CACHE_DIR / "accel.json"
-    fingerprint = f"{os.uname().release}|{sorted(Path('/boot').glob('vmlinuz-*'))}"
-    try:
-        cached = json.loads(cache.read_text())
-        if cached.get("fingerprint") == fingerprint:
-            return cached["accel"]
-    except (OSError, ValueError, KeyError):
-        pass
-    ok, why = kvm_probe()
-    accel = "kvm" if ok else "tcg"
-    log.info("guest acceleration: %s (%s)", accel, why)
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"fingerprint": fingerprint, "accel": accel, "reason": why}))
-    except OSError:
-        pass
-    return accel
-
-
-# ---------------------------------------------------------------- watchdog
-
-def _qemu_children() -> set[int]:
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" ", 1)
-        except OSError:
-            continue
-        comm, _, tail = rest.rpartition(") ")
-        if comm.startswith("(qemu") and int(tail.split()[1]) == os.getpid():
-            pids.add(int(pid))
-    return pids
-
-
-@contextmanager
-def _deadline(seconds: float, what: str, appliance_pids):
-    """Kill the appliance (``appliance_pids()``) if ``what`` takes longer than ``seconds``; the blocked libguestfs
-    call then fails and is reported as a timeout."""
-    fired = threading.Event()
-
-    def kill():
-        fired.set()
-        for pid in appliance_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    timer = threading.Timer(seconds, kill)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    except RuntimeError as exc:
-        if fired.is_set():
-            raise GuestTimeout(f"{what} did not finish within {seconds:.0f} s and was stopped; "
-                               f"raise the step timeout or check the host's load") from exc
-        raise
-    finally:
-        timer.cancel()
-
-
 # ---------------------------------------------------------------- session
 
 class Guest:
@@ -218,12 +118,12 @@ class Guest:
             except RuntimeError as exc:
                 g.close()
                 raise GuestError(f"cannot attach {d.path} as a {d.format} disk: {exc}") from exc
-        before = _qemu_children()
+        before = qemu_children()
         started = time.monotonic()
         try:
             # The handle cannot be asked for its pid while launch() runs: find the qemu child it started.
-            with _deadline(self.launch_timeout, "starting the libguestfs appliance",
-                           lambda: _qemu_children() - before):
+            with deadline(self.launch_timeout, "starting the libguestfs appliance",
+                          lambda: qemu_children() - before):
                 g.launch()
         except RuntimeError as exc:
             g.close()
@@ -251,7 +151,7 @@ class Guest:
     def deadline(self, seconds: float, what: str):
         """Bound a sequence of libguestfs calls in time (the step timeout)."""
         pid = self.g.get_pid()
-        with _deadline(seconds, what, lambda: {pid}):
+        with deadline(seconds, what, lambda: {pid}):
             yield
 
     # ------------------------------------------------------------ discovery
@@ -451,6 +351,10 @@ class Guest:
     def read_file(self, path: str) -> bytes:
         return self.g.read_file(self.win_path(path))
 
+    def unmount_all(self) -> None:
+        """Unmount every filesystem (a read-only Windows mount too), e.g. before mounting another root."""
+        self.g.umount_all()
+
     def sync(self) -> None:
         if self._mounted_rw:
             self.g.sync()
@@ -468,6 +372,10 @@ class Guest:
 
     def path_exists(self, path: str) -> bool:
         return self.g.exists(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The contents of a guest path (``read_file`` takes a Windows path)."""
+        return self.g.read_file(path)
 
     def checksum(self, path: str, algorithm: str = "sha256") -> str:
         return self.g.checksum(algorithm, path)

@@ -15,27 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CeError
+from .errors import PayloadMismatch, PayloadMissing, PayloadStoreInvalid
 from .registry import sha256_file
 
 MANIFEST = "manifest.json"
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,127}$")
-
-
-class PayloadError(CeError):
-    code = "payload_error"
-
-
-class PayloadStoreInvalid(PayloadError):
-    code = "payload_store_invalid"
-
-
-class PayloadMissing(PayloadError):
-    code = "payload_missing"
-
-
-class PayloadMismatch(PayloadError):
-    code = "payload_mismatch"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from ce.errors import CeError, GuestError, GuestTimeout
-from ce.guest import Drive, Guest, _qemu_children, choose_accel, partition_parent, unescape
+from ce.appliance import choose_accel, qemu_children
+from ce.guest import Drive, Guest, partition_parent, unescape
 
 
 def test_accel_can_be_forced(monkeypatch):
@@ -30,10 +31,10 @@ def test_missing_drive_is_a_clear_error(tmp_path):
 def test_launch_timeout_stops_the_appliance_and_leaves_no_qemu(tmp_path):
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
-    before = _qemu_children()
+    before = qemu_children()
     with pytest.raises(GuestTimeout, match="did not finish within 3 s"):
         Guest([Drive(str(disk))], launch_timeout=3).launch()
-    assert _qemu_children() - before == set()
+    assert qemu_children() - before == set()
 
 
 @pytest.mark.slow

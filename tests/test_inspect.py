@@ -13,7 +13,7 @@ from regipy.registry import RegistryHive
 from ce import registry
 from ce.errors import CeError
 from images.spec import load_all
-from steps.inspect import inspect_guest, lsa_string, parse_ddcs, product_family, vda_release, detection_rules
+from ce.windows.detection import detection_rules, inspect_guest, lsa_string, parse_ddcs, product_family, vda_release
 from ce.registry import sha256_file
 
 SPECS = load_all()
@@ -108,7 +108,7 @@ def test_flawed_volume_refuses_a_write_mount(appliance, name):
     root = guest.windows_root(device=appliance.device[name])
     with pytest.raises(CeError) as err:
         guest.mount_windows(root, readonly=False)
-    guest.g.umount_all()
+    guest.unmount_all()
     assert err.value.code == SPECS[name].truth["write_error"]
     assert "shut down" in err.value.message
 
@@ -136,7 +136,7 @@ def test_hives_read_the_same_with_regipy(appliance, tmp_path):
         software = registry.download_hive(guest, guest.win_path("/windows/system32/CONFIG/software"), tmp_path)
         system = registry.download_hive(guest, guest.win_path("/Windows/System32/config/SYSTEM"), tmp_path)
     finally:
-        guest.g.umount_all()
+        guest.unmount_all()
     report = report_of(appliance, name)
     cv = RegistryHive(str(software)).get_key(r"\Microsoft\Windows NT\CurrentVersion")
     assert cv.get_value("ProductName") == report["os"]["product_name"]

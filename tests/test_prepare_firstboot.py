@@ -21,13 +21,13 @@ from regipy.registry import RegistryHive
 
 from ce import disks, firstboot, hashing, ntfs, registry
 from ce.guest import Drive, Guest
-from ce.payloads import PayloadMismatch, PayloadMissing, PayloadStore, PayloadStoreInvalid, write_manifest
+from ce.errors import InvalidFirstBootAction, InvalidParams, PayloadMismatch, PayloadMissing, PayloadStoreInvalid
+from ce.payloads import PayloadStore, write_manifest
 from ce.plan import hive_path
 from ce.registry import Hive, RegType, sha256_file
-from steps.inspect import inspect_guest
+from ce.windows import inspect_guest
 from steps.prepare import Params, validate
-from steps.prepare.components import InvalidOption
-from steps.prepare.vda import InvalidParameter, XdParameter, validated
+from steps.prepare.vda import XdParameter, validated
 
 CE = [sys.executable, "-m", "ce.cli"]
 INJECTIONS = ["8080 & calc.exe", "a.example.com|whoami", 'a"b', "'a'", "%COMSPEC%", "$(reboot)", "a\nshutdown",
@@ -46,19 +46,19 @@ def xd(**values):
 @pytest.mark.parametrize("option", ["portnumber", "enable_hdx_ports", "wem_server", "wem_cloud_connectors",
                                     "controllers"])
 def test_injection_strings_in_reconfigure_options_are_refused(option, value):
-    with pytest.raises(InvalidParameter):
+    with pytest.raises(InvalidParams):
         validated(xd(**{option: value}))
 
 
 @pytest.mark.parametrize("value", INJECTIONS + ["2402 LTSR CU2 & x", "../../x"])
 def test_injection_strings_in_install_pvs_are_refused(value):
-    with pytest.raises(InvalidOption, match="not a supported Citrix Provisioning version"):
+    with pytest.raises(InvalidParams, match="not a supported Citrix Provisioning version"):
         validate(Params(disk="x", provisioningType="Pvs", installPvs=value))
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
 def test_the_staging_fence_refuses_what_validation_might_let_through(value):
-    with pytest.raises(firstboot.InvalidFirstBootAction):
+    with pytest.raises(InvalidFirstBootAction):
         firstboot.make_action("vda-reconfigure", "vda-reconfigure.ps1", {"arguments": ["/portnumber", value]},
                               retries=2, required=False, timeout=60, reason="")
 
@@ -69,20 +69,20 @@ def test_reconfigure_options_become_separate_arguments():
     assert controllers == ["a.example.com"] and site is None
     assert argv == ["/enable_hdx_ports", "/portnumber", "8080", "/wem_cloud_connectors", "c1.x.org,c2.x.org"]
     for bad in ("0", "65536", "80.5", "-1"):
-        with pytest.raises(InvalidParameter, match="not a TCP port"):
+        with pytest.raises(InvalidParams, match="not a TCP port"):
             validated(xd(portnumber=bad))
-    with pytest.raises(InvalidParameter, match="one FQDN"):
+    with pytest.raises(InvalidParams, match="one FQDN"):
         validated(xd(wem_server="a.x.org b.x.org"))
-    with pytest.raises(InvalidParameter, match="not supported"):
+    with pytest.raises(InvalidParams, match="not supported"):
         validated(xd(wem_anything="1"))
 
 
 def test_component_options_need_the_right_provisioning_type():
-    with pytest.raises(InvalidOption, match="installMisa needs provisioningType Mcs"):
+    with pytest.raises(InvalidParams, match="installMisa needs provisioningType Mcs"):
         validate(Params(disk="x", provisioningType="Pvs", installMisa=True))
-    with pytest.raises(InvalidOption, match="installMcsio needs provisioningType Mcs"):
+    with pytest.raises(InvalidParams, match="installMcsio needs provisioningType Mcs"):
         validate(Params(disk="x", provisioningType="Pvs", installMcsio=True))
-    with pytest.raises(InvalidOption, match="installPvs needs provisioningType Pvs"):
+    with pytest.raises(InvalidParams, match="installPvs needs provisioningType Pvs"):
         validate(Params(disk="x", provisioningType="Mcs", installPvs="2402 LTSR CU2"))
     validate(Params(disk="x", provisioningType="Pvs", installPvs="2402.0.2000"))
 
@@ -92,7 +92,9 @@ def test_cli_refuses_a_component_option_before_launching(tmp_path):
     job.write_text(json.dumps({"type": "prepare", "params": {"provisioningType": "Pvs", "installMisa": True}}))
     proc = subprocess.run([*CE, "plan", "--job", str(job), str(tmp_path / "missing.qcow2")], capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 1 and "error [invalid_parameter]: installMisa needs provisioningType Mcs" in proc.stderr
+    # a job file's params refused by the step's validation are an invalid job, as pydantic's refusals are
+    assert proc.returncode == 1 and "error [invalid_job]" in proc.stderr
+    assert "installMisa needs provisioningType Mcs" in proc.stderr
 
 
 # ---------------------------------------------------------------- the static scripts

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from ce import disks
-from steps.prepare.vda import (InvalidParameter, XdParameter, parse_controllers,
-                               parse_site_guid, support_rules, validated, vda_supported)
+from ce.errors import InvalidParams
+from steps.prepare.vda import XdParameter, parse_controllers, parse_site_guid, support_rules, validated, vda_supported
 from ce.registry import sha256_file
 
 CE = [sys.executable, "-m", "ce.cli"]
@@ -29,28 +29,28 @@ def write_job(path, params):
 
 @pytest.mark.parametrize("value", INJECTIONS)
 def test_controllers_refuse_anything_but_fqdns(value):
-    with pytest.raises(InvalidParameter, match="not a valid FQDN|control character"):
+    with pytest.raises(InvalidParams, match="not a valid FQDN|control character"):
         parse_controllers(value)
 
 
 def test_controllers_accept_space_and_comma_lists():
     assert parse_controllers(" ddc1.corp.example.com,ddc2  DDC-3.corp.example.com ") == [
         "ddc1.corp.example.com", "ddc2", "DDC-3.corp.example.com"]
-    with pytest.raises(InvalidParameter, match="empty"):
+    with pytest.raises(InvalidParams, match="empty"):
         parse_controllers("  ")
 
 
 def test_site_guid_is_normalised_or_refused():
     assert parse_site_guid("6C1B0E1D-3F55-4A0E-9D7B-2D4F8A41C2B7") == "{6c1b0e1d-3f55-4a0e-9d7b-2d4f8a41c2b7}"
     for bad in ("{6c1b0e1d}", "6c1b0e1d-3f55-4a0e-9d7b-2d4f8a41c2b7 & x", ""):
-        with pytest.raises(InvalidParameter, match="not a GUID"):
+        with pytest.raises(InvalidParams, match="not a GUID"):
             parse_site_guid(bad)
 
 
 def test_unknown_duplicate_and_first_boot_options():
-    with pytest.raises(InvalidParameter, match="not supported"):
+    with pytest.raises(InvalidParams, match="not supported"):
         validated(xd(format_c="yes"))
-    with pytest.raises(InvalidParameter, match="twice"):
+    with pytest.raises(InvalidParams, match="twice"):
         validated([XdParameter(ParameterName="controllers", ParameterValue="a.b"),
                    XdParameter(ParameterName="/Controllers", ParameterValue="c.d")])
     assert validated(xd(controllers="a.example.com", portnumber="80")) == (["a.example.com"], None,
@@ -68,7 +68,7 @@ def test_cli_refuses_a_bad_job_before_launching(tmp_path, samples):
                                                                 "ParameterValue": "x.example.com & calc"}]})
     proc = subprocess.run([*CE, "plan", "--job", job, str(samples["win2016-vda1912"].path)],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "error [invalid_parameter]" in proc.stderr
+    assert proc.returncode == 1 and "error [invalid_job]" in proc.stderr and "xdReconfigure controllers" in proc.stderr
     missing = write_job(tmp_path / "job2.json", {"provisioningType": "Citrix"})
     proc = subprocess.run([*CE, "plan", "--job", missing, str(samples["win2016-vda1912"].path)],
                           capture_output=True, text=True, timeout=60)

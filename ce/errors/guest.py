@@ -1,7 +1,9 @@
-"""Guest errors: the libguestfs appliance and what it finds (or refuses) on the attached disk."""
+"""Guest errors: the libguestfs appliance, what it finds (or refuses) on the attached disk, and what prepare
+refuses about the Windows installation it finds there."""
 from __future__ import annotations
 
 from .base import CeError
+from .disk import EmptyDisk
 
 
 class GuestError(CeError):
@@ -43,3 +45,39 @@ class UncleanVolume(GuestError):
 class BitLockerVolume(GuestError):
     code = "bitlocker_encrypted"
     action = "decrypt the volume in Windows (manage-bde -off) before moving the image"
+
+
+class BlankDisk(EmptyDisk):
+    """No partition table and no filesystem: a new or wiped disk, not an image's system disk."""
+    code = "disk_blank"
+    action = "attach the image's system disk, not a new or wiped one"
+
+
+class DiskReadOnly(CeError):
+    code = "disk_read_only"
+    action = "attach the disk writable (file, device and mount), or run the step with dryRun"
+
+
+class WindowsUnsupported(CeError):
+    code = "windows_unsupported"
+    action = "prepare supports the Windows releases the message lists: use an image of one of them"
+
+
+class NotImplementedYet(CeError):
+    code = "not_implemented"
+    action = "leave out the prepare option the message names: this version of ce cannot apply it yet"
+
+
+class VdaMissing(CeError):
+    code = "vda_missing"
+    action = "install the Citrix VDA in the image first, or leave out installMisa / installMcsio"
+
+
+class DriverMissing(CeError):
+    code = "driver_missing"
+    action = "add the driver the message names (driver/<service>, the image's architecture) to the payload store"
+
+
+class WindowsTooOld(CeError):
+    code = "windows_too_old"
+    action = "the target platform needs Windows 8 / Server 2012 or newer: use a newer image"

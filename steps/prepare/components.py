@@ -10,20 +10,12 @@ import json
 from importlib import resources
 
 from ce import firstboot
-from ce.errors import CeError
+from ce.errors import InvalidParams, PayloadStoreInvalid, VdaMissing
 from ce.payloads import PayloadStore
 from ce.plan import Planner
 
 VDA_COMPONENTS = {"installMisa": ("misa", "Machine Identity Service"),
                   "installMcsio": ("mcsio", "Citrix MCS IODriver")}
-
-
-class InvalidOption(CeError):
-    code = "invalid_parameter"
-
-
-class VdaMissing(CeError):
-    code = "vda_missing"
 
 
 def pvs_versions() -> dict[str, str]:
@@ -37,18 +29,18 @@ def pvs_build(requested: str) -> str:
         return table[requested]
     if requested in table.values():
         return requested
-    raise InvalidOption(f"installPvs {requested!r} is not a supported Citrix Provisioning version; supported: "
-                        f"{', '.join(table)} (or their builds {', '.join(table.values())})")
+    raise InvalidParams(f"installPvs {requested!r} is not a supported Citrix Provisioning version; supported: "
+                        f"{', '.join(table)} (or their builds {', '.join(table.values())})", field="installPvs")
 
 
 def validate(params) -> None:
     for option in VDA_COMPONENTS:
         if getattr(params, option) and params.provisioningType != "Mcs":
-            raise InvalidOption(f"{option} needs provisioningType Mcs (it is {params.provisioningType})")
+            raise InvalidParams(f"{option} needs provisioningType Mcs (it is {params.provisioningType})", field=option)
     if params.installPvs is not None:
         if params.provisioningType != "Pvs":
-            raise InvalidOption(f"installPvs needs provisioningType Pvs (it is {params.provisioningType}); "
-                                f"an MCS image must not carry the PVS target device")
+            raise InvalidParams(f"installPvs needs provisioningType Pvs (it is {params.provisioningType}); "
+                                f"an MCS image must not carry the PVS target device", field="installPvs")
         pvs_build(params.installPvs)
 
 
@@ -56,8 +48,8 @@ def stage_payload(planner: Planner, store: PayloadStore, component: str, version
     """Copy a verified installer into the first-boot folder; returns its file name."""
     found = store.find(component, version=version)
     if len(found) != 1:
-        raise InvalidOption(f"payload store lists {len(found)} files for {component} {version}; expected one "
-                            f"installer")
+        raise PayloadStoreInvalid(f"payload store lists {len(found)} files for {component} {version}; expected "
+                                  f"one installer")
     payload = found[0]
     target = f"{firstboot.folder(planner.root.systemroot)}\\payloads\\{payload.file}"
     planner.write_file(target, store.verified(payload), reason=f"installer {payload.describe()} "

@@ -14,13 +14,12 @@ import re
 import uuid
 from importlib import resources
 
-from ce.errors import CeError
+from ce.errors import DriverMissing, PayloadMissing, WindowsTooOld
 from ce.firstboot import SAFE_PARAM
-from ce.payloads import Payload, PayloadMissing
+from ce.payloads import Payload
 from ce.plan import Planner, type_from_name
 from ce.registry import RegType
-
-from steps.inspect import UNINSTALL_VIEWS, detection_rules
+from ce.windows import detection_rules, uninstall_keys
 
 ARCH = {"x86_64": "amd64", "i386": "x86", "aarch64": "arm64"}
 CLASS_GUID = {"scsi": "{4D36E97B-E325-11CE-BFC1-08002BE10318}", "net": "{4D36E972-E325-11CE-BFC1-08002BE10318}"}
@@ -29,14 +28,6 @@ SERVICE_KERNEL_DRIVER, ERROR_NORMAL, DISABLED = 1, 1, 4
 RDP_RULE_PREFIX = "RemoteDesktop-"
 DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
 RDP_POLICY_KEY = r"Policies\Microsoft\Windows NT\Terminal Services"
-
-
-class DriverMissing(CeError):
-    code = "driver_missing"
-
-
-class WindowsTooOld(CeError):
-    code = "windows_too_old"
 
 
 def rules() -> dict:
@@ -247,22 +238,17 @@ def plan_tools(ctx: PlatformPlan) -> None:
 def plan_removal(ctx: PlatformPlan, tool) -> None:
     """One optional first-boot uninstall per Add/Remove Programs entry of the tool."""
     patterns = detection_rules()["tools"].get(tool.name, {}).get("display_name", [])
-    software = ctx.planner.hive("SOFTWARE")
-    for view in UNINSTALL_VIEWS:
-        if not software.key_exists(view):
+    for view, key, name, _ in uninstall_keys(ctx.planner.hive("SOFTWARE")):
+        if not any(re.search(p, name) for p in patterns):
             continue
-        for key in software.subkeys(view):
-            name = software.get_data(rf"{view}\{key}", "DisplayName") or ""
-            if not any(re.search(p, name) for p in patterns):
-                continue
-            if not SAFE_PARAM.match(key):
-                ctx.planner.warn("tool_not_removed", f"{name}: uninstall key {key!r} has characters ce never "
-                                 f"stages; remove it by hand (its services are disabled)")
-                continue
-            ctx.planner.first_boot(f"remove-{tool.name}", "remove-program.ps1",
-                                   {"uninstall_key": key, "wow64": view.startswith("WOW6432Node")},
-                                   retries=2, required=False, timeout=1800,
-                                   reason=f"uninstall {name} (not needed on {ctx.platform})")
+        if not SAFE_PARAM.match(key):
+            ctx.planner.warn("tool_not_removed", f"{name}: uninstall key {key!r} has characters ce never "
+                             f"stages; remove it by hand (its services are disabled)")
+            continue
+        ctx.planner.first_boot(f"remove-{tool.name}", "remove-program.ps1",
+                               {"uninstall_key": key, "wow64": view.startswith("WOW6432Node")},
+                               retries=2, required=False, timeout=1800,
+                               reason=f"uninstall {name} (not needed on {ctx.platform})")
 
 
 def strip_class_filters(ctx: PlatformPlan, disabled: set[str]) -> None:

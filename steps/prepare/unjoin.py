@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from ce.plan import Planner
 from ce.registry import RegType
-
-MARKER_KEY = r"Citrix\ImagePortability"
+from ce.windows.detection import PENDING_UNJOIN_KEY as MARKER_KEY     # inspect reads the mark from there
 WORKGROUP = "WORKGROUP"
 
 

@@ -13,27 +13,19 @@ from importlib import resources
 
 from pydantic import BaseModel
 
-from ce.errors import CeError
+from ce.errors import InvalidParams
 from ce.plan import Planner
 from ce.registry import RegType
+from ce.windows.detection import VDA_KEY, VDA_POLICY_KEY
 
-VDA_KEY = r"Citrix\VirtualDesktopAgent"
-VDA_POLICY_KEY = r"Policies\Citrix\VirtualDesktopAgent"
 FQDN = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 GUID = re.compile(r"^\{?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}?$")
+FIELD = "xdReconfigure"                   # the request field every refusal here names
 OFFLINE_OPTIONS = {"controllers", "site_guid"}
 # /reconfigure switches and the kind of value each takes
 FIRST_BOOT_OPTIONS = {"portnumber": "port", "enable_hdx_ports": "flag", "enable_hdx_udp_ports": "flag",
                       "enable_real_time_transport": "flag", "wem_server": "fqdn", "wem_cloud_connectors": "fqdns"}
 FLAG_VALUES = {"": True, "true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-
-
-class InvalidParameter(CeError):
-    code = "invalid_parameter"
-
-
-class NotImplementedYet(CeError):
-    code = "not_implemented"
 
 
 class XdParameter(BaseModel):
@@ -53,22 +45,22 @@ def vda_supported(version: str, rules: dict) -> bool:
 
 def parse_controllers(value: str) -> list[str]:
     if re.search(r"[\x00-\x1f\x7f]", value):
-        raise InvalidParameter("xdReconfigure controllers contains a control character (newline, tab, ...); "
-                               "separate FQDNs with spaces or commas")
+        raise InvalidParams("xdReconfigure controllers contains a control character (newline, tab, ...); "
+                            "separate FQDNs with spaces or commas", FIELD)
     names = [n for n in re.split(r"[ ,]+", value) if n]
     if not names:
-        raise InvalidParameter("xdReconfigure controllers is empty; give one or more controller FQDNs")
+        raise InvalidParams("xdReconfigure controllers is empty; give one or more controller FQDNs", FIELD)
     bad = [n for n in names if not FQDN.match(n)]
     if bad:
-        raise InvalidParameter(f"xdReconfigure controllers: {', '.join(map(repr, bad))} is not a valid FQDN "
-                               f"(letters, digits and hyphens in dot-separated labels)")
+        raise InvalidParams(f"xdReconfigure controllers: {', '.join(map(repr, bad))} is not a valid FQDN "
+                            f"(letters, digits and hyphens in dot-separated labels)", FIELD)
     return names
 
 
 def parse_site_guid(value: str) -> str:
     if not GUID.match(value.strip()):
-        raise InvalidParameter(f"xdReconfigure site_guid {value!r} is not a GUID "
-                               f"(e.g. {{6c1b0e1d-3f55-4a0e-9d7b-2d4f8a41c2b7}})")
+        raise InvalidParams(f"xdReconfigure site_guid {value!r} is not a GUID "
+                            f"(e.g. {{6c1b0e1d-3f55-4a0e-9d7b-2d4f8a41c2b7}})", FIELD)
     return "{" + value.strip().strip("{}").lower() + "}"
 
 
@@ -77,10 +69,10 @@ def options(params: list[XdParameter]) -> dict[str, str]:
     for p in params:
         name = p.ParameterName.strip().lower().lstrip("/")
         if name in found:
-            raise InvalidParameter(f"xdReconfigure lists {name} twice")
+            raise InvalidParams(f"xdReconfigure lists {name} twice", FIELD)
         if name not in OFFLINE_OPTIONS | set(FIRST_BOOT_OPTIONS):
-            raise InvalidParameter(f"xdReconfigure parameter {p.ParameterName!r} is not supported; supported: "
-                                   f"{', '.join(sorted(OFFLINE_OPTIONS | set(FIRST_BOOT_OPTIONS)))}")
+            raise InvalidParams(f"xdReconfigure parameter {p.ParameterName!r} is not supported; supported: "
+                                f"{', '.join(sorted(OFFLINE_OPTIONS | set(FIRST_BOOT_OPTIONS)))}", FIELD)
         found[name] = p.ParameterValue
     return found
 
@@ -89,18 +81,18 @@ def reconfigure_arguments(name: str, value: str) -> list[str]:
     """The argv entries for one /reconfigure switch, from a strictly validated value."""
     kind, text = FIRST_BOOT_OPTIONS[name], value.strip()
     if re.search(r"[\x00-\x1f\x7f]", value):
-        raise InvalidParameter(f"xdReconfigure {name} contains a control character (newline, tab, ...)")
+        raise InvalidParams(f"xdReconfigure {name} contains a control character (newline, tab, ...)", FIELD)
     if kind == "port":
         if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
-            raise InvalidParameter(f"xdReconfigure portnumber {value!r} is not a TCP port (1-65535)")
+            raise InvalidParams(f"xdReconfigure portnumber {value!r} is not a TCP port (1-65535)", FIELD)
         return [f"/{name}", str(int(text))]
     if kind == "flag":
         if text.lower() not in FLAG_VALUES:
-            raise InvalidParameter(f"xdReconfigure {name} takes no value or true/false, not {value!r}")
+            raise InvalidParams(f"xdReconfigure {name} takes no value or true/false, not {value!r}", FIELD)
         return [f"/{name}"] if FLAG_VALUES[text.lower()] else []
     names = parse_controllers(value)
     if kind == "fqdn" and len(names) != 1:
-        raise InvalidParameter(f"xdReconfigure {name} takes one FQDN, not {value!r}")
+        raise InvalidParams(f"xdReconfigure {name} takes one FQDN, not {value!r}", FIELD)
     return [f"/{name}", ",".join(names)]
 
 

@@ -1,0 +1,135 @@
+"""The facts ce reads from a Windows disk, as the report ``inspect`` returns and the facts ``prepare`` plans on;
+``InspectReport.describe()`` writes them for people."""
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from ce.firstboot import FirstBootStatus
+from ce.plan import StepWarning
+from ce.sizes import human_size
+
+
+class DiskFacts(BaseModel):
+    path: str
+    format: str                          # raw | qcow2 | vhd | vhdx | vmdk
+    subformat: str | None = None
+    virtual_size: int
+    actual_size: int | None = None
+    partition_table: str
+    firmware: str
+    filesystems: list[dict]
+
+
+class OsFacts(BaseModel):
+    product_name: str
+    product: str
+    edition: str
+    build: int
+    ubr: int
+    version: str
+    release: str
+    arch: str
+    installation_type: str
+    hostname: str
+    computer_name: str
+    current_control_set: str
+    systemroot: str
+    root_device: str
+
+
+class DomainFacts(BaseModel):
+    joined: bool
+    netbios: str
+    dns: str
+    pending_unjoin: str = ""             # the domain a staged first-boot unjoin will leave
+
+
+class VdaFacts(BaseModel):
+    installed: bool
+    version: str = ""
+    release: str = ""
+    ltsr: bool = False
+    list_of_ddcs: list[str] = []
+    policy_list_of_ddcs: list[str] = []
+    farm_guid: str = ""
+    controllers: list[str] = []
+    controller_source: str = "none"      # policy | registry | ad_site_guid | none
+
+
+class Detected(BaseModel):
+    name: str
+    display_name: str = ""
+    version: str = ""
+    evidence: list[str]
+
+
+class StateFacts(BaseModel):
+    hibernated: bool
+    unclean: bool
+    bitlocker: bool
+    dirty_hives: list[str]
+
+
+class InspectReport(BaseModel):
+    disk: DiskFacts
+    firmware: str
+    partition_table: str
+    os: OsFacts
+    domain: DomainFacts
+    vda: VdaFacts
+    components: dict[str, Detected | None]
+    tools: list[Detected]
+    state: StateFacts
+    first_boot: FirstBootStatus | None = None   # actions ce staged and what the runner recorded
+    warnings: list[StepWarning]
+
+    def describe(self) -> list[str]:
+        """The report as aligned "Label  value" rows (its warnings are the step's, listed after them)."""
+        r = self
+        rows = [
+            ("Disk", f"{r.disk.path} ({r.disk.format}{'/' + r.disk.subformat if r.disk.subformat else ''}, "
+                     f"{human_size(r.disk.virtual_size)} virtual)"),
+            ("Partitions", f"{r.partition_table.upper()}, firmware {r.firmware.upper()}"),
+            ("Filesystems", ", ".join(describe_filesystem(fs) for fs in r.disk.filesystems)),
+            ("Windows", f"{r.os.product} — {r.os.product_name} ({r.os.edition}, {r.os.installation_type})"),
+            ("Version", f"{r.os.version}" + (f" ({r.os.release})" if r.os.release else "") + f", {r.os.arch}"),
+            ("Hostname", f"{r.os.hostname} (NetBIOS {r.os.computer_name or '?'})"),
+            ("Domain", f"{r.domain.dns or r.domain.netbios} ({r.domain.netbios})" if r.domain.joined
+                       else f"not joined (workgroup {r.domain.netbios or '?'})"),
+            ("Control set", f"{r.os.current_control_set} (root {r.os.root_device})"),
+        ]
+        if r.vda.installed:
+            rows += [("Citrix VDA", f"{r.vda.version} (release {r.vda.release}{', LTSR' if r.vda.ltsr else ', CR'})"),
+                     ("Controllers", f"{' '.join(r.vda.controllers) or '-'} (from {r.vda.controller_source})")]
+            if r.vda.farm_guid:
+                rows.append(("FarmGUID", r.vda.farm_guid))
+        else:
+            rows.append(("Citrix VDA", "not installed"))
+        for name, label in (("pvs", "PVS target"), ("mcsio", "MCS IO"), ("misa", "Machine Identity")):
+            found = r.components.get(name)
+            rows.append((label, f"yes {found.version}".rstrip() if found else "no"))
+        rows.append(("Hypervisor tools", ", ".join(f"{t.name} {t.version}".rstrip() for t in r.tools) or "none"))
+        if r.domain.pending_unjoin:
+            rows.append(("Pending", f"domain unjoin from {r.domain.pending_unjoin} at first boot"))
+        if r.first_boot:
+            fb = r.first_boot
+            rows.append(("First boot", ("armed" if fb.armed else "disarmed") + f", {fb.boots} boot(s): " + ", ".join(
+                f"{a['name']} {a['status']}" + (f" ({a['attempts']}/{a['retries']})" if a["attempts"] else "")
+                for a in fb.staged)))
+        flags = [f for f, on in (("hibernated", r.state.hibernated), ("unclean", r.state.unclean),
+                                 ("BitLocker", r.state.bitlocker)) if on]
+        flags += [f"dirty hive {h}" for h in r.state.dirty_hives]
+        rows.append(("State", ", ".join(flags) or "clean"))
+        width = max(len(k) for k, _ in rows)
+        return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def describe_filesystem(fs: dict) -> str:
+    text = f"{fs['device']} {fs['type']}"
+    if fs.get("label"):
+        text += f" '{fs['label']}'"
+    if fs.get("role") and fs["role"] != "basic-data":
+        text += f" [{fs['role']}]"
+    if fs.get("ntfs_state") not in (None, "clean"):
+        text += f" ({fs['ntfs_state']})"
+    return text
