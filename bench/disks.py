@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from ce import disks, hashing  # noqa: E402
 from ce.smb import Credentials, SmbShare  # noqa: E402
-from ce.step import StepContext, load_all  # noqa: E402
+from ce.step import StepContext, execute, step_types  # noqa: E402
 from tests.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
 
 MiB = 1 << 20
@@ -116,7 +116,7 @@ def bench_export(sources: dict[str, Path], work: Path, repeat: int, rows: list) 
     auth = work / "smb-auth"
     auth.write_text(f"username = {USER}\npassword = {PASSWORD}\n")
     auth.chmod(0o600)
-    export = load_all()["export"]
+    export = step_types()["export"]
     with SambaServer(work / "samba") as server:
         share = server.share_dir("share")
         location = {"Location": server.unc("share"), "port": server.port,
@@ -148,8 +148,8 @@ def bench_export(sources: dict[str, Path], work: Path, repeat: int, rows: list) 
                                                           "-c", f"put {local} put.vhdx"],
                                          check=True, capture_output=True)
             medians = interleaved(repeat, {
-                "export": (lambda: export.run(params, StepContext()), remove(share / "bench.vhdx")),
-                "qcow2": (lambda: export.run(from_qcow2, StepContext()), remove(share / "bench-qcow2.vhdx")),
+                "export": (lambda: execute(export, params, StepContext()), remove(share / "bench.vhdx")),
+                "qcow2": (lambda: execute(export, from_qcow2, StepContext()), remove(share / "bench-qcow2.vhdx")),
                 "upload": (upload, remove(share / "upload.vhdx")),
                 "signed": (put("--client-protection=sign"), remove(share / "put.vhdx")),
                 "default": (put(), remove(share / "put.vhdx")),

@@ -41,6 +41,9 @@ class FirstBootAction(BaseModel):
     timeout: int                  # seconds the runner waits before it kills the action
     reason: str = ""
 
+    def describe(self) -> str:
+        return f"stage  first-boot action {self.name} (retries {self.retries}{', required' if self.required else ''})"
+
 
 def folder(systemroot: str) -> str:
     """Windows path of the staging folder for a root whose systemroot is a guest path like ``/Windows``."""

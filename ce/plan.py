@@ -1,123 +1,30 @@
-"""The one contract every step follows: ``plan()`` reads and returns typed changes; ``apply()`` performs exactly
-those and reports what happened.
+"""Guest steps' planning and applying: ``Planner`` collects the changes a step wants (reading current values from
+downloaded hives, so a plan applied twice is a no-op the second time); ``apply()`` performs exactly those and
+returns the step's ``Result``.
 
-A dry run is the plan alone; the result report is the plan plus the outcome of each change, so the connector sees
-the same document either way ("which values did you change, from what, to what"). Crash safety lives here once:
-registry changes go through ``registry.commit_hive`` (verified, backed up, swapped by a rename) one hive at a time,
-files are staged next to their target and renamed over it. Files go first: a registry value may point at a file
-(a boot driver, the first-boot runner), and a value pointing at a missing file is the one order that can leave an
-image unbootable.
+Crash safety lives here once: registry changes go through ``registry.commit_hive`` (verified, backed up, swapped by
+a rename) one hive at a time, files are staged next to their target and renamed over it (``FileWrite.apply``).
+Files go first: a registry value may point at a file (a boot driver, the first-boot runner), and a value pointing
+at a missing file is the one order that can leave an image unbootable. The change kinds themselves (what each
+checks, performs and says) are in ``ce.changes``; the disk steps plan with those kinds too, without a Planner.
 """
 from __future__ import annotations
 
-import posixpath
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from . import firstboot, ntfs, registry, staging
-from .errors import CeError
+from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, Plan, RegistryDeleteKey, RegistryDeleteValue, \
+    RegistrySet, Result, StepWarning
+from .changes.guest import json_of, type_from_name  # noqa: F401  (type_from_name: for callers of ce.plan)
+from .errors import CeError, PlanConflict, RegistryHiveUnknown
 from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot
 from .registry import Hive, RegType, RegValue
 
 HIVES = ("SYSTEM", "SOFTWARE", "SECURITY", "SAM", "DEFAULT")
-STAGED_SUFFIX = ".ce-new"
-
-
-class ImageChangedSincePlan(CeError):
-    code = "image_changed_since_plan"
-
-
-class StepWarning(BaseModel):
-    code: str
-    message: str
-
-
-class RegistrySet(BaseModel):
-    kind: Literal["registry_set"] = "registry_set"
-    hive: str
-    key: str                              # inside the hive, control set resolved: ControlSet002\Services\...
-    name: str                             # "" = the key's default value
-    type: str                             # REG_SZ, REG_DWORD, ...
-    old: dict | None = None               # {"type": ..., "value": ...} before, None if absent
-    new: Any                              # JSON form of the new data (bytes as hex)
-    reason: str = ""
-
-
-class RegistryDeleteValue(BaseModel):
-    kind: Literal["registry_delete_value"] = "registry_delete_value"
-    hive: str
-    key: str
-    name: str
-    old: dict
-    reason: str = ""
-
-
-class RegistryDeleteKey(BaseModel):
-    kind: Literal["registry_delete_key"] = "registry_delete_key"
-    hive: str
-    key: str
-    reason: str = ""
-
-
-class FileWrite(BaseModel):
-    kind: Literal["file_write"] = "file_write"
-    path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd
-    sha256: str
-    size: int
-    old_sha256: str | None = None         # None: the file does not exist yet
-    source: str = Field("", exclude=True)  # local file holding the content (never part of a report)
-    reason: str = ""
-
-
-REGISTRY_CHANGES = (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)
-Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction],
-                   Field(discriminator="kind")]
-
-
-class Plan(BaseModel):
-    step: str
-    changes: list[Change] = []
-    warnings: list[StepWarning] = []
-
-
-class ChangeOutcome(BaseModel):
-    change: Change
-    status: Literal["applied", "failed", "not_attempted"]
-
-
-class ApplyResult(BaseModel):
-    step: str
-    outcomes: list[ChangeOutcome]
-    warnings: list[StepWarning]
-    commits: list[dict]                   # registry.CommitResult per hive: sha256 before/after, backup path
-    error: dict | None = None             # {"code", "message"} when a change failed; later ones not attempted
-
-
-# ---------------------------------------------------------------- values
-
-def type_from_name(name: str) -> RegType:
-    try:
-        return RegType.DWORD_BE if name == "REG_DWORD_BIG_ENDIAN" else RegType[name.removeprefix("REG_")]
-    except KeyError:
-        raise CeError(f"unknown registry type {name!r}", code="registry_type_unknown") from None
-
-
-TYPED_IN_JSON = {RegType.SZ, RegType.EXPAND_SZ, RegType.LINK, RegType.MULTI_SZ, RegType.DWORD, RegType.DWORD_BE,
-                 RegType.QWORD}
-
-
-def data_from_json(rtype: RegType, value: Any) -> Any:
-    """Inverse of RegValue.to_json()'s "value": binary-like types travel as hex."""
-    return value if rtype in TYPED_IN_JSON else bytes.fromhex(value)
-
-
-def json_of(value: RegValue | None) -> dict | None:
-    return None if value is None else value.to_json()
 
 
 # ---------------------------------------------------------------- planning
@@ -138,10 +45,10 @@ class Planner:
 
     def hive(self, name: str) -> Hive:
         if name not in HIVES:
-            raise CeError(f"unknown hive {name!r}; known: {', '.join(HIVES)}", code="registry_hive_unknown")
+            raise RegistryHiveUnknown(f"unknown hive {name!r}; known: {', '.join(HIVES)}")
         if name not in self._hives:
             path = hive_path(self.guest, self.root, name)
-            local = registry.download_hive(self.guest.g, path, self.workdir)
+            local = registry.download_hive(self.guest, path, self.workdir)
             self._hives[name] = Hive.open(local, label=f"{self.root.device}:{path}")
         return self._hives[name]
 
@@ -157,8 +64,7 @@ class Planner:
             if isinstance(c, RegistrySet) and (c.hive, c.key.lower(), c.name.lower()) == (hive, key.lower(),
                                                                                           name.lower()):
                 if (c.type, c.new) != (new["type"], new["value"]):
-                    raise CeError(f"{hive}\\{key}\\{name} is planned as {c.new!r} and as {new['value']!r}",
-                                  code="plan_conflict")
+                    raise PlanConflict(f"{hive}\\{key}\\{name} is planned as {c.new!r} and as {new['value']!r}")
                 return
         old = self.hive(hive).get(key, name)
         if old is not None and old.type == rtype and old.data == data:
@@ -181,10 +87,10 @@ class Planner:
         planned = [c for c in self.plan.changes if isinstance(c, FileWrite) and c.path.lower() == path.lower()]
         if planned:
             if planned[0].sha256 != digest:
-                raise CeError(f"{path} is planned twice with different contents", code="plan_conflict")
+                raise PlanConflict(f"{path} is planned twice with different contents")
             return
         guest_path = self.guest.win_path(path)
-        old = self.guest.g.checksum("sha256", guest_path) if self.guest.g.is_file(guest_path) else None
+        old = self.guest.checksum(guest_path) if self.guest.is_file(guest_path) else None
         if old != digest:
             self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
                                                source=str(source), reason=reason))
@@ -226,7 +132,7 @@ class Planner:
         """ntfs-3g gives the replacing hive "Everyone: full control" and libguestfs cannot copy the original
         descriptor (registry.commit_hive); a first-boot action puts the original back before anyone logs on."""
         path = hive_path(self.guest, self.root, hive)
-        descriptor = self.guest.g.lgetxattr(path, registry.NTFS_ACL_XATTR)
+        descriptor = self.guest.xattr(path, registry.NTFS_ACL_XATTR)
         if ntfs.grants_everyone_full_control(descriptor):
             return
         self.first_boot(f"restore-acl-{hive.lower()}", "restore-file-acl.ps1",
@@ -241,7 +147,7 @@ class Planner:
 
 # ---------------------------------------------------------------- applying
 
-def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = None) -> ApplyResult:
+def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = None) -> Result:
     """Perform exactly ``plan``'s changes on the read-write mounted Windows root. Each change is checked against
     the value the plan saw; if the image changed in between, nothing of that hive is written."""
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -252,7 +158,7 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
             for change in plan.changes:
                 if isinstance(change, FileWrite):
                     status[id(change)] = "failed"
-                    apply_file(guest, change)
+                    change.apply(guest)
                     status[id(change)] = "applied"
             for hive_name, changes in registry_changes_by_hive(plan).items():
                 result = apply_hive(guest, root, hive_name, changes, Path(tmp), stamp, status)
@@ -267,8 +173,8 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
         error = {"code": "guest_error", "message": f"libguestfs: {exc}"}
     finally:
         guest.sync()
-    return ApplyResult(step=plan.step, warnings=warnings, commits=commits, error=error,
-                       outcomes=[ChangeOutcome(change=c, status=status[id(c)]) for c in plan.changes])
+    return Result(step=plan.step, warnings=warnings, facts={"commits": commits}, error=error,
+                  outcomes=[ChangeOutcome(change=c, status=status[id(c)]) for c in plan.changes])
 
 
 def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
@@ -282,54 +188,15 @@ def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
 def apply_hive(guest: Guest, root: WindowsRoot, hive_name: str, changes: list, tmp: Path, stamp: str,
                status: dict) -> registry.CommitResult:
     path = hive_path(guest, root, hive_name)
-    registry.cleanup_stale(guest.g, path)
-    local = registry.download_hive(guest.g, path, tmp)
+    registry.cleanup_stale(guest, path)
+    local = registry.download_hive(guest, path, tmp)
     with Hive.open(local, write=True, label=f"{root.device}:{path}") as hive:
         for change in changes:
-            require_unchanged(hive, change, path)
-            perform(hive, change)
+            change.check(hive, path)
+            change.perform(hive)
         for change in changes:
             status[id(change)] = "failed"
-        result = registry.commit_hive(guest.g, path, hive, backup_stamp=stamp)
+        result = registry.commit_hive(guest, path, hive, backup_stamp=stamp)
     for change in changes:
         status[id(change)] = "applied"
     return result
-
-
-def require_unchanged(hive: Hive, change, path: str) -> None:
-    if isinstance(change, RegistryDeleteKey):
-        return
-    current = json_of(hive.get(change.key, change.name))
-    if current != change.old:
-        raise ImageChangedSincePlan(f"{path}: {change.key}\\{change.name} is {current} now but was {change.old} "
-                                    f"when planned; nothing in this hive was written, plan again")
-
-
-def perform(hive: Hive, change) -> None:
-    if isinstance(change, RegistrySet):
-        rtype = type_from_name(change.type)
-        hive.set(change.key, change.name, rtype, data_from_json(rtype, change.new))
-    elif isinstance(change, RegistryDeleteValue):
-        hive.delete_value(change.key, change.name)
-    else:
-        hive.delete_key(change.key)
-
-
-def apply_file(guest: Guest, change: FileWrite) -> None:
-    """Upload next to the target, check the bytes, then rename over it: never a half-written file at the name."""
-    g = guest.g
-    target = guest.win_path(change.path)
-    current = g.checksum("sha256", target) if g.is_file(target) else None
-    if current != change.old_sha256:
-        raise ImageChangedSincePlan(f"{change.path} changed since it was planned; plan again")
-    staged = target + STAGED_SUFFIX
-    g.mkdir_p(posixpath.dirname(target))
-    try:
-        g.upload(change.source, staged)
-        if g.checksum("sha256", staged) != change.sha256:
-            raise CeError(f"{change.path}: the uploaded copy does not match its source", code="file_write_failed")
-        g.sync()
-        g.mv(staged, target)
-    finally:
-        if g.exists(staged):
-            g.rm(staged)

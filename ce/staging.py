@@ -17,16 +17,14 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from . import disks
-from .errors import Canceled, CeError, ScratchSpaceShort, TimedOut
+from .errors import CeError, ScratchSpaceShort
+from .sizes import mib
 
-if TYPE_CHECKING:
-    from .step import StepContext
 
 SCRATCH_ENV = "CE_SCRATCH"
 SCRATCH_MARGIN = 64 << 20            # headroom for qemu-img metadata and the file system itself
@@ -49,8 +47,8 @@ def require_scratch(needed: int, what: str) -> dict:
         raise ScratchSpaceShort(f"the scratch directory {base} does not exist: create it or unset {SCRATCH_ENV}")
     free = scratch_free(base)
     if free < needed + SCRATCH_MARGIN:
-        raise ScratchSpaceShort(f"{what} needs {_mib(needed + SCRATCH_MARGIN)} of local scratch space but {base} has "
-                                f"{_mib(free)} free; set {SCRATCH_ENV} to a directory on a larger disk")
+        raise ScratchSpaceShort(f"{what} needs {mib(needed + SCRATCH_MARGIN)} of local scratch space but {base} has "
+                                f"{mib(free)} free; set {SCRATCH_ENV} to a directory on a larger disk")
     return {"directory": base, "free": free, "needed": needed}
 
 
@@ -107,44 +105,3 @@ def output_estimate(source: disks.DiskInfo, fmt: str, subformat: str | None) -> 
         return source.virtual_size
 
 
-class Stopper:
-    """The ``cancel`` callable handed to long operations: true once the step is canceled or its time is up."""
-
-    def __init__(self, ctx: StepContext, timeout: float | None, name: str):
-        self.ctx = ctx
-        self.name = name
-        self.timeout = timeout
-        self.deadline = time.monotonic() + timeout if timeout else None
-
-    def __call__(self) -> bool:
-        return self.ctx.canceled() or self.expired
-
-    @property
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline
-
-    @contextmanager
-    def translating(self) -> Iterator[None]:
-        """A mechanism's Canceled (raised because this stopper said stop) becomes TimedOut when the step's time ran
-        out rather than a cancel, message kept; a TimedOut passes through."""
-        try:
-            yield
-        except TimedOut:
-            raise
-        except Canceled as exc:
-            if self.expired and not self.ctx.canceled():
-                raise TimedOut(f"the {self.name} step ran out of its {self.timeout:g} s timeout: "
-                               f"{exc.message}") from None
-            raise Canceled(exc.message) from None
-
-
-def progress_band(ctx: StepContext, start: float, end: float, message: str):
-    """A (done, total) callback that maps onto ``start..end`` percent of the step."""
-    def report(done: float, total: float = 100.0) -> None:
-        fraction = done / total if total else 1.0
-        ctx.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
-    return report
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):,.0f} MiB"

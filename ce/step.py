@@ -1,88 +1,97 @@
-"""Step types and the context a running step reports through.
+"""Step types, the one driver that runs them, and the context a running step reports through.
 
-A step module in ``steps/`` registers itself at import time::
+A step type (a module in ``steps/``, listed in ``steps.STEPS``) declares its ``Params`` (a ``StepParams`` model),
+``plan(params, ctx) -> Plan`` (reads only) and ``apply(params, plan, ctx) -> Result`` (performs exactly the plan).
+``execute()`` is the only caller of either: it gives the step its deadline and cancel (``ctx.stop``), keeps what a
+plan opens for its apply (``ctx.held``: a guest step's one libguestfs launch), returns the plan for a dry run,
+times the run, reports 100 %, and turns a result with an error into ``StepFailed`` (which still carries the exact
+result). The CLI, job files and the server all go through it, so every step returns one Plan / Result shape
+(``ce.changes``) everywhere.
 
-    STEP = register(StepType(name="export", summary="...", Params=Params, run=run, disk_params=("disk",)))
+A ``sequence`` is a step made of steps: the parts run in order, each planned right before it is applied (a later
+part's plan reads what an earlier part wrote), under one deadline, one cancel and one progress scale; the result
+holds each part's result, and a part that fails leaves the earlier parts' results in the error's result.
 
-``run(params, ctx) -> dict`` returns the result document (JSON-able). It reports progress, warnings and log lines
-through ``ctx`` and honours ``ctx.canceled()`` between blocks of work; the server also stops a canceled step by
-killing its process group, so a step must never leave a half-written file under its final name.
-
-The CLI and the server both find steps through ``load_all()``, so adding a step never means editing either.
+The step types come from the ``ce.steps`` entry point (``steps:STEPS``, an explicit tuple) and, for the server, from
+modules named in its configuration (each with its own ``STEPS``): nothing registers itself on import.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-import pkgutil
 import threading
+import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import Canceled, CeError, InvalidParams, StepFailed
+from .changes import Plan, Result
+from .errors import Canceled, CeError, InvalidParams, StepFailed, TimedOut
+
+ENTRY_POINT_GROUP = "ce.steps"
+MAX_TIMEOUT = 7 * 86400
 
 StepCanceled = Canceled          # the one cancel lives in ce.errors
 
-REGISTRY: dict[str, "StepType"] = {}
+
+class StepParams(BaseModel):
+    """What every step's params share: one set of bounds, unknown fields refused, inputs kept out of errors (a
+    password in a rejected value must not come back in the message)."""
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    timeout: int = Field(7200, ge=10, le=MAX_TIMEOUT, description="seconds for the whole step")
+    dryRun: bool = Field(False, description="plan only: return what the step would do, change nothing")
 
 
-@dataclass(frozen=True)
-class StepType:
-    name: str
-    summary: str
-    Params: type[BaseModel]
-    run: Callable[[BaseModel, "StepContext"], dict]
-    disk_params: tuple[str, ...] = ()        # params naming attached disks; the server locks each one
-    validate: Callable[[BaseModel], None] | None = None   # refusals that need no disk, before any work
+# ---------------------------------------------------------------- context
 
-    def parse(self, params: dict) -> BaseModel:
-        """Validate raw params; the first problem becomes one line naming the field."""
+class Stopper:
+    """``ctx.stop``: the ``cancel`` callable handed to long operations, true once the step is canceled or its
+    time is up."""
+
+    def __init__(self, ctx: "StepContext", timeout: float | None, name: str):
+        self.ctx, self.name, self.timeout = ctx, name, timeout
+        self.deadline = time.monotonic() + timeout if timeout else None
+
+    def __call__(self) -> bool:
+        return self.ctx.canceled() or self.expired
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    @contextlib.contextmanager
+    def translating(self) -> Iterator[None]:
+        """A mechanism's Canceled becomes the step's: TimedOut when the deadline passed, the message kept."""
         try:
-            parsed = self.Params.model_validate(params)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "params"
-            more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-            raise InvalidParams(f"params.{where}: {first['msg']}{more}", field=where) from None
-        if self.validate:
-            self.validate(parsed)
-        return parsed
-
-    def disks(self, params: BaseModel) -> list[str]:
-        return [v for v in (getattr(params, name, None) for name in self.disk_params) if v]
-
-
-def register(step: StepType) -> StepType:
-    REGISTRY[step.name] = step
-    return step
-
-
-def load_all() -> dict[str, StepType]:
-    """Import every module under ``steps`` (each registers itself) and return the registry."""
-    import steps
-    for mod in pkgutil.walk_packages(steps.__path__, prefix="steps."):
-        importlib.import_module(mod.name)
-    return dict(sorted(REGISTRY.items()))
-
-
-def get(name: str) -> StepType:
-    types = load_all()
-    if name not in types:
-        raise InvalidParams(f"unknown step type {name!r}; known: {', '.join(types)}", field="type")
-    return types[name]
+            yield
+        except TimedOut:
+            raise
+        except Canceled as exc:
+            if self.expired and not self.ctx.canceled():
+                raise TimedOut(f"the {self.name} step ran out of its {self.timeout:g} s timeout: "
+                               f"{exc.message}") from None
+            raise
 
 
 @dataclass
 class StepContext:
-    """What a running step may touch besides its params. Subclassed by the CLI (progress bar) and the server."""
+    """What a running step may touch besides its params. Subclassed by the CLI (progress on stderr) and the server
+    (events to the service)."""
     step_id: str = "local"
     workdir: Path | None = None
     warnings: list[dict] = field(default_factory=list)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ce.step"))
+    stop: Stopper | None = None
+    held: contextlib.ExitStack | None = None   # what a plan opens for its apply, closed after the apply
+    session: Any = None                         # what a plan hands its apply (a guest step's WindowsSession)
 
     def progress(self, percent: float, message: str = "") -> None:
         """percent in 0..100; message is a short present-tense phrase ("converting to vhdx")."""
@@ -96,4 +105,168 @@ class StepContext:
 
     def check_canceled(self) -> None:
         if self.canceled():
-            raise StepCanceled("the step was canceled")
+            raise Canceled("the step was canceled")
+
+    def band(self, start: float, end: float, message: str) -> Callable[..., None]:
+        """A (done, total) callback that maps onto ``start..end`` percent of the step."""
+        def report(done: float, total: float = 100.0) -> None:
+            fraction = done / total if total else 1.0
+            self.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+        return report
+
+
+class PartContext(StepContext):
+    """A sequence part's view of the step's context: its progress is scaled into the part's band; cancel,
+    deadline, warnings and log are the step's own."""
+
+    def __init__(self, parent: StepContext, start: float, end: float):
+        super().__init__(step_id=parent.step_id, workdir=parent.workdir, warnings=parent.warnings,
+                         cancel_event=parent.cancel_event, log=parent.log, stop=parent.stop)
+        self.parent, self.start, self.end = parent, start, end
+
+    def progress(self, percent: float, message: str = "") -> None:
+        self.parent.progress(self.start + (self.end - self.start) * min(max(percent, 0.0), 100.0) / 100, message)
+
+    def warn(self, code: str, message: str) -> None:
+        self.parent.warn(code, message)
+
+
+# ---------------------------------------------------------------- step types
+
+@dataclass(frozen=True)
+class CliSpec:
+    """How a step appears on the command line: ``ce COMMAND ...``; ``params(args)`` maps the arguments onto the
+    step's params (the CLI adds --json, --dry-run and --timeout itself)."""
+    command: str
+    help: str
+    arguments: Callable[[Any], None]
+    params: Callable[[Any], dict]
+    smb: bool = True                      # the command takes SMB account options
+
+
+@dataclass(frozen=True)
+class StepType:
+    name: str
+    summary: str
+    Params: type[StepParams]
+    plan: Callable[[Any, StepContext], Plan]
+    apply: Callable[[Any, Plan | None, StepContext], Result]
+    disk_params: tuple[str, ...] = ()        # params naming attached disks; the server locks each one
+    validate: Callable[[Any], None] | None = None   # refusals that need no disk, before any work
+    describe: Callable[[Plan | Result], list[str]] | None = None   # lines for people beyond the changes
+    cli: CliSpec | None = None
+    plan_ahead: bool = True                  # False: apply() plans as it goes (a sequence); plan() is the dry run
+
+    def parse(self, params: dict) -> Any:
+        """Validate raw params; the first problem becomes one line naming the field."""
+        try:
+            parsed = self.Params.model_validate(params)
+        except ValidationError as exc:
+            raise InvalidParams(*first_problem(exc)) from None
+        if self.validate:
+            self.validate(parsed)
+        return parsed
+
+    def disks(self, params: BaseModel) -> list[str]:
+        return [v for v in (getattr(params, name, None) for name in self.disk_params) if v]
+
+
+def first_problem(exc: ValidationError, prefix: str = "params") -> tuple[str, str]:
+    """(message, field) of a pydantic error: the first problem, named by its field, and how many more."""
+    errors = exc.errors()
+    where = ".".join(str(p) for p in errors[0]["loc"])
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{prefix}{'.' + where if where else ''}: {errors[0]['msg']}{more}", where or None
+
+
+def execute(kind: StepType, params: Any, ctx: StepContext) -> Plan | Result:
+    """The one driver: dry run or plan → apply, under the step's deadline and cancel, timed."""
+    started = time.monotonic()
+    ctx.stop = ctx.stop or Stopper(ctx, params.timeout, kind.name)
+    with ctx.stop.translating(), contextlib.ExitStack() as held:
+        ctx.held = held
+        if params.dryRun:
+            return kind.plan(params, ctx)
+        plan = kind.plan(params, ctx) if kind.plan_ahead else None
+        result = kind.apply(params, plan, ctx)
+    result.seconds = round(time.monotonic() - started, 3)
+    ctx.progress(100, "done")
+    if result.error:
+        raise StepFailed(result.error["code"], result.error["message"], result.model_dump(mode="json"))
+    return result
+
+
+# ---------------------------------------------------------------- sequences
+
+@dataclass(frozen=True)
+class Part:
+    """One step of a sequence: ``params(sequence_params, earlier_results)`` gives its raw params (dryRun and
+    timeout are set by the sequence); ``weight`` is its share of the progress scale."""
+    kind: StepType
+    params: Callable[[Any, dict[str, Result]], dict]
+    weight: float = 1.0
+
+
+def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Part, ...], **fields) -> StepType:
+    """A step that runs ``parts`` in order with one result holding each part's."""
+    total = sum(p.weight for p in parts)
+    bands, start = [], 0.0
+    for part in parts:
+        bands.append((start, start + 100 * part.weight / total))
+        start = bands[-1][1]
+
+    def run_parts(params, ctx: StepContext, dry: bool) -> tuple[list, dict | None]:
+        done: dict[str, Result] = {}
+        documents, error = [], None
+        for part, (low, high) in zip(parts, bands):
+            sub = PartContext(ctx, low, high)
+            try:
+                raw = {**part.params(params, done), "dryRun": dry,
+                       "timeout": max(int(ctx.stop.remaining() or params.timeout), 10)}
+                part_params = part.kind.parse(raw)
+                with contextlib.ExitStack() as held:
+                    sub.held = held
+                    plan = part.kind.plan(part_params, sub)
+                    document = plan if dry else part.kind.apply(part_params, plan, sub)
+            except CeError as exc:
+                if dry or isinstance(exc, Canceled):
+                    raise
+                document = Result(step=part.kind.name, error=exc.to_dict())
+                if isinstance(exc, StepFailed):
+                    document = Result.model_validate(exc.result)
+            documents.append(document)
+            if not dry:
+                done[part.kind.name] = document
+                if document.error:
+                    error = document.error
+                    break
+        return documents, error
+
+    def plan(params, ctx: StepContext) -> Plan:
+        documents, _ = run_parts(params, ctx, dry=True)
+        return Plan(step=name, parts=documents)
+
+    def apply(params, _plan, ctx: StepContext) -> Result:
+        documents, error = run_parts(params, ctx, dry=False)
+        return Result(step=name, parts=documents, error=error)
+
+    return StepType(name=name, summary=summary, Params=Params, plan=plan, apply=apply, plan_ahead=False, **fields)
+
+
+# ---------------------------------------------------------------- the registry
+
+def step_types(extra_modules: tuple[str, ...] = ()) -> dict[str, StepType]:
+    """The product's step types (entry point ``ce.steps``), then each extra module's ``STEPS``, by name."""
+    found: list[StepType] = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.extend(entry.load())
+    for module in extra_modules:
+        found.extend(importlib.import_module(module).STEPS)
+    return {kind.name: kind for kind in sorted(found, key=lambda k: k.name)}
+
+
+def get(name: str, types: dict[str, StepType] | None = None) -> StepType:
+    types = step_types() if types is None else types
+    if name not in types:
+        raise InvalidParams(f"unknown step type {name!r}; known: {', '.join(types)}", field="type")
+    return types[name]

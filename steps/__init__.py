@@ -1,1 +1,8 @@
-"""One operation per module; each exposes a params model, plan() and apply()."""
+"""The operations: one module per step type, each with its params model, plan() and apply().
+
+``STEPS`` is the registry, explicit: the CLI and the server find the product's step types through the ``ce.steps``
+entry point (pyproject.toml), which names this tuple. Importing a step module registers nothing.
+"""
+from . import convert, export, hash, inspect, prepare, publish, reverse_image
+
+STEPS = (inspect.STEP, prepare.STEP, convert.STEP, export.STEP, publish.STEP, reverse_image.STEP, hash.STEP)

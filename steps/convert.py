@@ -14,16 +14,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ce import disks, layouts, nbdexport, staging
-from ce.errors import CeError, naming_field
-from ce.smb import RemoteExists, normalize_path
-from ce.smbtarget import StorageLocation
-from ce.step import StepContext, StepType, register
+from ce import disks, nbdexport, staging
+from ce.disks import layouts
+from ce.changes import DiskRead, DiskWrite, Plan, Result
+from ce.cli.smbargs import is_smb, split_file, storage
+from ce.errors import ImageChangedSincePlan, RemoteExists, naming_field
+from ce.sizes import human_size
+from ce.smb import normalize_path
+from ce.smb.target import StorageLocation
+from ce.step import CliSpec, StepContext, StepParams, StepType
 
 NAME = "convert"
 OVERLAY_SCRATCH = 16 << 20          # a source on a share is read in place: a qcow2 overlay and a socket
@@ -31,8 +34,7 @@ EXTENSION_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vhd": "v
                      ".vmdk": "vmdk"}
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+class Params(StepParams):
     source: str | None = Field(None, description="local disk file or block device")
     inputStorageLocation: StorageLocation | None = None
     inputImageFilename: str | None = None
@@ -45,8 +47,6 @@ class Params(BaseModel):
     subformat: str | None = Field(None, description="vhd/vhdx: dynamic|fixed; vmdk: monolithicSparse|streamOptimized")
     azureFixed: bool = Field(False, description="fixed VHD, virtual size rounded up to a whole MiB")
     overwriteOutput: bool = False
-    timeout: int = Field(7200, ge=10, le=7 * 86400)
-    dryRun: bool = False
 
     @model_validator(mode="after")
     def _one_source_one_output(self):
@@ -64,7 +64,7 @@ class Params(BaseModel):
 def validate(params: Params) -> None:
     fmt = disks.qemu_format(params.outputFormat)
     with naming_field("subformat"):
-        disks._choose_subformat(fmt, params.subformat, params.azureFixed)
+        disks.choose_subformat(fmt, params.subformat, params.azureFixed)
     if params.sourceFormat:
         with naming_field("sourceFormat"):
             disks.qemu_format(params.sourceFormat)
@@ -76,10 +76,10 @@ def validate(params: Params) -> None:
 
 # ---------------------------------------------------------------- plan
 
-def plan(params: Params) -> dict:
+def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
     fmt = disks.qemu_format(params.outputFormat)
-    subformat = disks._choose_subformat(fmt, params.subformat, params.azureFixed)
+    subformat = disks.choose_subformat(fmt, params.subformat, params.azureFixed)
     if params.inputStorageLocation:
         staging.require_scratch(OVERLAY_SCRATCH, "reading the source from the share")
     source = _plan_source(params)
@@ -90,7 +90,7 @@ def plan(params: Params) -> dict:
     if params.azureFixed and size is not None:
         size = -(-size // (1 << 20)) << 20
     if upload is not None:
-        upload["method"] = "stream" if _streams(params, fmt) else "convert, then upload"
+        upload["method"] = "stream" if _streams(params, fmt) else "convert_then_upload"
     converting = upload is not None and upload["method"] != "stream"
     scratch_needed = (OVERLAY_SCRATCH if params.inputStorageLocation else 0) \
         + (_estimate(params, source, fmt, subformat) if converting else 0)
@@ -100,17 +100,29 @@ def plan(params: Params) -> dict:
         output.update(upload)
     else:
         output["path"] = params.output
-    return {"step": NAME, "dryRun": True, "source": source, "output": output, "scratch": scratch}
+    facts = {"source": source, "output": output, "scratch": scratch}
+    return Plan(step=NAME, changes=_changes(params, source, output), facts=facts)
 
 
-class RemoteChanged(CeError):
-    code = "image_changed_since_plan"
+def _changes(params: Params, source: dict, output: dict) -> list:
+    """The source read in place (a file on a share) and the output written."""
+    origin = source.get("path") or f"{source['location']}\\{source['name']}"
+    changes = [] if params.source else [DiskRead(source=origin, format=source["format"], in_place=True,
+                                                 subformat=source["subformat"], virtual_size=source["virtual_size"])]
+    remote = "location" in output
+    method = output["method"] if remote else "convert"
+    changes.append(DiskWrite(target=f"{output['location']}\\{output['name']}" if remote else output["path"],
+                             format=output["format"], subformat=output["subformat"],
+                             virtual_size=output["virtual_size"], source=origin, method=method,
+                             replaces_existing=bool(output.get("replaces_existing"))
+                             or bool(params.output and os.path.exists(params.output))))
+    return changes
 
 
 def _plan_source(params: Params) -> dict:
     if params.source:
         info = disks.info(params.source, params.sourceFormat)
-        disks._refuse_differencing(info)
+        disks.refuse_differencing(info)
         return {"path": info.path, "format": _label(info.format), "subformat": info.subformat,
                 "virtual_size": info.virtual_size, "is_block_device": info.is_block_device}
     where, name = params.inputStorageLocation, params.inputImageFilename
@@ -146,7 +158,7 @@ def _plan_upload(params: Params) -> dict:
 
 
 def _require_local_output(path: str, overwrite: bool) -> None:
-    disks._require_destination(path, overwrite)
+    disks.require_destination(path, overwrite)
 
 
 def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> int:
@@ -157,20 +169,16 @@ def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> 
 
 # ---------------------------------------------------------------- run
 
-def run(params: Params, ctx: StepContext) -> dict:
-    planned = plan(params)
-    if params.dryRun:
-        return planned
-    started = time.monotonic()
-    stop = staging.Stopper(ctx, params.timeout, NAME)
-    with stop.translating(), staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
-        source, source_fmt = _open_source(params, planned["source"], scratch, remote)
-        if planned["output"].get("method") == "stream":
-            stored = _stream(params, planned["output"], source, scratch, stop, ctx)
-            return _result(planned, planned["output"]["subformat"], planned["output"]["virtual_size"], stored.size,
-                           stored.sent, started, ctx)
-        converted, file_size, sent = _convert(params, planned["output"], source, source_fmt, scratch, stop, ctx)
-    return _result(planned, converted.subformat, converted.virtual_size, file_size, sent, started, ctx)
+def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
+    facts = planned.facts
+    with staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
+        source, source_fmt = _open_source(params, facts["source"], scratch, remote)
+        if facts["output"].get("method") == "stream":
+            stored = _stream(params, facts["output"], source, scratch, ctx)
+            return _result(planned, facts["output"]["subformat"], facts["output"]["virtual_size"], stored.size,
+                           stored.sent)
+        converted, file_size, sent = _convert(params, facts["output"], source, source_fmt, scratch, ctx)
+    return _result(planned, converted.subformat, converted.virtual_size, file_size, sent)
 
 
 def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitStack) -> tuple:
@@ -180,46 +188,41 @@ def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitSt
     where, name = params.inputStorageLocation, params.inputImageFilename
     export = remote.enter_context(nbdexport.serving(where, name, scratch))
     if export.size != facts["file_size"]:
-        raise RemoteChanged(f"{where.location}\\{name} changed on the share since the plan: run the step again")
+        raise ImageChangedSincePlan(f"{where.location}\\{name} changed on the share since the plan: run the step again")
     overlay = scratch / "source.qcow2"
     disks.create_overlay(export.uri, facts["format"], overlay, facts["virtual_size"])
     return overlay, "qcow2"
 
 
-def _stream(params: Params, out: dict, source, scratch, stop, ctx: StepContext):
+def _stream(params: Params, out: dict, source, scratch, ctx: StepContext):
     fmt = disks.qemu_format(out["format"])
     layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
     verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
                                f"{out['location']}\\{out['name']}")
     with params.outputStorageLocation.share() as share:
-        return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=stop,
-                            layout=layout, verify=verify,
-                            progress=staging.progress_band(ctx, 0, 100, "streaming into the container"))
+        return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
+                            layout=layout, verify=verify, progress=ctx.band(0, 100, "streaming into the container"))
 
 
-def _convert(params: Params, out: dict, source, source_fmt: str, scratch, stop, ctx: StepContext) -> tuple:
+def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: StepContext) -> tuple:
     """qemu-img (or a container fill) into the local output, or into scratch space and then up to the share."""
     bands = _bands(params)
     local = params.output or scratch / "output"
     converted = disks.convert(source, local, out["format"], src_fmt=source_fmt, subformat=out["subformat"],
-                              azure_fixed=params.azureFixed, overwrite=params.overwriteOutput, cancel=stop,
+                              azure_fixed=params.azureFixed, overwrite=params.overwriteOutput, cancel=ctx.stop,
                               durable=params.output is not None,      # a scratch file is not kept
-                              progress=staging.progress_band(ctx, *bands["convert"], "converting"))
+                              progress=ctx.band(*bands["convert"], "converting"))
     if not params.outputStorageLocation:
         return converted, os.path.getsize(local), None
     with params.outputStorageLocation.share() as share:
-        stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=stop,
-                              progress=staging.progress_band(ctx, *bands["upload"], "uploading"))
+        stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
+                              progress=ctx.band(*bands["upload"], "uploading"))
     return converted, stored.size, stored.sent
 
 
-def _result(planned: dict, subformat: str | None, virtual_size: int, file_size: int, sent: int | None,
-            started: float, ctx: StepContext) -> dict:
-    ctx.progress(100, "done")
-    return {**planned, "dryRun": False,
-            "output": {**planned["output"], "subformat": subformat, "virtual_size": virtual_size,
-                       "file_size": file_size},
-            "bytes_sent": sent, "seconds": round(time.monotonic() - started, 3)}
+def _result(planned: Plan, subformat: str | None, virtual_size: int, file_size: int, sent: int | None) -> Result:
+    output = {**planned.facts["output"], "subformat": subformat, "virtual_size": virtual_size, "file_size": file_size}
+    return Result.of(planned, facts={**planned.facts, "output": output, "bytes_sent": sent})
 
 
 def _bands(params: Params) -> dict:
@@ -227,5 +230,43 @@ def _bands(params: Params) -> dict:
     return {"convert": (0, upload), "upload": (upload, 100)}
 
 
-STEP = register(StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
-                         Params=Params, run=run, disk_params=("source", "output"), validate=validate))
+def describe(document: Plan | Result) -> list[str]:
+    if isinstance(document, Plan):
+        return []
+    output = document.facts["output"]
+    return [f"virtual size {human_size(output['virtual_size'])}, file {human_size(output['file_size'])}, "
+            f"{document.seconds:.1f} s"]
+
+
+# ---------------------------------------------------------------- command line
+
+def arguments(p) -> None:
+    p.add_argument("source", help=r"disk file, block device, or an SMB file \\host\share\folder\disk.vhdx")
+    p.add_argument("output", help="output file, local or on SMB")
+    p.add_argument("-O", "--format", required=True, choices=("raw", "qcow2", "vhd", "vhdx", "vmdk"))
+    p.add_argument("--subformat", help="vhd/vhdx: dynamic|fixed; vmdk: monolithicSparse|streamOptimized")
+    p.add_argument("--source-format", help="source format when probing must not decide")
+    p.add_argument("--azure-fixed", action="store_true", help="fixed VHD rounded up to a whole MiB (Azure)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def cli_params(args) -> dict:
+    params = {"outputFormat": args.format, "subformat": args.subformat, "azureFixed": args.azure_fixed,
+              "overwriteOutput": args.overwrite, "sourceFormat": args.source_format}
+    if is_smb(args.source):
+        folder, name = split_file(args.source)
+        params.update(inputStorageLocation=storage(args, folder), inputImageFilename=name)
+    else:
+        params["source"] = args.source
+    if is_smb(args.output):
+        folder, name = split_file(args.output)
+        params.update(outputStorageLocation=storage(args, folder), outputImageFilename=name)
+    else:
+        params["output"] = args.output
+    return params
+
+
+STEP = StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
+                Params=Params, plan=plan, apply=apply, disk_params=("source", "output"), validate=validate,
+                describe=describe, cli=CliSpec("convert", "convert a disk between raw, qcow2, vhd, vhdx and vmdk "
+                                                          "(local or SMB)", arguments, cli_params))

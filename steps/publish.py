@@ -1,6 +1,6 @@
 """publish: a prepared disk -> a vDisk (VHDX by default, or VHD) in a Citrix Provisioning (PVS) store on SMB.
 
-Export semantics (steps/export.py: a raw disk streamed into the container, other formats converted in scratch space
+Export semantics (ce.diskexport: a raw disk streamed into the container, other formats converted in scratch space
 first; sparse upload to ``NAME.partial``, verified rename, the twice-the-size space rule, optional hashes), with PVS
 naming and PVS's own files respected:
 
@@ -18,62 +18,55 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ce.errors import CeError
-from ce.smb import RemoteExists
-from ce.smbtarget import StorageLocation
-from ce.step import StepContext, StepType, register
-
-from . import export
+from ce import diskexport
+from ce.changes import Plan, Result
+from ce.cli.smbargs import FORMAT_NAMES, storage
+from ce.errors import InvalidParams, RemoteExists, VDiskInUse
+from ce.smb.target import StorageLocation
+from ce.step import CliSpec, StepContext, StepParams, StepType
 
 NAME = "publish"
 VDISK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _\-()]{0,99}$")
 LOCK_SUFFIX = ".lok"
+FORMATS = {"VhdxDiskFormat": ("vhdx", ".vhdx"), "VhdDiskFormat": ("vhd", ".vhd")}
 
 
-class VDiskInUse(CeError):
-    code = "vdisk_in_use"
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+class Params(StepParams):
     disk: str = Field(description="the prepared disk: disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
     outputStorageLocation: StorageLocation = Field(description="the PVS store folder on its SMB share")
     vDiskName: str = Field(min_length=1, max_length=100, description="vDisk name without extension")
     SmbDiskFormat: Literal["VhdxDiskFormat", "VhdDiskFormat"] = "VhdxDiskFormat"
     overwriteTargetFile: bool = False
     hashDisk: bool = False
-    timeout: int = Field(7200, ge=10, le=7 * 86400)
-    dryRun: bool = False
 
 
 def validate(params: Params) -> None:
     if not VDISK_NAME.match(params.vDiskName):
-        raise export.InvalidName(f"params.vDiskName {params.vDiskName!r} is not a usable vDisk name: letters, "
-                                 "digits, spaces, '-', '_' and parentheses, at most 100, no dots or path "
-                                 "separators (PVS adds the extension and version numbers itself)", field="vDiskName")
+        raise InvalidParams(f"params.vDiskName {params.vDiskName!r} is not a usable vDisk name: letters, digits, "
+                            "spaces, '-', '_' and parentheses, at most 100, no dots or path separators (PVS adds "
+                            "the extension and version numbers itself)", field="vDiskName")
 
 
-def export_params(params: Params) -> export.Params:
-    return export.Params(disk=params.disk, outputStorageLocation=params.outputStorageLocation,
-                         SmbDiskName=params.vDiskName, SmbDiskFormat=params.SmbDiskFormat,
-                         overwriteTargetFile=params.overwriteTargetFile, hashDisk=params.hashDisk,
-                         timeout=params.timeout, dryRun=params.dryRun)
+def job(params: Params) -> diskexport.Export:
+    fmt, extension = FORMATS[params.SmbDiskFormat]
+    return diskexport.Export(disk=params.disk, location=params.outputStorageLocation,
+                             name=params.vDiskName + extension, format=fmt, subformat="dynamic",
+                             overwrite=params.overwriteTargetFile, hash=params.hashDisk,
+                             overwrite_field="overwriteTargetFile", name_field="vDiskName")
 
 
-def plan(params: Params) -> dict:
+def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
-    as_export = export_params(params)
-    name = export.file_name(as_export)
+    export = job(params)
     with params.outputStorageLocation.share() as share:
-        _refuse_pvs_conflicts(share, params.vDiskName, name)
+        _refuse_pvs_conflicts(share, params.vDiskName, export.name)
         pvp = share.exists(params.vDiskName + ".pvp")
-    planned = export.plan(as_export, name, NAME)
-    planned["target"]["vDiskName"] = params.vDiskName
-    planned["target"]["pvp"] = ("kept as it is" if pvp else
-                                "none: add the vDisk in the PVS console (Stores > Add or Import Existing vDisk)")
-    return planned
+    write, facts = diskexport.plan(export)
+    facts["target"].update(vDiskName=params.vDiskName, pvp="kept as it is" if pvp else
+                           "none: add the vDisk in the PVS console (Stores > Add or Import Existing vDisk)")
+    return Plan(step=NAME, changes=[write], facts=facts)
 
 
 def _refuse_pvs_conflicts(share, vdisk: str, name: str) -> None:
@@ -90,14 +83,28 @@ def _refuse_pvs_conflicts(share, vdisk: str, name: str) -> None:
                                "vDiskName")
 
 
-def run(params: Params, ctx: StepContext) -> dict:
-    planned = plan(params)
-    if params.dryRun:
-        return planned
-    result = export.upload_disk(export_params(params), ctx, planned, NAME)
-    result["target"]["vDiskName"] = params.vDiskName
-    return result
+def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
+    return Result.of(planned, facts=diskexport.write(job(params), planned.changes[0], planned.facts, ctx))
 
 
-STEP = register(StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
-                         Params=Params, run=run, disk_params=("disk",), validate=validate))
+# ---------------------------------------------------------------- command line
+
+def arguments(p) -> None:
+    p.add_argument("disk", help="disk file or block device")
+    p.add_argument("store", help=r"the PVS store folder: \\host\share\store")
+    p.add_argument("--vdisk", required=True, help="vDisk name (no extension)")
+    p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing vDisk file")
+    p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the disk")
+
+
+def cli_params(args) -> dict:
+    return {"disk": args.disk, "outputStorageLocation": storage(args, args.store), "vDiskName": args.vdisk,
+            "SmbDiskFormat": FORMAT_NAMES[args.format], "overwriteTargetFile": args.overwrite, "hashDisk": args.hash}
+
+
+STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
+                Params=Params, plan=plan, apply=apply, disk_params=("disk",), validate=validate,
+                describe=diskexport.describe,
+                cli=CliSpec("publish", "publish a prepared disk as a vDisk in a PVS store on SMB", arguments,
+                            cli_params))

@@ -16,16 +16,19 @@ attached disk -- and the error says so.
 from __future__ import annotations
 
 import os
-import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ce import disks, hashing, nbdexport, staging
-from ce.errors import CeError, naming_field
-from ce.smb import RemoteNotFound, normalize_path
-from ce.smbtarget import StorageLocation
-from ce.step import StepContext, StepType, register
+from ce.changes import DiskRead, DiskWrite, Plan, Result
+from ce.cli.smbargs import FORMAT_NAMES, split_file, storage
+from ce.errors import DiskNotEmpty, DiskTooSmall, ImageFormatMismatch, RemoteNotFound, UnsupportedFormat, \
+    naming_field
+from ce.sizes import human_size
+from ce.smb import normalize_path
+from ce.smb.target import StorageLocation
+from ce.step import CliSpec, StepContext, StepParams, StepType
 
 NAME = "reverseImage"
 MiB = 1 << 20
@@ -34,20 +37,7 @@ EXTENSIONS = {".vhdx": "vhdx", ".vhd": "vpc"}
 OVERLAY_SCRATCH = 16 * MiB          # the overlay's qcow2 metadata and the NBD socket
 
 
-class OutputNotEmpty(CeError):
-    code = "disk_not_empty"
-
-
-class OutputTooSmall(CeError):
-    code = "disk_too_small"
-
-
-class ImageMismatch(CeError):
-    code = "image_format_mismatch"
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+class Params(StepParams):
     disk: str = Field(description="the attached output disk: block device or disk file, written from offset 0")
     inputStorageLocation: StorageLocation
     inputImageFilename: str = Field(min_length=1, description="the VHD or VHDX file in the location's folder")
@@ -57,8 +47,6 @@ class Params(BaseModel):
                                                              "(default: the virtual size rounded up to a MiB)")
     overwriteOutput: bool = False
     provisionType: Literal["Thin"] = Field("Thin", description="the service always sends Thin")
-    timeout: int = Field(7200, ge=10, le=7 * 86400)
-    dryRun: bool = False
 
 
 def expected_format(params: Params) -> str:
@@ -67,7 +55,7 @@ def expected_format(params: Params) -> str:
     if params.inputImageFormat:
         return FORMATS[params.inputImageFormat]
     if by_extension is None:
-        raise ImageMismatch(f"params.inputImageFilename {name!r} does not end with .vhdx or .vhd: give "
+        raise ImageFormatMismatch(f"params.inputImageFilename {name!r} does not end with .vhdx or .vhd: give "
                             "inputImageFormat")
     return by_extension
 
@@ -79,7 +67,7 @@ def validate(params: Params) -> None:
 
 # ---------------------------------------------------------------- plan
 
-def plan(params: Params) -> dict:
+def plan(params: Params, ctx: StepContext) -> Plan:
     fmt = expected_format(params)
     target = _target_info(params.disk)
     with params.inputStorageLocation.share() as share:
@@ -91,29 +79,33 @@ def plan(params: Params) -> dict:
             image_fmt, subformat, virtual = disks.header_facts(reader.read_at, found.size)
     label = disks.FORMAT_LABELS[image_fmt]
     if image_fmt != fmt:
-        raise ImageMismatch(f"{params.inputImageFilename} is a {label}, not a {disks.FORMAT_LABELS[fmt]}: fix "
+        raise ImageFormatMismatch(f"{params.inputImageFilename} is a {label}, not a {disks.FORMAT_LABELS[fmt]}: fix "
                             "inputImageFormat or the file name")
     if subformat == "differencing":
-        raise disks.UnsupportedFormat(f"{params.inputImageFilename} is a differencing {label}: its parent is not "
-                                      "part of the job; merge it into one disk first")
+        raise UnsupportedFormat(f"{params.inputImageFilename} is a differencing {label}: its parent is not "
+                                "part of the job; merge it into one disk first")
     size = _output_size(params, virtual)
     grows = _check_target(params, target, size)
     scratch = staging.require_scratch(OVERLAY_SCRATCH, f"reading {params.inputImageFilename} from the share")
-    return {"step": NAME, "dryRun": True,
-            "source": {"location": str(params.inputStorageLocation.location), "name": params.inputImageFilename,
-                       "format": label.lower(), "subformat": subformat, "virtual_size": virtual,
-                       "file_size": found.size, "allocated": found.allocated},
-            "target": {"disk": params.disk, "format": disks.FORMAT_LABELS[target.format].lower(),
-                       "is_block_device": target.is_block_device, "size": target.virtual_size,
-                       "output_size": size, "grows_to": grows, "zeroed_tail": size - virtual},
-            "scratch": scratch}
+    where = f"{params.inputStorageLocation.location}\\{params.inputImageFilename}"
+    facts = {"source": {"location": str(params.inputStorageLocation.location), "name": params.inputImageFilename,
+                        "format": label.lower(), "subformat": subformat, "virtual_size": virtual,
+                        "file_size": found.size, "allocated": found.allocated},
+             "target": {"disk": params.disk, "format": disks.FORMAT_LABELS[target.format].lower(),
+                        "is_block_device": target.is_block_device, "size": target.virtual_size,
+                        "output_size": size, "grows_to": grows, "zeroed_tail": size - virtual},
+             "scratch": scratch}
+    changes = [DiskRead(source=where, format=label.lower(), subformat=subformat, virtual_size=virtual, in_place=True),
+               DiskWrite(target=params.disk, format="raw", virtual_size=size, source=where, method="write",
+                         replaces_existing=params.overwriteOutput)]
+    return Plan(step=NAME, changes=changes, facts=facts)
 
 
 def _target_info(path: str) -> disks.DiskInfo:
     """An empty regular file is a thin disk of size 0 that grows to outputSizeMb; anything else must be a disk."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return disks.DiskInfo(path=path, format="raw", virtual_size=0, actual_size=0)
-    return disks.info(path, "raw" if disks._is_raw_target(path) else None)
+    return disks.info(path, "raw" if disks.is_raw_target(path) else None)
 
 
 def _output_size(params: Params, virtual: int) -> int:
@@ -121,7 +113,7 @@ def _output_size(params: Params, virtual: int) -> int:
         return -(-virtual // MiB) * MiB
     size = params.outputSizeMb * MiB
     if size < virtual:
-        raise OutputTooSmall(f"params.outputSizeMb {params.outputSizeMb} is smaller than the image's virtual size "
+        raise DiskTooSmall(f"params.outputSizeMb {params.outputSizeMb} is smaller than the image's virtual size "
                              f"({virtual} bytes = {virtual / MiB:,.2f} MiB): give at least {-(-virtual // MiB)}")
     return size
 
@@ -131,11 +123,11 @@ def _check_target(params: Params, target: disks.DiskInfo, size: int) -> int | No
     grows = None
     if target.virtual_size < size:
         if target.is_block_device or target.format != "raw":
-            raise OutputTooSmall(f"{params.disk} holds {target.virtual_size / MiB:,.0f} MiB but outputSizeMb asks for "
+            raise DiskTooSmall(f"{params.disk} holds {target.virtual_size / MiB:,.0f} MiB but outputSizeMb asks for "
                                  f"{size // MiB}: attach a larger disk or lower outputSizeMb")
         grows = size
     if not params.overwriteOutput and not _first_mib_is_zero(target):
-        raise OutputNotEmpty(f"{params.disk} is not empty (its first MiB holds data, such as a partition table): "
+        raise DiskNotEmpty(f"{params.disk} is not empty (its first MiB holds data, such as a partition table): "
                              "set overwriteOutput to replace its contents, or attach an empty disk")
     return grows
 
@@ -145,39 +137,58 @@ def _first_mib_is_zero(target: disks.DiskInfo) -> bool:
     if length == 0:
         return True
     if target.format == "raw":
-        blocks = hashing._file_blocks(target.path, length)
+        blocks = disks.file_blocks(target.path, length)
     else:
-        blocks = hashing._decoded_blocks(target, None, length)
+        blocks = hashing.decoded_blocks(target, None, length)
     return all(not any(block) for block in map(bytes, blocks))
 
 
-# ---------------------------------------------------------------- run
+# ---------------------------------------------------------------- apply
 
-def run(params: Params, ctx: StepContext) -> dict:
-    planned = plan(params)
-    if params.dryRun:
-        return planned
-    started = time.monotonic()
-    stop = staging.Stopper(ctx, params.timeout, NAME)
-    source, target = planned["source"], planned["target"]
+def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
+    source, target = planned.facts["source"], planned.facts["target"]
     fmt = disks.qemu_format(source["format"])
     where = f"{source['location']}\\{source['name']}"
-    with stop.translating(), staging.scratch_dir("reverse") as scratch, \
+    with staging.scratch_dir("reverse") as scratch, \
             nbdexport.serving(params.inputStorageLocation, source["name"], scratch) as export:
         virtual = disks.remote_info(export.uri, fmt, where, export.reader.read_at, export.size).virtual_size
         if virtual != source["virtual_size"]:
-            raise ImageMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it changed on "
-                                "the share; run the step again")
+            raise ImageFormatMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it "
+                                      "changed on the share; run the step again")
         if target["grows_to"]:
             os.truncate(params.disk, target["grows_to"])
         overlay = scratch / "image.qcow2"
         disks.create_overlay(export.uri, fmt, overlay, target["output_size"])
-        disks.write_onto(overlay, params.disk, progress=staging.progress_band(ctx, 0, 100, "writing the disk"),
-                         cancel=stop, label=where)
-    ctx.progress(100, "done")
-    return {**planned, "dryRun": False, "bytes_written": target["output_size"],
-            "seconds": round(time.monotonic() - started, 3)}
+        disks.write_onto(overlay, params.disk, progress=ctx.band(0, 100, "writing the disk"), cancel=ctx.stop,
+                         label=where)
+    return Result.of(planned, facts={**planned.facts, "bytes_written": target["output_size"]})
 
 
-STEP = register(StepType(name=NAME, summary="write a VHD(X) from an SMB share onto the attached disk as raw blocks",
-                         Params=Params, run=run, disk_params=("disk",), validate=validate))
+def describe(document: Plan | Result) -> list[str]:
+    target = document.facts["target"]
+    done = f" in {document.seconds:.1f} s" if isinstance(document, Result) else ""
+    return [f"{human_size(target['output_size'])} onto {target['disk']} ({human_size(target['zeroed_tail'])} "
+            f"zeroed past the image's end){done}"]
+
+
+# ---------------------------------------------------------------- command line
+
+def arguments(p) -> None:
+    p.add_argument("image", help=r"the SMB file: \\host\share\folder\disk.vhdx")
+    p.add_argument("disk", help="the output disk: block device or file (written from offset 0)")
+    p.add_argument("--size-mb", type=int, help="MiB to write (default: the image's size)")
+    p.add_argument("--format", choices=tuple(FORMAT_NAMES), help="default: from the file's extension")
+    p.add_argument("--overwrite", action="store_true", help="allow a disk that is not empty (overwriteOutput)")
+
+
+def cli_params(args) -> dict:
+    folder, name = split_file(args.image)
+    return {"disk": args.disk, "inputStorageLocation": storage(args, folder), "inputImageFilename": name,
+            "inputImageFormat": FORMAT_NAMES.get(args.format), "outputSizeMb": args.size_mb,
+            "overwriteOutput": args.overwrite}
+
+
+STEP = StepType(name=NAME, summary="write a VHD(X) from an SMB share onto the attached disk as raw blocks",
+                Params=Params, plan=plan, apply=apply, disk_params=("disk",), validate=validate, describe=describe,
+                cli=CliSpec("reverse-image", "write a VHD(X) from an SMB share onto a disk as raw blocks", arguments,
+                            cli_params))

@@ -1,8 +1,9 @@
 """A real step server for tests and the bench: generated certificates, a bootstrap file, `ce serve` (gunicorn) on
 127.0.0.1, clients with and without the right certificate -- plus the test-only step types it serves.
 
-The test-only steps are registered only when this module is imported, which the server and its step processes do
-because ``CE_EXTRA_STEP_MODULES=tests.server_harness``; nothing under ``steps/`` is fake.
+The test-only step types are this module's ``STEPS``, which the server and its step processes serve because
+``CE_EXTRA_STEP_MODULES=tests.server_harness``; importing this module registers nothing, and nothing under
+``steps/`` is fake.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from ce.client import Client
-from ce.step import StepCanceled, StepContext, StepType, register
+from ce.changes import Plan, Result
+from ce.errors import Canceled
+from ce.step import StepContext, StepParams, StepType
 from ce.tls import OutboundPolicy, outbound_session
 from tests.certs import Authority
 
@@ -33,7 +36,7 @@ CE = Path(sys.executable).with_name("ce")
 
 # ---------------------------------------------------------------- test-only step types
 
-class WaitParams(BaseModel):
+class WaitParams(StepParams):
     seconds: float = 30.0                  # how long the step works before it succeeds
     timeout: int | None = None
     disk: str | None = None                # an attached disk to lock (never opened)
@@ -42,7 +45,7 @@ class WaitParams(BaseModel):
     password: SecretStr | None = None      # logged by the step, to prove redaction
 
 
-def run_wait(params: WaitParams, ctx: StepContext) -> dict:
+def run_wait(params: WaitParams, plan: Plan, ctx: StepContext) -> Result:
     """Works in 0.1 s slices, honours cancel between slices and removes its .partial file when canceled."""
     if params.pidfile:
         Path(params.pidfile).write_text(str(os.getpid()))
@@ -58,35 +61,39 @@ def run_wait(params: WaitParams, ctx: StepContext) -> dict:
             if partial:
                 partial.unlink()
             ctx.log.info("canceled: removed %s", partial)
-            raise StepCanceled("the step was canceled")
+            raise Canceled("the step was canceled")
         left = max(0.0, end - time.monotonic())
         ctx.progress(100 * (1 - left / params.seconds) if params.seconds else 100, f"{left:.1f} s left")
         time.sleep(min(0.1, left))
     if partial:
         partial.rename(params.output)
-    return {"slept": params.seconds}
+    return Result.of(plan, facts={"slept": params.seconds})
 
 
-class SleepParams(BaseModel):
+class SleepParams(StepParams):
     marker: str                            # a unique sleep duration, to find the processes afterwards
     timeout: int | None = None
     pidfile: str | None = None
 
 
-def run_sleep(params: SleepParams, ctx: StepContext) -> dict:
+def run_sleep(params: SleepParams, plan: Plan, ctx: StepContext) -> Result:
     """Ignores cancel: blocks on a shell that runs two `sleep`s (one in the background) -- only killing the
     process group stops it."""
     if params.pidfile:
         Path(params.pidfile).write_text(str(os.getpid()))
     subprocess.run(["sh", "-c", f"echo 'sleeping {params.marker}' >&2; sleep {params.marker} & "
                     f"sleep {params.marker}; wait"], check=False)
-    return {"slept": True}
+    return Result.of(plan, facts={"slept": True})
 
 
-register(StepType(name="test-wait", summary="TEST ONLY: wait, honouring cancel", Params=WaitParams,
-                  run=run_wait, disk_params=("disk",)))
-register(StepType(name="test-sleep", summary="TEST ONLY: block in a child process, ignoring cancel",
-                  Params=SleepParams, run=run_sleep))
+def plan_nothing(params, ctx: StepContext) -> Plan:
+    return Plan(step="test")
+
+
+STEPS = (StepType(name="test-wait", summary="TEST ONLY: wait, honouring cancel", Params=WaitParams,
+                  plan=plan_nothing, apply=run_wait, disk_params=("disk",)),
+         StepType(name="test-sleep", summary="TEST ONLY: block in a child process, ignoring cancel",
+                  Params=SleepParams, plan=plan_nothing, apply=run_sleep))
 
 
 # ---------------------------------------------------------------- processes

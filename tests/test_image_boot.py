@@ -249,7 +249,7 @@ def test_inspect_step_reports_the_sample_truth(booted):
         time.sleep(10)
     record("inspect_step_seconds", round(time.monotonic() - started, 1))
     assert step["status"] == "succeeded", json.dumps(step, indent=2)
-    report, truth = step["result"], load_all()[SAMPLE_NAME].truth
+    report, truth = step["result"]["facts"], load_all()[SAMPLE_NAME].truth
     assert (report["firmware"], report["partition_table"]) == (truth["firmware"], truth["partition_table"])
     for section in ("os", "domain", "vda"):
         assert {k: report[section][k] for k in truth[section]} == truth[section], section

@@ -96,7 +96,7 @@ def test_apply_does_exactly_the_plan_and_replanning_finds_nothing(session, tmp_p
     assert reg.get_key(r"\Citrix\CE\Test").get_value("Multi") == ["x", "ü"]
     assert RegistryHive(str(system)).get_key(rf"\{RDP}").get_value("fDenyTSConnections") == 0
     assert guest.read_file(r"C:\program files\citrix\ce\SETUP.CMD") == b"@echo off\r\nrem staged by ce\r\n"
-    backups = {c["guest_path"]: c["backup_path"] for c in result.commits}
+    backups = {c["guest_path"]: c["backup_path"] for c in result.facts["commits"]}
     assert all(guest.g.is_file(b) for b in backups.values()) and len(backups) == 2
     assert not guest.g.glob_expand("/Windows/System32/config/*.ce-new")
     again = make_plan(guest, root, work)

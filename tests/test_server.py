@@ -136,7 +136,7 @@ def test_inspect_a_sample_image_through_the_api(server, api):
     doc = wait_terminal(server, api, step_id, timeout=600)
     assert doc["status"] == "succeeded", doc["error"]
     assert doc["progressPercent"] == 100
-    report = doc["result"]
+    report = doc["result"]["facts"]
     assert report["firmware"] == SAMPLE_TRUTH["firmware"]
     for section in ("os", "domain", "vda"):
         for key, expected in SAMPLE_TRUTH[section].items():
@@ -158,7 +158,7 @@ def test_create_is_idempotent_on_the_step_id(server, api):
     assert wait_terminal(server, api, step_id)["status"] == "succeeded"
     # A retry after the step finished still returns that step, not a new run.
     late = post_step(server, api, "test-wait", params, step_id).json()
-    assert late["status"] == "succeeded" and late["result"] == {"slept": 0.5}
+    assert late["status"] == "succeeded" and late["result"]["facts"] == {"slept": 0.5}
 
 
 def test_a_poller_revalidates_with_the_etag_and_sees_every_change(server, api):
@@ -177,7 +177,7 @@ def test_a_poller_revalidates_with_the_etag_and_sees_every_change(server, api):
     for (tag_a, doc_a), (tag_b, doc_b) in zip(seen, seen[1:]):
         assert (tag_a == tag_b) == (doc_a == doc_b)
     etag, final = seen[-1]
-    assert final["result"] == {"slept": 1.5} and final["progressPercent"] == 100.0
+    assert final["result"]["facts"] == {"slept": 1.5} and final["progressPercent"] == 100.0
     unchanged = api.get(url, headers={"If-None-Match": etag}, timeout=30)
     assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["ETag"] == etag
     assert api.get(url, headers={"If-None-Match": f'W/{etag}, "other"'}, timeout=30).status_code == 304

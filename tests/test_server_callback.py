@@ -83,7 +83,7 @@ def test_status_changes_reach_the_callback_with_retries(tmp_path, pki, connector
         assert statuses == ["pending", "running", "succeeded"]
         assert receiver.attempts == len(statuses) + 2            # the two 503s were retried
         final = receiver.received[-1]
-        assert final["id"] == step_id and final["result"] == {"slept": 0.5} and final["progressPercent"] == 100
+        assert final["id"] == step_id and final["result"]["facts"] == {"slept": 0.5} and final["progressPercent"] == 100
         assert final["warnings"] == [{"code": "test_warning", "message": "a warning from the test step"}]
         assert "params" not in final and "cb-secret-pw" not in json.dumps(receiver.received)
         assert all(h["Authorization"] == f"Bearer {srv.token}" for h in receiver.headers)
@@ -102,7 +102,7 @@ def test_a_wrong_pin_delivers_nothing_and_does_not_hold_up_the_step(tmp_path, pk
                  timeout=10)
         doc = wait_until(lambda: (d := api.get(f"{srv.url}/v1/steps/{step_id}", timeout=10).json())["status"]
                          == "succeeded" and d, 60, "the step to succeed")
-        assert doc["result"] == {"slept": 0.2}
+        assert doc["result"]["facts"] == {"slept": 0.2}
         wait_until(lambda: "callback for status" in srv.log_text(), 60, "the undelivered callback to be logged")
         assert receiver.received == [] and receiver.attempts == 0
     finally:

@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from ce import disks, hashing, staging
-from ce.errors import CeError
-from ce.step import StepCanceled, StepContext, load_all
+from ce.errors import CeError, TimedOut
+from ce.errors import Canceled as StepCanceled
+from ce.step import StepContext, Stopper, execute, step_types
 from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
 
 MiB = 1 << 20
 SAMPLE = "win2016-vda1912"
 TINY_FREE, TINY_TOTAL = 64 * MiB, 100 * MiB        # less than twice the sample's 128 MiB
-STEPS = load_all()
+STEPS = step_types()
 
 FORMATS = [("raw", None), ("qcow2", None), ("vhd", "fixed"), ("vhd", "dynamic"), ("vhdx", "dynamic"),
            ("vhdx", "fixed"), ("vmdk", "monolithicSparse"), ("vmdk", "streamOptimized")]
@@ -84,10 +85,15 @@ def location(server: SambaServer, share: str = "share", folder: str = "", passwo
 
 
 def run(step: str, params: dict, ctx: StepContext | None = None) -> dict:
+    """The step's facts (what these tests check) with step / dryRun / seconds, after checking that the document is
+    the one Plan / Result shape."""
     kind = STEPS[step]
-    result = kind.run(kind.parse(params), ctx or Recorder())
-    json.dumps(result)                                     # a result document is plain JSON
-    return result
+    document = execute(kind, kind.parse(params), ctx or Recorder()).model_dump(mode="json")
+    json.dumps(document)                                   # a plan / result document is plain JSON
+    assert document["step"] == step
+    changes = document["changes"] if document["dryRun"] else [o["change"] for o in document["outcomes"]]
+    assert changes and all(c["kind"].startswith("disk_") for c in changes), changes
+    return {**document["facts"], "step": step, "dryRun": document["dryRun"], "seconds": document.get("seconds")}
 
 
 def content_hashes(path: Path, fmt: str | None = None) -> dict:
@@ -251,7 +257,7 @@ def test_convert_params_need_one_source_and_one_output():
                                                ("VhdxDiskFormat", "vhdx", "fixed"),
                                                ("VhdDiskFormat", "vhd", "dynamic"),
                                                ("VhdDiskFormat", "vhd", "fixed")])
-@pytest.mark.parametrize("kind,method", [("qcow2", "convert, then upload"), ("raw", "stream")])
+@pytest.mark.parametrize("kind,method", [("qcow2", "convert_then_upload"), ("raw", "stream")])
 def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows, windows_raw, scratch, fmt, ext,
                                                           subformat, kind, method):
     ctx = Recorder()
@@ -277,7 +283,7 @@ def test_export_writes_the_final_name_with_the_right_hash(samba, folder, windows
 
 def test_a_streamed_container_qemu_img_cannot_read_is_never_renamed(samba, folder, dense_disk, scratch, monkeypatch):
     """The check before the rename is qemu-img's, not the writer's: a BAT entry pointing past the end is caught."""
-    from ce import layouts
+    from ce.disks import layouts
     honest = layouts.VhdxLayout.metadata
 
     def broken(layout):
@@ -301,7 +307,7 @@ def test_export_streams_a_raw_disk_whose_size_is_not_whole_sectors_through_a_con
     odd.write_bytes(os.urandom(3 * MiB + 100))
     result = run("export", {"disk": str(odd), "outputStorageLocation": location(samba, folder=folder.name),
                             "SmbDiskName": "odd"})
-    assert result["target"]["method"] == "convert, then upload"      # qemu-img pads the last sector with zeros
+    assert result["target"]["method"] == "convert_then_upload"      # qemu-img pads the last sector with zeros
     assert disks.info(folder / "odd.vhdx", "vhdx").virtual_size == 3 * MiB + 512
 
 
@@ -394,9 +400,9 @@ def test_cancel_while_converting_leaves_nothing(samba, folder, dense_disk, scrat
 
 
 def test_timeout_is_reported_as_such(windows, tmp_path):
-    stop = staging.Stopper(StepContext(), 10, "export")
+    stop = Stopper(StepContext(), 10, "export")
     stop.deadline = time.monotonic() - 1                  # the step's time is already up
-    with pytest.raises(staging.StepTimedOut, match="10 s timeout"), stop.translating():
+    with pytest.raises(TimedOut, match="10 s timeout"), stop.translating():
         disks.convert(windows, tmp_path / "late.vhdx", "vhdx", cancel=stop)
     assert list(tmp_path.iterdir()) == []
 
@@ -439,7 +445,7 @@ def test_password_never_appears_in_results_or_logs(samba, folder, windows, scrat
     kind = STEPS["export"]
     params = kind.parse({"disk": str(windows), "outputStorageLocation": location(samba, folder=folder.name),
                          "SmbDiskName": "secret-check"})
-    result = kind.run(params, Recorder())
+    result = execute(kind, params, Recorder()).model_dump(mode="json")
     for text in (json.dumps(result), repr(params), str(params), params.model_dump_json(), caplog.text):
         assert PASSWORD not in text
 
@@ -715,7 +721,7 @@ def test_cli_export_reads_the_password_from_the_environment(samba, folder, windo
               env={"CE_SMB_PASSWORD": PASSWORD})
     assert run_.returncode == 0, run_.stderr
     result = json.loads(run_.stdout)
-    assert result["hashes"] == content_hashes(windows) and (folder / "cli.vhdx").exists()
+    assert result["facts"]["hashes"] == content_hashes(windows) and (folder / "cli.vhdx").exists()
     assert PASSWORD not in run_.stdout + run_.stderr
 
 
@@ -732,14 +738,14 @@ def test_cli_convert_and_reverse_image_round_trip(samba, folder, windows, tmp_pa
     remote = f"smb://127.0.0.1:{samba.port}/share/{folder.name}/disk.vhd"
     run_ = ce("convert", str(windows), remote, "-O", "vhd", env=env)
     assert run_.returncode == 0, run_.stderr
-    assert "converted" in run_.stdout and disks.compare(windows, folder / "disk.vhd", fmt_b="vpc")
+    assert "applied       write" in run_.stdout and disks.compare(windows, folder / "disk.vhd", fmt_b="vpc")
     target = tmp_path / "attached.raw"
     target.write_bytes(b"")
     run_ = ce("reverse-image", remote, str(target), env=env)
     assert run_.returncode == 0, run_.stderr
     assert disks.compare(windows, target, fmt_b="raw")
     run_ = ce("hash", str(target), "--json")
-    assert json.loads(run_.stdout)["hashes"] == content_hashes(windows)
+    assert json.loads(run_.stdout)["facts"]["hashes"] == content_hashes(windows)
     run_ = ce("reverse-image", remote, str(target), env=env)
     assert run_.returncode == 1 and "[disk_not_empty]" in run_.stderr
 
@@ -751,4 +757,4 @@ def test_cli_dry_run_and_errors(samba, windows, scratch):
     run_ = ce("publish", str(windows), f"smb://127.0.0.1:{samba.port}/share", "--vdisk", "planned", "--dry-run",
               env={**env, "CE_SMB_PASSWORD": PASSWORD})
     assert run_.returncode == 0, run_.stderr
-    assert "would publish" in run_.stdout and not (samba.share_dir("share") / "planned.vhdx").exists()
+    assert "would write" in run_.stdout and "planned.vhdx" in run_.stdout and not (samba.share_dir("share") / "planned.vhdx").exists()

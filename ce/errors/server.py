@@ -140,3 +140,10 @@ class WaitTimeout(ClientError):
 # a step's own submit-time checks); the step-document, configuration and client errors above are never a response.
 REFUSALS = (InvalidRequest, Unauthorized, NotFound, MethodNotAllowed, Conflict, DiskBusy, StepFinished,
             RequestTooLarge, InternalError)
+
+
+class Terminated(CeError):
+    """The step process got SIGTERM from the service: a cancel or a timeout that the step did not end by itself."""
+    code = "terminated"
+    status = 409
+    action = "the service stopped the step (cancel or timeout); nothing is left under a final name: run it again"

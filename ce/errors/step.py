@@ -38,3 +38,66 @@ class StepFailed(CeError):
     def __init__(self, code: str, message: str, result: dict):
         super().__init__(message)
         self.code, self.result = code, result
+
+
+# ---------------------------------------------------------------- plans
+
+class ImageChangedSincePlan(CeError):
+    code = "image_changed_since_plan"
+    status = 409
+    action = "the disk or file changed between plan and apply: run the step again (it plans afresh)"
+
+
+class PlanConflict(CeError):
+    code = "plan_conflict"
+    action = "two options want different values for the same registry value or file: drop one of them"
+
+
+class RegistryTypeUnknown(CeError):
+    code = "registry_type_unknown"
+    action = "use a registry type name Windows knows (REG_SZ, REG_DWORD, REG_MULTI_SZ, ...)"
+
+
+class RegistryHiveUnknown(CeError):
+    code = "registry_hive_unknown"
+    action = "name one of the hives SYSTEM, SOFTWARE, SECURITY, SAM or DEFAULT"
+
+
+class FileWriteFailed(CeError):
+    code = "file_write_failed"
+    status = 500
+    action = "the file's upload into the image did not read back right (nothing replaced it): run the step again"
+
+
+# ---------------------------------------------------------------- steps' own checks
+
+class HashMismatch(CeError):
+    code = "hash_mismatch"
+    action = "the disk is not the one expected (or was damaged in transit): check the source and copy it again"
+
+
+class Md5Mismatch(CeError):
+    code = "md5_mismatch"
+    action = "the attached disk is not the one the job was made for: attach the right disk; nothing was changed"
+
+
+class VDiskInUse(CeError):
+    code = "vdisk_in_use"
+    status = 409
+    action = "PVS has the vDisk open: take it off its targets (or remove the stale .lok) and publish again"
+
+
+class DiskNotEmpty(CeError):
+    code = "disk_not_empty"
+    status = 409
+    action = "the output disk holds data: attach an empty disk, or set overwriteOutput to replace what it holds"
+
+
+class ImageFormatMismatch(CeError):
+    code = "image_format_mismatch"
+    action = "inputImageFormat does not match the file on the share: correct it or leave it out"
+
+
+class InvalidJob(CeError):
+    code = "invalid_job"
+    action = 'fix the job file: {"type": "<step>", "params": {...}}'

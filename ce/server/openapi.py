@@ -4,6 +4,8 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..errors import Canceled, catalogue
+from ..errors.server import REFUSALS
 from ..step import StepType
 from . import api
 
@@ -14,11 +16,27 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def error_responses(*codes: int) -> dict:
+def error_responses(*statuses: int, refusals: bool = False) -> dict:
+    """Each status with the error codes that answer with it (``x-error-codes``): the server's own, and with
+    ``refusals`` every code a step's submit-time checks can refuse with. What each means and what to do about it
+    is in the document's ``x-error-catalogue``, which also holds the codes a step's document can carry."""
     text = {400: "malformed request", 401: "missing or wrong bearer token", 404: "no such step",
             409: "conflict (see error.code)", 413: "request too large", 422: "invalid input (error.field names it)"}
-    return {str(c): {"description": text[c], "content": {"application/json": {"schema": ref("ErrorResponse")}}}
-            for c in codes}
+    by_status: dict[int, list[str]] = {}
+    for code, cls in catalogue().items():
+        submit_time = refusals and not cls.__module__.endswith(".server") and not issubclass(cls, Canceled)
+        if cls not in REFUSALS and not submit_time:
+            continue
+        by_status.setdefault(cls.status, []).append(code)
+    return {str(s): {"description": text[s], "x-error-codes": sorted(by_status.get(s, [])),
+                     "content": {"application/json": {"schema": ref("ErrorResponse")}}} for s in statuses}
+
+
+def error_catalogue() -> dict:
+    """Every error code ce reports -- in a refused request or in a step's document -- with its HTTP status and
+    what the connector should do."""
+    return {code: {"status": cls.status, "group": cls.__module__.rsplit(".", 1)[-1], "action": cls.action}
+            for code, cls in sorted(catalogue().items())}
 
 
 def json_response(description: str, schema: str, headers: dict | None = None) -> dict:
@@ -65,6 +83,7 @@ def document(types: dict[str, StepType]) -> dict:
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
+        "x-error-catalogue": error_catalogue(),
         "paths": {
             "/v1/health": {"get": {"operationId": "health", "security": [], "summary": "liveness, no secrets",
                                    "responses": {"200": json_response("alive", "Health")}}},
@@ -77,7 +96,7 @@ def document(types: dict[str, StepType]) -> dict:
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"oneOf": variants} if variants else ref("StepCreate")}}},
                          "responses": {"202": json_response("accepted: the step as it is now", "Step", location),
-                                       **error_responses(400, 401, 409, 413, 422)}}},
+                                       **error_responses(400, 401, 409, 413, 422, refusals=True)}}},
             "/v1/steps/{id}": {"get": {
                 "operationId": "getStep", "summary": "a step's status and result",
                 "parameters": [step_id, {"name": "If-None-Match", "in": "header", "required": False,

@@ -21,15 +21,12 @@ import traceback
 
 from .. import logs
 from ..errors import CeError
-from ..step import StepCanceled, StepContext, StepFailed
+from ..errors import Canceled, StepFailed, Terminated, TimedOut
+from ..step import StepContext, execute
 from .steps import step_types
 
 EXIT_GRACE = 20          # seconds the step has to unwind after the service disappeared
 PROGRESS_EVERY = 0.25    # seconds between two progress events with the same message; connectors poll about 1/s
-
-
-class Terminated(CeError):
-    code = "terminated"
 
 
 class Reporter:
@@ -110,13 +107,15 @@ def run(job: dict, reporter: Reporter) -> None:
     threading.Thread(target=watch_stdin, args=(ctx,), daemon=True, name="stdin").start()
     reporter.send("started", pid=os.getpid())
     try:
-        result = kind.run(params, ctx)
-    except StepCanceled as exc:
+        result = execute(kind, params, ctx).model_dump(mode="json")
+    except TimedOut as exc:             # the step's own deadline: a failure the connector can act on
+        reporter.send("done", status="failed", error=exc.to_dict())
+    except Canceled as exc:
         reporter.send("done", status="canceled", error=exc.to_dict())
     except StepFailed as exc:
         reporter.send("done", status="failed", error=exc.to_dict(), result=exc.result)
     except CeError as exc:
-        if ctx.canceled() and exc.code in ("canceled", "terminated"):
+        if ctx.canceled() and isinstance(exc, Terminated):
             reporter.send("done", status="canceled", error=exc.to_dict())
         else:
             reporter.send("done", status="failed", error=exc.to_dict())

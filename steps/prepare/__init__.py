@@ -10,26 +10,25 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ce import hashing, runner
-from ce.errors import CeError
-from ce.plan import ApplyResult, Planner
-from ce.step import StepContext, StepFailed, StepType, register
-
-from ce.payloads import PayloadStore, PayloadStoreInvalid
+from ce import hashing, windows
+from ce.changes import Plan, Result
+from ce.errors import Md5Mismatch, NotImplementedYet, PayloadStoreInvalid
+from ce.payloads import PayloadStore
+from ce.plan import Planner
+from ce.step import StepContext, StepParams, StepType
 
 from . import components
 from .platform import plan_platform
 from .unjoin import plan_unjoin
-from .vda import NotImplementedYet, XdParameter, plan_vda, validated
+from .vda import XdParameter, plan_vda, validated
 
 NAME = "prepare"
 PENDING_OPTIONS: tuple[str, ...] = ()
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Params(StepParams):
     disk: str = Field(description="the attached image: disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
     root: str | None = Field(None, description="Windows root device when the disk holds several")
     provisioningType: Literal["Mcs", "Pvs"]
@@ -41,8 +40,6 @@ class Params(BaseModel):
     targetPlatform: Literal["azure", "aws", "gcp", "vsphere", "xenserver", "nutanix"] | None = None
     md5Hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$", description="md5 of the disk's contents "
                                 "(what export's hashDisk reports); checked before anything else, a mismatch fails")
-    timeout: int = Field(7200, ge=60, le=86400, description="seconds")
-    dryRun: bool = False
     payloads: str | None = Field(None, description="payload store directory (installers, drivers); default "
                                  "$CE_PAYLOADS, or the server's bootstrap 'payloads'")
 
@@ -70,7 +67,7 @@ def payload_store(params: Params):
     return PayloadStore(root)
 
 
-def plan(planner: Planner, facts, params: Params) -> None:
+def plan_changes(planner: Planner, facts, params: Params) -> None:
     validate(params)
     plan_vda(planner, facts, params.xdReconfigure)
     components.plan_components(planner, facts, params, lambda: payload_store(params))
@@ -81,31 +78,30 @@ def plan(planner: Planner, facts, params: Params) -> None:
                       lambda: payload_store(params) if params.payloads or os.environ.get("CE_PAYLOADS") else None)
 
 
-class Md5Mismatch(CeError):
-    code = "md5_mismatch"
-
-
 def check_md5(params: Params, ctx: StepContext) -> None:
     """The service's pre-check: refuse to touch a disk that is not the one the job was made for."""
     if not params.md5Hash:
         return
     ctx.progress(1, "checking the disk's md5")
-    found = hashing.hash_disk(params.disk, algorithms=("md5",), cancel=ctx.canceled).hashes["md5"]
+    found = hashing.hash_disk(params.disk, algorithms=("md5",), cancel=ctx.stop).hashes["md5"]
     if found != params.md5Hash.lower():
         raise Md5Mismatch(f"the contents of {params.disk} have md5 {found}, the job expects "
                           f"{params.md5Hash.lower()}: wrong or damaged disk, nothing was changed")
 
 
-def run(params: Params, ctx: StepContext) -> dict:
+def plan(params: Params, ctx: StepContext) -> Plan:
+    """The md5 pre-check, then one launch (kept open in ``ctx.held`` for apply): inspect, mount, plan."""
     check_md5(params, ctx)
-    outcome = runner.guest_session(params.disk, root=params.root, timeout=params.timeout, dry_run=params.dryRun,
-                                   name=NAME, plan_fn=lambda planner, facts: plan(planner, facts, params), ctx=ctx)
-    result = outcome.model_dump(mode="json")
-    if isinstance(outcome, ApplyResult) and outcome.error:
-        raise StepFailed(outcome.error["code"], outcome.error["message"], result)
-    return result
+    session = windows.open_session(params.disk, root=params.root, timeout=params.timeout, dry_run=params.dryRun,
+                                   name=NAME, ctx=ctx, held=ctx.held)
+    ctx.session = session
+    return windows.plan_session(session, lambda planner, facts: plan_changes(planner, facts, params), ctx)
 
 
-STEP = register(StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix "
-                         "provisioning (dry run with dryRun)", Params=Params, run=run, disk_params=("disk",),
-                         validate=validate))
+def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
+    return windows.apply_session(ctx.session, planned, ctx)
+
+
+STEP = StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix provisioning "
+                "(dry run with dryRun)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
+                validate=validate)

@@ -7,6 +7,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from ..errors import ClientCertMissing, InvalidParams
+
 EXIT_OK, EXIT_ERROR = 0, 1
 
 
@@ -53,30 +55,29 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .server.bootstrap import load
-    from .server.serve import serve
-    from .server.supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
+    from ..server.bootstrap import load
+    from ..server.serve import serve
+    from ..server.supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
     serve(load(args.bootstrap), threads=args.threads, default_timeout=args.step_timeout or DEFAULT_TIMEOUT,
           cancel_grace=CANCEL_GRACE if args.cancel_grace is None else args.cancel_grace, verbose=args.verbose)
     return EXIT_OK
 
 
 def read_params(text: str) -> dict:
-    from .client import ClientError
     try:
         params = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
     except (OSError, ValueError) as exc:
-        raise ClientError(f"--params: not JSON ({exc})", code="invalid_params") from None
+        raise InvalidParams(f"--params: not JSON ({exc})") from None
     if not isinstance(params, dict):
-        raise ClientError("--params must be a JSON object", code="invalid_params")
+        raise InvalidParams("--params must be a JSON object")
     return params
 
 
 def cmd_client(args) -> int:
-    from .client import TERMINAL, Client, ClientError, ProgressBar
+    from ..client import TERMINAL, Client, ProgressBar
     if not args.cert or not args.key:
-        raise ClientError("a client certificate is required: --cert and --key (or $CE_CLIENT_CERT, $CE_CLIENT_KEY)",
-                          code="client_cert_missing")
+        raise ClientCertMissing("a client certificate is required: --cert and --key (or $CE_CLIENT_CERT, "
+                                "$CE_CLIENT_KEY)")
     client = Client.from_bootstrap(args.bootstrap, args.cert, args.key, ca=args.ca, url=args.url,
                                    check_hostname=not args.no_check_hostname)
     action = args.action

@@ -1,0 +1,131 @@
+"""Change kinds of the guest steps: registry values and keys, and files, on the mounted Windows image.
+
+Each kind owns how it is described to people, how the applier checks that the image still holds what the plan saw,
+and how it is performed (on a writable hive, or on the guest's files). ``ce.plan`` collects them into plans and
+applies them (files first, then one verified commit per hive); first-boot actions are ``ce.firstboot``'s kind.
+"""
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..errors import FileWriteFailed, ImageChangedSincePlan, RegistryTypeUnknown
+from ..registry import Hive, RegType, RegValue
+
+STAGED_SUFFIX = ".ce-new"
+
+
+# ---------------------------------------------------------------- registry values
+
+TYPED_IN_JSON = {RegType.SZ, RegType.EXPAND_SZ, RegType.LINK, RegType.MULTI_SZ, RegType.DWORD, RegType.DWORD_BE,
+                 RegType.QWORD}
+
+
+def type_from_name(name: str) -> RegType:
+    try:
+        return RegType.DWORD_BE if name == "REG_DWORD_BIG_ENDIAN" else RegType[name.removeprefix("REG_")]
+    except KeyError:
+        raise RegistryTypeUnknown(f"unknown registry type {name!r}") from None
+
+
+def data_from_json(rtype: RegType, value: Any) -> Any:
+    """Inverse of RegValue.to_json()'s "value": binary-like types travel as hex."""
+    return value if rtype in TYPED_IN_JSON else bytes.fromhex(value)
+
+
+def json_of(value: RegValue | None) -> dict | None:
+    return None if value is None else value.to_json()
+
+
+class RegistryChange(BaseModel):
+    """A change inside one hive; ``check`` refuses when the hive no longer holds what the plan saw."""
+    hive: str
+    key: str                              # inside the hive, control set resolved: ControlSet002\Services\...
+    reason: str = ""
+
+    def check(self, hive: Hive, path: str) -> None:
+        current = json_of(hive.get(self.key, self.name))
+        if current != self.old:
+            raise ImageChangedSincePlan(f"{path}: {self.key}\\{self.name} is {current} now but was {self.old} "
+                                        f"when planned; nothing in this hive was written, plan again")
+
+
+class RegistrySet(RegistryChange):
+    kind: Literal["registry_set"] = "registry_set"
+    name: str                             # "" = the key's default value
+    type: str                             # REG_SZ, REG_DWORD, ...
+    old: dict | None = None               # {"type": ..., "value": ...} before, None if absent
+    new: Any                              # JSON form of the new data (bytes as hex)
+
+    def describe(self) -> str:
+        old = "absent" if self.old is None else repr(self.old["value"])
+        return f"set    {self.hive}\\{self.key}\\{self.name or '(default)'} = {self.new!r} ({self.type}, was {old})"
+
+    def perform(self, hive: Hive) -> None:
+        rtype = type_from_name(self.type)
+        hive.set(self.key, self.name, rtype, data_from_json(rtype, self.new))
+
+
+class RegistryDeleteValue(RegistryChange):
+    kind: Literal["registry_delete_value"] = "registry_delete_value"
+    name: str
+    old: dict
+
+    def describe(self) -> str:
+        return f"delete {self.hive}\\{self.key}\\{self.name} (was {self.old['value']!r})"
+
+    def perform(self, hive: Hive) -> None:
+        hive.delete_value(self.key, self.name)
+
+
+class RegistryDeleteKey(RegistryChange):
+    kind: Literal["registry_delete_key"] = "registry_delete_key"
+
+    def describe(self) -> str:
+        return f"delete {self.hive}\\{self.key}\\ (whole key)"
+
+    def check(self, hive: Hive, path: str) -> None:
+        """Deleting a key that is already gone changes nothing: no check."""
+
+    def perform(self, hive: Hive) -> None:
+        hive.delete_key(self.key)
+
+
+REGISTRY_CHANGES = (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)
+
+
+# ---------------------------------------------------------------- files
+
+class FileWrite(BaseModel):
+    kind: Literal["file_write"] = "file_write"
+    path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd
+    sha256: str
+    size: int
+    old_sha256: str | None = None         # None: the file does not exist yet
+    source: str = Field("", exclude=True)  # local file holding the content (never part of a report)
+    reason: str = ""
+
+    def describe(self) -> str:
+        replacing = ", replaces a file" if self.old_sha256 else ""
+        return f"write  {self.path} ({self.size} bytes, sha256 {self.sha256[:12]}…{replacing})"
+
+    def apply(self, guest) -> None:
+        """Upload next to the target, check the bytes, then rename over it: never a half-written file at the
+        name."""
+        target = guest.win_path(self.path)
+        current = guest.checksum(target) if guest.is_file(target) else None
+        if current != self.old_sha256:
+            raise ImageChangedSincePlan(f"{self.path} changed since it was planned; plan again")
+        staged = target + STAGED_SUFFIX
+        guest.make_dirs(posixpath.dirname(target))
+        try:
+            guest.upload(self.source, staged)
+            if guest.checksum(staged) != self.sha256:
+                raise FileWriteFailed(f"{self.path}: the uploaded copy does not match its source")
+            guest.sync_now()
+            guest.move(staged, target)
+        finally:
+            if guest.path_exists(staged):
+                guest.remove(staged)

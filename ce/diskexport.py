@@ -1,0 +1,154 @@
+"""A disk -> a VHDX or VHD file on an SMB share: what export and publish (and prepareAndPublish's second half) do.
+
+qemu-img cannot write to SMB. A raw disk -- an attached block device, or a raw file -- is streamed: its non-zero
+chunks go straight to their places inside the VHDX / VHD on the share, and the container's metadata, made by
+``qemu-img create`` in scratch space and filled in by ce.layouts, follows them; the disk is read once and nothing
+of its size is written locally. Any other source format is first converted into a local scratch file, which is
+then uploaded with its holes skipped. Either way the share sees ``NAME.partial``, renamed to ``NAME`` once its
+size is verified (and, for a streamed container, once qemu-img has read it back over NBD).
+
+Checked before any work, in this order: the disk is readable; the share accepts the account; the name is free (or
+``overwrite``); the share has at least twice the disk's virtual size free (the service's rule; a stale
+``NAME.partial`` of an earlier attempt counts as free); the local scratch directory can hold what the method needs.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import disks, hashing, nbdexport, staging
+from .disks import layouts
+from .changes import DiskWrite, Plan, Result
+from .errors import RemoteExists, ShareFull
+from .sizes import human_size, mib
+from .smb import RemoteStat, SmbShare
+from .smb.target import StorageLocation
+from .step import StepContext
+
+STREAM_SCRATCH = 16 << 20              # the empty container (fixed ones are sparse files)
+SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
+FORMATS = {"vhdx": "vhdx", "vhd": "vpc"}
+
+
+@dataclass(frozen=True)
+class Export:
+    """One export's inputs, in the words of whichever step asks for it."""
+    disk: str
+    location: StorageLocation
+    name: str                          # the file name on the share, extension included
+    format: str                        # vhdx | vhd
+    subformat: str                     # dynamic | fixed
+    overwrite: bool
+    hash: bool
+    overwrite_field: str               # the param a user sets to replace an existing file
+    name_field: str                    # the param naming the file
+
+
+def plan(job: Export) -> tuple[DiskWrite, dict]:
+    """(the write, the facts): source facts, target, share space, scratch space -- from reads only."""
+    source = disks.info(job.disk)
+    disks.refuse_differencing(source)
+    with job.location.share() as share:
+        existing = _existing(share, job)
+        free, total = share.free_space()
+        stale = share.stale_partial(job.name)
+    required = SPACE_FACTOR * source.virtual_size
+    if free + (existing or 0) + stale < required:
+        raise ShareFull(f"{job.location.location} has {mib(free)} free but exporting a {mib(source.virtual_size)} "
+                        f"disk needs {mib(required)} (twice its virtual size); free space on the share or choose "
+                        "another location")
+    streams = layouts.streamable(source, FORMATS[job.format], job.subformat)
+    needed = STREAM_SCRATCH if streams else staging.output_estimate(source, job.format, job.subformat)
+    scratch = staging.require_scratch(needed, f"exporting {job.disk} as {job.format.upper()}")
+    path = f"{job.location.location}\\{job.name}"
+    write = DiskWrite(target=path, format=job.format, subformat=job.subformat, virtual_size=source.virtual_size,
+                      source=job.disk, method="stream" if streams else "convert_then_upload",
+                      replaces_existing=existing is not None)
+    facts = {"source": source_facts(source),
+             "target": {"location": str(job.location.location), "name": job.name, "path": path,
+                        "format": job.format, "subformat": job.subformat, "virtual_size": source.virtual_size,
+                        "replaces_existing": existing is not None, "method": write.method},
+             "space": {"share_free": free, "share_total": total, "required": required},
+             "scratch": scratch,
+             "hash": list(hashing.ALGORITHMS) if job.hash else None}
+    return write, facts
+
+
+def _existing(share: SmbShare, job: Export) -> int | None:
+    """The allocated size of a file already at the name (None when there is none); refused unless overwrite."""
+    if not share.exists(job.name):
+        return None
+    found = share.stat(job.name)
+    if found.is_dir:
+        raise RemoteExists(f"{share.location}\\{job.name} is a folder: choose another {job.name_field}")
+    if not job.overwrite:
+        raise RemoteExists(f"{share.location}\\{job.name} already exists: set {job.overwrite_field} to replace it or "
+                           f"choose another {job.name_field}")
+    return found.allocated
+
+
+def source_facts(source: disks.DiskInfo) -> dict:
+    return {"path": source.path, "format": disks.FORMAT_LABELS[source.format].lower(),
+            "subformat": source.subformat, "virtual_size": source.virtual_size,
+            "actual_size": source.actual_size, "is_block_device": source.is_block_device}
+
+
+# ---------------------------------------------------------------- writing
+
+def write(job: Export, write: DiskWrite, facts: dict, ctx: StepContext) -> dict:
+    """Perform the planned write; returns the facts measured (file size, bytes sent, hashes)."""
+    streaming = write.method == "stream"
+    hashes = None
+    with contextlib.ExitStack() as stack:
+        start, hasher = 0.0, None
+        if job.hash and streaming:          # the stream reads every byte anyway: hash in the same pass
+            hasher = stack.enter_context(hashing.ContentHasher(job.disk, write.virtual_size))
+        elif job.hash:
+            digest = hashing.hash_disk(job.disk, progress=ctx.band(0, 30, "hashing the disk"), cancel=ctx.stop)
+            hashes, start = digest.hashes, 30.0
+        with staging.scratch_dir("export") as scratch:
+            if streaming:
+                stored = _stream(job, scratch, write, ctx, hasher)
+            else:
+                stored = _convert_and_upload(job, scratch, write, ctx, start)
+        if hasher is not None:
+            hashes = hasher.finish().hashes
+    return {**facts, "target": {**facts["target"], "file_size": stored.size, "allocated_on_share": stored.allocated},
+            "bytes_sent": stored.sent, "hashes": hashes}
+
+
+def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hasher) -> RemoteStat:
+    fmt = FORMATS[job.format]
+    layout = layouts.make(fmt, job.subformat, write.virtual_size, scratch)
+    doing = f"streaming the disk into {job.name}" + (" and hashing it" if hasher else "")
+    with job.location.share() as share:
+        return share.upload(job.disk, job.name, overwrite=job.overwrite, cancel=ctx.stop, layout=layout,
+                            tap=hasher.feed if hasher else None,
+                            verify=functools.partial(nbdexport.verify, scratch, fmt, job.subformat,
+                                                     write.virtual_size, write.target),
+                            progress=ctx.band(0, 100, doing))
+
+
+def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, start: float) -> RemoteStat:
+    upload_from = start + (100 - start) * 0.35
+    local = scratch / "disk"
+    disks.convert(job.disk, local, job.format, subformat=job.subformat, durable=False, cancel=ctx.stop,
+                  progress=ctx.band(start, upload_from, f"converting to {job.format.upper()}"))
+    with job.location.share() as share:
+        return share.upload(local, job.name, overwrite=job.overwrite, cancel=ctx.stop,
+                            progress=ctx.band(upload_from, 100, f"uploading {job.name}"))
+
+
+def describe(document: Plan | Result) -> list[str]:
+    """Lines for people beyond the write itself: space and scratch before; size, bytes sent and hashes after."""
+    facts = document.facts
+    if isinstance(document, Plan):
+        return [f"share free {human_size(facts['space']['share_free'])}, needs "
+                f"{human_size(facts['space']['required'])}; scratch {facts['scratch']['directory']}"]
+    lines = [f"file {human_size(facts['target']['file_size'])}, {human_size(facts['bytes_sent'] or 0)} sent in "
+             f"{document.seconds:.1f} s"]
+    if facts["target"].get("pvp"):
+        lines.append(f"PVS properties (.pvp): {facts['target']['pvp']}")
+    return lines + [f"{algorithm:<7} {value}" for algorithm, value in (facts.get("hashes") or {}).items()]
