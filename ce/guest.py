@@ -95,6 +95,7 @@ class Guest:
         self.accel = ""
         self.launch_seconds = 0.0
         self._mounted_rw = False
+        self._windows_mount: tuple[str, bool] = ("", True)    # (device, read-only) of the Windows volume
         self._blkid_cache: dict[str, dict] = {}
 
     def __enter__(self) -> "Guest":
@@ -310,6 +311,7 @@ class Guest:
         """Mount the Windows volume at /. Refuses a write mount of a hibernated or dirty NTFS."""
         device = root.device if isinstance(root, WindowsRoot) else root
         g = self.g
+        self._windows_mount = (device, readonly)
         if readonly:
             g.mount_ro(device, "/")
             return
@@ -324,6 +326,27 @@ class Guest:
             raise GuestError(f"{device} cannot be checked for a clean shutdown ({state}); refusing to write to it")
         g.mount(device, "/")
         self._mounted_rw = True
+
+    @contextmanager
+    def on_filesystem(self, device: str | None):
+        """Another filesystem of the disk (the ESP, a recovery volume) mounted at / in place of the Windows volume,
+        in the Windows mount's mode, for the block; the Windows volume is mounted back afterwards. ``None`` (or
+        the Windows device) is the Windows volume itself."""
+        windows, readonly = self._windows_mount
+        if device is None or device == windows:
+            yield
+            return
+        if not readonly:
+            self.g.sync()
+        self.g.umount_all()
+        try:
+            (self.g.mount_ro if readonly else self.g.mount)(device, "/")
+            yield
+        finally:
+            if not readonly:
+                self.g.sync()
+            self.g.umount_all()
+            (self.g.mount_ro if readonly else self.g.mount)(windows, "/")
 
     def win_path(self, path: str) -> str:
         """A guest path for a Windows path (``C:\\Windows\\...`` or ``/Windows/...``), resolving case like
@@ -397,6 +420,9 @@ class Guest:
 
     def hard_link(self, target: str, link: str) -> None:
         self.g.ln(target, link)
+
+    def copy(self, source: str, target: str) -> None:
+        self.g.cp(source, target)
 
     def listdir(self, path: str) -> list[str]:
         return self.g.ls(path)

@@ -18,7 +18,7 @@ from typing import Any
 from . import firstboot, ntfs, registry, staging
 from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, Plan, RegistryDeleteKey, RegistryDeleteValue, \
     RegistrySet, Result, StepWarning
-from .changes.guest import json_of, type_from_name  # noqa: F401  (type_from_name: for callers of ce.plan)
+from .changes.guest import json_of
 from .errors import CeError, PlanConflict, RegistryHiveUnknown
 from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot
@@ -33,6 +33,12 @@ def hive_path(guest: Guest, root: WindowsRoot, hive: str) -> str:
     return guest.win_path(f"{root.systemroot}/System32/config/{hive}")
 
 
+def locate_hive(guest: Guest, root: WindowsRoot, hive: str, filesystem: str | None) -> str:
+    """The guest path of a change's hive, with its filesystem mounted: System32\\config for the Windows hives,
+    the given path for a hive on another filesystem."""
+    return hive_path(guest, root, hive) if filesystem is None else guest.win_path(hive)
+
+
 class Planner:
     """Collects the changes a step wants, reading current values from downloaded hives. Setting a value to what
     it already is plans nothing, so a plan applied twice is a no-op the second time."""
@@ -40,60 +46,68 @@ class Planner:
     def __init__(self, step: str, guest: Guest, root: WindowsRoot, workdir: Path):
         self.plan = Plan(step=step)
         self.guest, self.root, self.workdir = guest, root, workdir
-        self._hives: dict[str, Hive] = {}
+        self._hives: dict[tuple[str | None, str], Hive] = {}
         self._first_boot: list[FirstBootAction] = []
 
-    def hive(self, name: str) -> Hive:
-        if name not in HIVES:
+    def hive(self, name: str, filesystem: str | None = None) -> Hive:
+        """A Windows hive (SYSTEM, SOFTWARE, ...), or with ``filesystem`` the hive file at path ``name`` on that
+        filesystem of the disk (the BCD on the ESP)."""
+        if filesystem is None and name not in HIVES:
             raise RegistryHiveUnknown(f"unknown hive {name!r}; known: {', '.join(HIVES)}")
-        if name not in self._hives:
-            path = hive_path(self.guest, self.root, name)
-            local = registry.download_hive(self.guest, path, self.workdir)
-            self._hives[name] = Hive.open(local, label=f"{self.root.device}:{path}")
-        return self._hives[name]
+        if (filesystem, name) not in self._hives:
+            with self.guest.on_filesystem(filesystem):
+                path = locate_hive(self.guest, self.root, name, filesystem)
+                local = registry.download_hive(self.guest, path, self.workdir)
+            device = filesystem or self.root.device
+            self._hives[(filesystem, name)] = Hive.open(local, label=f"{device}:{path}")
+        return self._hives[(filesystem, name)]
 
     def close(self) -> None:
         for hive in self._hives.values():
             hive.close()
         self._hives.clear()
 
-    def set(self, hive: str, key: str, name: str, rtype: RegType, data: Any, reason: str = "") -> None:
+    def set(self, hive: str, key: str, name: str, rtype: RegType, data: Any, reason: str = "", *,
+            filesystem: str | None = None) -> None:
         registry.encode_value(rtype, data)          # refuse bad data at plan time, not half-way through apply
         new = RegValue(rtype, data).to_json()
         for c in self.plan.changes:                 # two concerns may want the same value: plan it once
-            if isinstance(c, RegistrySet) and (c.hive, c.key.lower(), c.name.lower()) == (hive, key.lower(),
-                                                                                          name.lower()):
+            if isinstance(c, RegistrySet) and (c.filesystem, c.hive, c.key.lower(), c.name.lower()) == \
+                    (filesystem, hive, key.lower(), name.lower()):
                 if (c.type, c.new) != (new["type"], new["value"]):
                     raise PlanConflict(f"{hive}\\{key}\\{name} is planned as {c.new!r} and as {new['value']!r}")
                 return
-        old = self.hive(hive).get(key, name)
+        old = self.hive(hive, filesystem).get(key, name)
         if old is not None and old.type == rtype and old.data == data:
             return
         self.plan.changes.append(RegistrySet(hive=hive, key=key, name=name, type=new["type"], old=json_of(old),
-                                             new=new["value"], reason=reason))
+                                             new=new["value"], reason=reason, filesystem=filesystem))
 
-    def delete_value(self, hive: str, key: str, name: str, reason: str = "") -> None:
-        old = self.hive(hive).get(key, name)
+    def delete_value(self, hive: str, key: str, name: str, reason: str = "", *, filesystem: str | None = None) -> None:
+        old = self.hive(hive, filesystem).get(key, name)
         if old is not None:
             self.plan.changes.append(RegistryDeleteValue(hive=hive, key=key, name=name, old=old.to_json(),
-                                                         reason=reason))
+                                                         reason=reason, filesystem=filesystem))
 
-    def delete_key(self, hive: str, key: str, reason: str = "") -> None:
-        if self.hive(hive).key_exists(key):
-            self.plan.changes.append(RegistryDeleteKey(hive=hive, key=key, reason=reason))
+    def delete_key(self, hive: str, key: str, reason: str = "", *, filesystem: str | None = None) -> None:
+        if self.hive(hive, filesystem).key_exists(key):
+            self.plan.changes.append(RegistryDeleteKey(hive=hive, key=key, reason=reason, filesystem=filesystem))
 
-    def write_file(self, path: str, source: Path, reason: str = "") -> None:
+    def write_file(self, path: str, source: Path, reason: str = "", *, filesystem: str | None = None) -> None:
+        """Plan ``path`` (a Windows path, or with ``filesystem`` a path on that filesystem) to hold ``source``."""
         digest, size = registry.sha256_file(source), source.stat().st_size
-        planned = [c for c in self.plan.changes if isinstance(c, FileWrite) and c.path.lower() == path.lower()]
+        planned = [c for c in self.plan.changes if isinstance(c, FileWrite) and c.filesystem == filesystem
+                   and c.path.lower() == path.lower()]
         if planned:
             if planned[0].sha256 != digest:
                 raise PlanConflict(f"{path} is planned twice with different contents")
             return
-        guest_path = self.guest.win_path(path)
-        old = self.guest.checksum(guest_path) if self.guest.is_file(guest_path) else None
+        with self.guest.on_filesystem(filesystem):
+            guest_path = self.guest.win_path(path)
+            old = self.guest.checksum(guest_path) if self.guest.is_file(guest_path) else None
         if old != digest:
             self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
-                                               source=str(source), reason=reason))
+                                               source=str(source), reason=reason, filesystem=filesystem))
 
     def write_bytes(self, path: str, data: bytes, reason: str = "") -> None:
         """write_file for content made by the step itself (scripts, parameter files)."""
@@ -119,7 +133,7 @@ class Planner:
         restore of any restrictive hive permissions the hive replacement will lose."""
         checked: set[str] = set()
         while True:
-            hives = {c.hive for c in self.plan.changes if isinstance(c, REGISTRY_CHANGES)}
+            hives = {c.hive for c in self.plan.changes if isinstance(c, REGISTRY_CHANGES) and c.filesystem is None}
             hives |= {"SYSTEM"} if self._first_boot else set()     # arming first boot writes SYSTEM\Setup
             if not hives - checked:
                 break
@@ -155,13 +169,16 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
     commits, warnings, error = [], list(plan.warnings), None
     try:
         with staging.scratch_dir("apply") as tmp:      # hive copies; a killed run's are removed by the next step
-            for change in plan.changes:
-                if isinstance(change, FileWrite):
-                    status[id(change)] = "failed"
-                    change.apply(guest)
-                    status[id(change)] = "applied"
-            for hive_name, changes in registry_changes_by_hive(plan).items():
-                result = apply_hive(guest, root, hive_name, changes, Path(tmp), stamp, status)
+            for filesystem, files in grouped(plan, (FileWrite,), lambda c: c.filesystem).items():
+                with guest.on_filesystem(filesystem):
+                    for change in files:
+                        status[id(change)] = "failed"
+                        change.apply(guest)
+                        status[id(change)] = "applied"
+            for (filesystem, hive_name), changes in grouped(plan, REGISTRY_CHANGES,
+                                                            lambda c: (c.filesystem, c.hive)).items():
+                with guest.on_filesystem(filesystem):
+                    result = apply_hive(guest, root, filesystem, hive_name, changes, Path(tmp), stamp, status)
                 commits.append(result.to_json())
                 warnings += [StepWarning(code="hive_permissions", message=w) for w in result.warnings]
             for change in plan.changes:
@@ -177,20 +194,21 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
                   outcomes=[ChangeOutcome(change=c, status=status[id(c)]) for c in plan.changes])
 
 
-def registry_changes_by_hive(plan: Plan) -> dict[str, list]:
-    grouped: dict[str, list] = {}
+def grouped(plan: Plan, kinds: tuple, key) -> dict:
+    """The plan's changes of ``kinds`` by ``key(change)``, in plan order (Windows volume first where it is first)."""
+    groups: dict = {}
     for change in plan.changes:
-        if isinstance(change, REGISTRY_CHANGES):
-            grouped.setdefault(change.hive, []).append(change)
-    return grouped
+        if isinstance(change, kinds):
+            groups.setdefault(key(change), []).append(change)
+    return groups
 
 
-def apply_hive(guest: Guest, root: WindowsRoot, hive_name: str, changes: list, tmp: Path, stamp: str,
-               status: dict) -> registry.CommitResult:
-    path = hive_path(guest, root, hive_name)
+def apply_hive(guest: Guest, root: WindowsRoot, filesystem: str | None, hive_name: str, changes: list, tmp: Path,
+               stamp: str, status: dict) -> registry.CommitResult:
+    path = locate_hive(guest, root, hive_name, filesystem)
     registry.cleanup_stale(guest, path)
     local = registry.download_hive(guest, path, tmp)
-    with Hive.open(local, write=True, label=f"{root.device}:{path}") as hive:
+    with Hive.open(local, write=True, label=f"{filesystem or root.device}:{path}") as hive:
         for change in changes:
             change.check(hive, path)
             change.perform(hive)

@@ -200,10 +200,11 @@ def execute(kind: StepType, params: Any, ctx: StepContext) -> Plan | Result:
 
 @dataclass(frozen=True)
 class Part:
-    """One step of a sequence: ``params(sequence_params, earlier_results)`` gives its raw params (dryRun and
-    timeout are set by the sequence); ``weight`` is its share of the progress scale."""
+    """One step of a sequence: ``params(sequence_params, earlier)`` gives its raw params from the sequence's and
+    the earlier parts' documents by step name (their results; their plans in a dry run -- both carry ``facts``);
+    dryRun and timeout are set by the sequence. ``weight`` is its share of the progress scale."""
     kind: StepType
-    params: Callable[[Any, dict[str, Result]], dict]
+    params: Callable[[Any, dict[str, Plan | Result]], dict]
     weight: float = 1.0
 
 
@@ -216,7 +217,7 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
         start = bands[-1][1]
 
     def run_parts(params, ctx: StepContext, dry: bool) -> tuple[list, dict | None]:
-        done: dict[str, Result] = {}
+        done: dict[str, Plan | Result] = {}
         documents, error = [], None
         for part, (low, high) in zip(parts, bands):
             sub = PartContext(ctx, low, high)
@@ -235,11 +236,10 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
                 if isinstance(exc, StepFailed):
                     document = Result.model_validate(exc.result)
             documents.append(document)
-            if not dry:
-                done[part.kind.name] = document
-                if document.error:
-                    error = document.error
-                    break
+            done[part.kind.name] = document
+            if not dry and document.error:
+                error = document.error
+                break
         return documents, error
 
     def plan(params, ctx: StepContext) -> Plan:

@@ -40,10 +40,17 @@ def json_of(value: RegValue | None) -> dict | None:
 
 
 class RegistryChange(BaseModel):
-    """A change inside one hive; ``check`` refuses when the hive no longer holds what the plan saw."""
+    """A change inside one hive; ``check`` refuses when the hive no longer holds what the plan saw.
+
+    ``hive`` is SYSTEM, SOFTWARE, ... of the Windows installation; with ``filesystem`` (the device of another
+    filesystem of the disk, e.g. the ESP) it is the path of a hive file there (``/EFI/Microsoft/Boot/BCD``)."""
     hive: str
     key: str                              # inside the hive, control set resolved: ControlSet002\Services\...
+    filesystem: str | None = None
     reason: str = ""
+
+    def where(self) -> str:
+        return f"{self.filesystem}:{self.hive}" if self.filesystem else self.hive
 
     def check(self, hive: Hive, path: str) -> None:
         current = json_of(hive.get(self.key, self.name))
@@ -61,7 +68,8 @@ class RegistrySet(RegistryChange):
 
     def describe(self) -> str:
         old = "absent" if self.old is None else repr(self.old["value"])
-        return f"set    {self.hive}\\{self.key}\\{self.name or '(default)'} = {self.new!r} ({self.type}, was {old})"
+        name = self.name or "(default)"
+        return f"set    {self.where()}\\{self.key}\\{name} = {self.new!r} ({self.type}, was {old})"
 
     def perform(self, hive: Hive) -> None:
         rtype = type_from_name(self.type)
@@ -74,7 +82,7 @@ class RegistryDeleteValue(RegistryChange):
     old: dict
 
     def describe(self) -> str:
-        return f"delete {self.hive}\\{self.key}\\{self.name} (was {self.old['value']!r})"
+        return f"delete {self.where()}\\{self.key}\\{self.name} (was {self.old['value']!r})"
 
     def perform(self, hive: Hive) -> None:
         hive.delete_value(self.key, self.name)
@@ -84,7 +92,7 @@ class RegistryDeleteKey(RegistryChange):
     kind: Literal["registry_delete_key"] = "registry_delete_key"
 
     def describe(self) -> str:
-        return f"delete {self.hive}\\{self.key}\\ (whole key)"
+        return f"delete {self.where()}\\{self.key}\\ (whole key)"
 
     def check(self, hive: Hive, path: str) -> None:
         """Deleting a key that is already gone changes nothing: no check."""
@@ -100,7 +108,8 @@ REGISTRY_CHANGES = (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)
 
 class FileWrite(BaseModel):
     kind: Literal["file_write"] = "file_write"
-    path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd
+    path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd (or a path on filesystem)
+    filesystem: str | None = None         # another filesystem of the disk (the ESP's device); None: the Windows volume
     sha256: str
     size: int
     old_sha256: str | None = None         # None: the file does not exist yet
@@ -109,11 +118,12 @@ class FileWrite(BaseModel):
 
     def describe(self) -> str:
         replacing = ", replaces a file" if self.old_sha256 else ""
-        return f"write  {self.path} ({self.size} bytes, sha256 {self.sha256[:12]}…{replacing})"
+        where = f"{self.filesystem}:" if self.filesystem else ""
+        return f"write  {where}{self.path} ({self.size} bytes, sha256 {self.sha256[:12]}…{replacing})"
 
     def apply(self, guest) -> None:
         """Upload next to the target, check the bytes, then rename over it: never a half-written file at the
-        name."""
+        name. The filesystem holding the file must be the one mounted (``Guest.on_filesystem``)."""
         target = guest.win_path(self.path)
         current = guest.checksum(target) if guest.is_file(target) else None
         if current != self.old_sha256:

@@ -84,7 +84,8 @@ def commit_hive(guest: Guest, guest_path: str, hive: Hive, expected: Callable[[H
        only the pristine hive is kept). The backup is a hard link, not a copy: once the rename is done it *is*
        the original file, bytes and NTFS permissions, at no cost in space or time. A copy would be a new file,
        and ntfs-3g gives new files a security descriptor granting Everyone full control, so any user could
-       read the hive's secrets from it.
+       read the hive's secrets from it. On a filesystem without hard links (FAT: a BCD on the ESP, where no
+       permissions exist either) the backup is a copy, checked against the original and renamed into place.
     5. Rename the staged file over the original, sync, check the sha256.
 
     A crash leaves the old or the new hive, never a torn one (``cleanup_stale`` tidies up, see there).
@@ -157,7 +158,13 @@ def _link_backup(guest: Guest, guest_path: str, backup_dir: str, stamp: str) -> 
     if guest.is_file(backup):
         return backup, False
     guest.make_dirs(backup_dir)
-    guest.hard_link(guest_path, backup)
+    try:
+        guest.hard_link(guest_path, backup)
+    except RuntimeError:            # FAT (a BCD on the ESP) has no hard links: a verified copy, renamed into place
+        staged = backup + ".ce-copy"
+        guest.copy(guest_path, staged)
+        _expect_checksum(guest, staged, guest.checksum(guest_path))
+        guest.move(staged, backup)
     return backup, True
 
 
@@ -176,8 +183,13 @@ def _rename_over(guest: Guest, staged: str, guest_path: str, sha256: str, backup
 
 
 def _permission_warnings(guest: Guest, original: str, staged: str) -> tuple[str, ...]:
-    if guest.xattr(original, NTFS_ACL_XATTR) == guest.xattr(staged, NTFS_ACL_XATTR):
-        return ()
+    try:
+        if guest.xattr(original, NTFS_ACL_XATTR) == guest.xattr(staged, NTFS_ACL_XATTR):
+            return ()
+    except RuntimeError as exc:
+        if "not supported" in str(exc):     # FAT (a BCD on the ESP) has no permissions to lose
+            return ()
+        raise
     return (f"{original} now has the NTFS permissions ntfs-3g gives new files (Everyone: full control) instead "
             "of its own, which libguestfs cannot copy; prepare stages a first-boot action that puts the original "
             "back (restore-acl-*), and the backup keeps the original permissions",)

@@ -18,7 +18,8 @@ from pathlib import Path
 from ce import disks, firstboot, registry
 from ce.errors import HibernatedVolume, HiveDirty, HiveMissing, UncleanVolume
 from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
-from ce.plan import StepWarning, hive_path
+from ce.changes import StepWarning
+from ce.plan import hive_path
 
 from .facts import DiskFacts, Detected, DomainFacts, InspectReport, OsFacts, StateFacts, VdaFacts
 

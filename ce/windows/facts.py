@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from ce.firstboot import FirstBootStatus
-from ce.plan import StepWarning
+from ce.changes import StepWarning
 from ce.sizes import human_size
 
 

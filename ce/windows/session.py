@@ -20,7 +20,8 @@ from typing import Callable
 from ce import disks, faults
 from ce.errors import DiskReadOnly, HiveDirty
 from ce.guest import Drive, Guest, WindowsRoot
-from ce.plan import Plan, Planner, Result, apply
+from ce.changes import Plan, Result
+from ce.plan import Planner, apply
 from ce.step import StepContext
 
 from .detection import inspect_guest

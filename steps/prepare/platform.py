@@ -17,7 +17,8 @@ from importlib import resources
 from ce.errors import DriverMissing, PayloadMissing, WindowsTooOld
 from ce.firstboot import SAFE_PARAM
 from ce.payloads import Payload
-from ce.plan import Planner, type_from_name
+from ce.changes.guest import type_from_name
+from ce.plan import Planner
 from ce.registry import RegType
 from ce.windows import detection_rules, uninstall_keys
 
