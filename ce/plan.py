@@ -3,9 +3,11 @@ downloaded hives, so a plan applied twice is a no-op the second time); ``apply()
 returns the step's ``Result``.
 
 Crash safety lives here once: registry changes go through ``registry.commit_hive`` (verified, backed up, swapped by
-a rename) one hive at a time, files are staged next to their target and renamed over it (``FileWrite.apply``).
-Files go first: a registry value may point at a file (a boot driver, the first-boot runner), and a value pointing
-at a missing file is the one order that can leave an image unbootable. The change kinds themselves (what each
+a rename) one hive at a time, files are staged next to their target and renamed over it (``FileWrite.apply``), a
+partition table is read back and its old sectors put back on failure (``PartitionTableWrite.apply``). Hives and
+files may be on any filesystem of the disk (the ESP's BCD), not only the Windows volume. Partition tables go first
+(files and hives live inside partitions), then files: a registry value may point at a file (a boot driver, the
+first-boot runner), and a value pointing at a missing file is the one order that can leave an image unbootable. The change kinds themselves (what each
 checks, performs and says) are in ``ce.changes``; the disk steps plan with those kinds too, without a Planner.
 """
 from __future__ import annotations
@@ -16,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from . import firstboot, ntfs, registry, staging
-from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, Plan, RegistryDeleteKey, RegistryDeleteValue, \
-    RegistrySet, Result, StepWarning
+from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, PartitionTableWrite, Plan, RegistryDeleteKey, \
+    RegistryDeleteValue, RegistrySet, Result, StepWarning
 from .changes.guest import json_of
 from .errors import CeError, PlanConflict, RegistryHiveUnknown
 from .firstboot import FirstBootAction
-from .guest import Guest, WindowsRoot
+from .guest import Guest, WindowsRoot, partitions
 from .registry import Hive, RegType, RegValue
 
 HIVES = ("SYSTEM", "SOFTWARE", "SECURITY", "SAM", "DEFAULT")
@@ -109,6 +111,15 @@ class Planner:
             self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
                                                source=str(source), reason=reason, filesystem=filesystem))
 
+    def replace_partition_table(self, device: str, new: partitions.PartitionTable, reason: str = "") -> None:
+        """Plan ``device``'s partition table to become ``new`` (the partitions' contents stay in place)."""
+        old = partitions.read_table(self.guest, device)
+        if old == new:
+            return
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        backup = f"{self.root.systemroot}/ce-backup/partition-table-{device.rsplit('/', 1)[-1]}.{stamp}"
+        self.plan.changes.append(PartitionTableWrite(device=device, old=old, new=new, backup=backup, reason=reason))
+
     def write_bytes(self, path: str, data: bytes, reason: str = "") -> None:
         """write_file for content made by the step itself (scripts, parameter files)."""
         source = Path(tempfile.mkstemp(dir=self.workdir, prefix="content-")[1])
@@ -169,6 +180,11 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
     commits, warnings, error = [], list(plan.warnings), None
     try:
         with staging.scratch_dir("apply") as tmp:      # hive copies; a killed run's are removed by the next step
+            for change in plan.changes:                 # the partitions' places first: files and hives live in them
+                if isinstance(change, PartitionTableWrite):
+                    status[id(change)] = "failed"
+                    change.apply(guest, Path(tmp))
+                    status[id(change)] = "applied"
             for filesystem, files in grouped(plan, (FileWrite,), lambda c: c.filesystem).items():
                 with guest.on_filesystem(filesystem):
                     for change in files:

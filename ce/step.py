@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .changes import Plan, Result
-from .errors import Canceled, CeError, InvalidParams, StepFailed, TimedOut
+from .errors import Canceled, CeError, InvalidParams, StepFailed, TimedOut, first_problem
 
 ENTRY_POINT_GROUP = "ce.steps"
 MAX_TIMEOUT = 7 * 86400
@@ -162,21 +162,13 @@ class StepType:
         try:
             parsed = self.Params.model_validate(params)
         except ValidationError as exc:
-            raise InvalidParams(*first_problem(exc)) from None
+            raise InvalidParams(*first_problem(exc, prefix="params")) from None
         if self.validate:
             self.validate(parsed)
         return parsed
 
     def disks(self, params: BaseModel) -> list[str]:
         return [v for v in (getattr(params, name, None) for name in self.disk_params) if v]
-
-
-def first_problem(exc: ValidationError, prefix: str = "params") -> tuple[str, str]:
-    """(message, field) of a pydantic error: the first problem, named by its field, and how many more."""
-    errors = exc.errors()
-    where = ".".join(str(p) for p in errors[0]["loc"])
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{prefix}{'.' + where if where else ''}: {errors[0]['msg']}{more}", where or None
 
 
 def execute(kind: StepType, params: Any, ctx: StepContext) -> Plan | Result:

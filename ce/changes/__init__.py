@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field
 
 from ..firstboot import FirstBootAction
 from .disk import DISK_CHANGES, DiskHash, DiskRead, DiskWrite
-from .guest import REGISTRY_CHANGES, FileWrite, RegistryDeleteKey, RegistryDeleteValue, RegistrySet
+from .guest import REGISTRY_CHANGES, FileWrite, PartitionTableWrite, RegistryDeleteKey, RegistryDeleteValue, \
+    RegistrySet
 
 Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction,
-                         DiskRead, DiskWrite, DiskHash], Field(discriminator="kind")]
+                         PartitionTableWrite, DiskRead, DiskWrite, DiskHash], Field(discriminator="kind")]
 
 
 class StepWarning(BaseModel):
@@ -74,5 +75,5 @@ def describe(document: Plan | Result) -> list[str]:
 
 
 __all__ = ["Change", "ChangeOutcome", "DISK_CHANGES", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
-           "FirstBootAction", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey", "RegistryDeleteValue",
+           "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey", "RegistryDeleteValue",
            "RegistrySet", "Result", "StepWarning", "describe"]

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import FileWriteFailed, ImageChangedSincePlan, RegistryTypeUnknown
+from ..guest import partitions
+from ..guest.partitions import PartitionTable
 from ..registry import Hive, RegType, RegValue
 
 STAGED_SUFFIX = ".ce-new"
@@ -139,3 +141,29 @@ class FileWrite(BaseModel):
         finally:
             if guest.path_exists(staged):
                 guest.remove(staged)
+
+
+# ---------------------------------------------------------------- partition tables
+
+class PartitionTableWrite(BaseModel):
+    """Replace a disk's partition table (the partitions' contents stay where they are): checked against the table
+    the plan saw, read back after writing, the old table's sectors put back if anything fails and kept in the image
+    afterwards (``backup``, a guest path on the Windows volume: the first 34 sectors, then the last 33)."""
+    kind: Literal["partition_table"] = "partition_table"
+    device: str
+    old: PartitionTable
+    new: PartitionTable
+    backup: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"replace {self.device}'s partition table ({self.old.describe()}) with {self.new.describe()}"
+
+    def apply(self, guest, local_dir) -> None:
+        with guest.unmounted():
+            saved = partitions.replace_table(guest, self.device, self.old, self.new)
+        local = local_dir / "partition-table.bin"
+        local.write_bytes(saved.head + saved.tail)
+        guest.make_dirs(posixpath.dirname(self.backup))
+        guest.upload(local, self.backup + STAGED_SUFFIX)
+        guest.move(self.backup + STAGED_SUFFIX, self.backup)

@@ -5,7 +5,7 @@ Each class has a stable ``code`` (the connector and the tests match on it, never
 should do; ``catalogue()`` lists them all (the README's table of codes is checked against it). Import errors from
 here: ``from ce.errors import DiskNotFound``.
 """
-from .base import CeError, catalogue, naming_field
+from .base import CeError, catalogue, first_problem, naming_field
 from .disk import *          # noqa: F401,F403
 from .guest import *         # noqa: F401,F403
 from .payload import *       # noqa: F401,F403

@@ -41,6 +41,16 @@ def naming_field(field: str):
         raise
 
 
+def first_problem(exc, prefix: str = "", top: str = "") -> tuple[str, str | None]:
+    """(message, field) for a pydantic ValidationError: the first problem named by its field (under ``prefix``;
+    ``top`` when it is about the whole document) and how many more there are."""
+    errors = exc.errors()
+    field = ".".join(str(p) for p in errors[0]["loc"]) or None
+    where = f"{prefix}.{field}" if prefix and field else field or prefix or top
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {errors[0]['msg']}{more}", field
+
+
 def catalogue() -> dict[str, type[CeError]]:
     """Every error class ce defines, by code (the classes of ``ce.errors``' group modules)."""
     found: dict[str, type[CeError]] = {}

@@ -81,3 +81,9 @@ class DriverMissing(CeError):
 class WindowsTooOld(CeError):
     code = "windows_too_old"
     action = "the target platform needs Windows 8 / Server 2012 or newer: use a newer image"
+
+
+class PartitionTableFailed(GuestError):
+    code = "partition_table_failed"
+    status = 500
+    action = "the partition table was not replaced (the old one was put back, see the message): run the step again"

@@ -11,7 +11,7 @@ from werkzeug import exceptions as http
 
 from .. import __version__, disks as disk_info
 from ..errors import (CeError, InternalError, InvalidParams, InvalidRequest, MethodNotAllowed, NotFound,
-                      RequestTooLarge, Unauthorized)
+                      RequestTooLarge, Unauthorized, first_problem)
 from ..step import StepType
 from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
@@ -139,9 +139,8 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         try:
             create = api.StepCreate.model_validate(body)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return refuse(InvalidParams(f"{where}: {first['msg']}"), field=where)
+            message, field = first_problem(exc, top="body")
+            return refuse(InvalidParams(message), field=field or "body")
         request.environ["ce.step_id"] = create.id
         row, _ = supervisor.submit(create.id, create.type, create.params)
         response = jsonify(step_doc(row))

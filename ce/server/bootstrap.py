@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import BootstrapInvalid, TlsConfigError
+from ..errors import BootstrapInvalid, TlsConfigError, first_problem
 from ..tls import OutboundPolicy, normalize_sha1
 
 MIN_TOKEN = 32
@@ -132,9 +132,7 @@ def load(path: str | Path) -> Bootstrap:
     try:
         boot = Bootstrap.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BootstrapInvalid(f"{path}: {where}: {first['msg']}") from None
+        raise BootstrapInvalid(f"{path}: {first_problem(exc, top='(top level)')[0]}") from None
     base = path.parent.resolve()
     resolve = (lambda p: p if p is None or p.is_absolute() else base / p)
     boot.tls = TlsFiles(**{k: resolve(v) for k, v in boot.tls.model_dump().items()})

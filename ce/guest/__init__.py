@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import guestfs
 
-from . import faults, ntfs
-from .appliance import ACCEL_ENV, choose_accel, deadline, qemu_children
-from .errors import (ApplianceError, BitLockerVolume, BlankDisk, GuestError, HibernatedVolume,
+from .. import faults, ntfs
+from ..appliance import ACCEL_ENV, choose_accel, deadline, qemu_children
+from .files import GuestFiles
+from ..errors import (ApplianceError, BitLockerVolume, BlankDisk, GuestError, HibernatedVolume,
                      MultipleWindowsRoots, NotWindows, UncleanVolume)
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def unescape(text: str) -> str:
 
 # ---------------------------------------------------------------- session
 
-class Guest:
+class Guest(GuestFiles):
     """A launched libguestfs appliance over one or more drives. Use as a context manager."""
 
     def __init__(self, drives: list[Drive], *, launch_timeout: float | None = None, memsize: int | None = None):
@@ -348,6 +349,20 @@ class Guest:
             self.g.umount_all()
             (self.g.mount_ro if readonly else self.g.mount)(windows, "/")
 
+    @contextmanager
+    def unmounted(self):
+        """Nothing of the disk mounted for the block (a partition table being rewritten); the Windows volume is
+        mounted back afterwards, in its mode."""
+        windows, readonly = self._windows_mount
+        if not readonly:
+            self.g.sync()
+        self.g.umount_all()
+        try:
+            yield
+        finally:
+            if windows:
+                (self.g.mount_ro if readonly else self.g.mount)(windows, "/")
+
     def win_path(self, path: str) -> str:
         """A guest path for a Windows path (``C:\\Windows\\...`` or ``/Windows/...``), resolving case like
         Windows does. Components that do not exist yet keep the given case."""
@@ -381,60 +396,3 @@ class Guest:
     def sync(self) -> None:
         if self._mounted_rw:
             self.g.sync()
-
-
-    # ------------------------------------------------------------ files on the mounted filesystems
-    # Paths here are guest paths (win_path's result, or a path on another mounted filesystem); nothing outside this
-    # module touches the libguestfs handle.
-
-    def is_file(self, path: str) -> bool:
-        return self.g.is_file(path)
-
-    def is_dir(self, path: str) -> bool:
-        return self.g.is_dir(path)
-
-    def path_exists(self, path: str) -> bool:
-        return self.g.exists(path)
-
-    def read_bytes(self, path: str) -> bytes:
-        """The contents of a guest path (``read_file`` takes a Windows path)."""
-        return self.g.read_file(path)
-
-    def checksum(self, path: str, algorithm: str = "sha256") -> str:
-        return self.g.checksum(algorithm, path)
-
-    def download(self, path: str, local: str) -> None:
-        self.g.download(path, str(local))
-
-    def upload(self, local: str, path: str) -> None:
-        self.g.upload(str(local), path)
-
-    def move(self, source: str, target: str) -> None:
-        self.g.mv(source, target)
-
-    def remove(self, path: str, *, missing_ok: bool = False) -> None:
-        (self.g.rm_f if missing_ok else self.g.rm)(path)
-
-    def make_dirs(self, path: str) -> None:
-        self.g.mkdir_p(path)
-
-    def hard_link(self, target: str, link: str) -> None:
-        self.g.ln(target, link)
-
-    def copy(self, source: str, target: str) -> None:
-        self.g.cp(source, target)
-
-    def listdir(self, path: str) -> list[str]:
-        return self.g.ls(path)
-
-    def inode(self, path: str) -> tuple[int, int]:
-        """(inode, link count) of ``path`` without following a symlink."""
-        st = self.g.lstatns(path)
-        return st["st_ino"], st["st_nlink"]
-
-    def xattr(self, path: str, name: str) -> bytes:
-        return self.g.lgetxattr(path, name)
-
-    def sync_now(self) -> None:
-        """Flush whatever the mount mode (sync() flushes a read-write mount only)."""
-        self.g.sync()
