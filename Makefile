@@ -28,14 +28,15 @@ images: venv
 test: venv images
 	$(PY) -m pytest tests
 
-# crash injection at every second libguestfs call of a prepare's apply (>= 50 kill points; slow, ~1 h under TCG),
-# byte moves killed in every phase at 10/50/90 %, every hostile value run to its end, the secrets sweep
+# the fault suite (tests/faults) in full: crash injection at every second libguestfs call of a prepare's apply
+# (>= 50 kill points; slow, ~1 h under TCG), byte moves killed in every phase at 10/50/90 %, the bad disks, every
+# hostile value run to its end, the secrets sweep
 test-faults: venv images
-	CE_FAULT_POINTS=all CE_FAULT_BYTES=all CE_FAULT_REQUESTS=all $(PY) -m pytest -s tests/test_faults_prepare.py \
-	    tests/test_faults_bytes.py tests/test_faults_requests.py tests/test_faults_secrets.py
+	$(PY) -m pytest -s tests/faults --fault-points=all --fault-bytes=all --fault-requests=all
 
+# unit-speed tests only: no libguestfs appliance, smbd, step server, fault suite or VM image (markers: pyproject.toml)
 test-fast: venv
-	$(PY) -m pytest tests -m 'not slow'
+	$(PY) -m pytest tests -m 'not slow and not smb and not server and not faults and not image'
 
 inspect-sample: venv images
 	$(VENV)/bin/ce inspect images/build/win2019-vda2203-pvs.qcow2
@@ -55,7 +56,7 @@ image: venv
 
 # boots build/image/out/ce.qcow2 with a config drive and a sample disk, drives its API over mTLS (slow: nested TCG)
 image-test: venv images
-	CE_IMAGE_TEST=1 $(PY) -m pytest tests/test_image_boot.py -v
+	CE_IMAGE_TEST=1 $(PY) -m pytest tests/image/test_image_boot.py -v
 
 clean-images:
 	rm -rf images/build

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from ce import disks, hashing  # noqa: E402
 from ce.smb import Credentials, SmbShare  # noqa: E402
 from ce.step import StepContext, execute, step_types  # noqa: E402
-from tests.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
+from tests.support.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
 
 MiB = 1 << 20
 DENSE_TARGET, SPARSE_TARGET = 0.9, 1.0

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ce.tls import OutboundPolicy, outbound_session  # noqa: E402
-from tests.server_harness import Pki, ServerProcess  # noqa: E402
+from tests.support.server_harness import Pki, ServerProcess  # noqa: E402
 
 SAMPLE = ROOT / "images/build/win2019-vda2203-pvs.qcow2"
 TERMINAL = ("succeeded", "failed", "canceled")

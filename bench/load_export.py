@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.load import percentile, server_timing  # noqa: E402
 from ce.tls import OutboundPolicy, outbound_session  # noqa: E402
-from tests.server_harness import Pki, ServerProcess  # noqa: E402
-from tests.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
+from tests.support.server_harness import Pki, ServerProcess  # noqa: E402
+from tests.support.smbserver import PASSWORD, USER, SambaServer  # noqa: E402
 
 MiB = 1 << 20
 TERMINAL = ("succeeded", "failed", "canceled")

@@ -224,6 +224,7 @@ def regipy_value(path: Path, key: str, name: str):
     return None
 
 
+@pytest.mark.slow
 def test_dry_run_changes_nothing_and_equals_what_the_run_did(prepared):
     assert prepared["dry_run_unchanged"]
     applied = [o["change"] for o in prepared["result"]["outcomes"]]
@@ -232,10 +233,12 @@ def test_dry_run_changes_nothing_and_equals_what_the_run_did(prepared):
     assert prepared["result"].get("error") is None
 
 
+@pytest.mark.slow
 def test_a_second_run_plans_nothing(prepared):
     assert prepared["replan"]["changes"] == []
 
 
+@pytest.mark.slow
 def test_setup_cmdline_and_marker_are_exact_in_both_parsers(prepared):
     system, software = prepared["back"]["hives"]["SYSTEM"], prepared["back"]["hives"]["SOFTWARE"]
     cmd = firstboot.command_line("/Windows")
@@ -253,6 +256,7 @@ def test_setup_cmdline_and_marker_are_exact_in_both_parsers(prepared):
     assert regipy_value(software, r"\Citrix\ImagePortability", "PendingDomainUnjoin") == ("REG_SZ", "corp.example.com")
 
 
+@pytest.mark.slow
 def test_staged_files_are_the_shipped_scripts_plus_json_data(prepared):
     files = prepared["back"]["files"]
     assert files["runner.ps1"] == firstboot.script_text("runner.ps1")
@@ -278,6 +282,7 @@ def test_staged_files_are_the_shipped_scripts_plus_json_data(prepared):
                                  .replace('"', "")), path
 
 
+@pytest.mark.slow
 def test_inspect_reports_the_staged_actions_and_the_pending_unjoin(prepared):
     report = prepared["back"]["report"]
     assert report.domain.pending_unjoin == "corp.example.com"
@@ -301,6 +306,7 @@ def test_md5_pre_check_refuses_another_disk_before_launching(samples, tmp_path):
     assert proc.returncode == 1 and "params.md5Hash: String should match pattern" in proc.stderr
 
 
+@pytest.mark.slow
 def test_components_already_present_stage_nothing_and_need_no_store(samples, tmp_path):
     disk = str(samples["win2022-vda2411-mcs"].path)
     md5 = hashing.hash_disk(disk, algorithms=("md5",)).hashes["md5"]
@@ -312,6 +318,7 @@ def test_components_already_present_stage_nothing_and_need_no_store(samples, tmp
     assert sorted(w["code"] for w in plan["warnings"]) == ["mcsio_present", "misa_present"]
 
 
+@pytest.mark.slow
 def test_pvs_upgrade_is_staged_and_a_swapped_installer_is_refused(samples, tmp_path):
     store = make_store(tmp_path / "store", {("pvs-target-device", "2402.0.2000"): ("PVS_Device_x64.exe", b"P" * 4096)})
     job = tmp_path / "job.json"
@@ -385,6 +392,7 @@ def others(samples, tmp_path_factory):
     return results, backs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OTHERS))
 def test_every_sample_gets_exactly_the_actions_it_needs(others, name):
     results, backs = others
@@ -413,6 +421,7 @@ def test_every_sample_gets_exactly_the_actions_it_needs(others, name):
 
 # ---------------------------------------------------------------- hive permissions survive the replacement
 
+@pytest.mark.slow
 def test_restrictive_hive_permissions_are_restored_at_first_boot(samples, tmp_path):
     """ntfs-3g gives a replacing hive "Everyone: full control"; ce stages the original descriptor's restore."""
     disk = str(tmp_path / "w2019.qcow2")

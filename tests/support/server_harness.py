@@ -2,7 +2,7 @@
 127.0.0.1, clients with and without the right certificate -- plus the test-only step types it serves.
 
 The test-only step types are this module's ``STEPS``, which the server and its step processes serve because
-``CE_EXTRA_STEP_MODULES=tests.server_harness``; importing this module registers nothing, and nothing under
+``CE_EXTRA_STEP_MODULES=tests.support.server_harness``; importing this module registers nothing, and nothing under
 ``steps/`` is fake.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from ce.changes import Plan, Result
 from ce.errors import Canceled
 from ce.step import StepContext, StepParams, StepType
 from ce.tls import OutboundPolicy, outbound_session
-from tests.certs import Authority
+from tests.support import ROOT
+from tests.support.certs import Authority
 
-ROOT = Path(__file__).resolve().parents[1]
 CE = Path(sys.executable).with_name("ce")
 
 
@@ -197,10 +197,11 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, pki: Pki, *, disks: list[str] | None = None, callback: dict | None = None,
                  extra_args: tuple[str, ...] = ("--cancel-grace", "3"), state_dir: Path | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, env: dict[str, str] | None = None, token: str | None = None):
         self.workdir, self.pki = workdir, pki
         self.port = free_port()
-        self.token = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
+        self.env = env or {}                    # added to the server's environment (its step processes inherit it)
         self.bootstrap = workdir / "bootstrap.json"
         self.state_dir = state_dir or workdir / "state"
         doc = {"version": 1, "token": self.token, "listen": f"127.0.0.1:{self.port}",
@@ -220,9 +221,9 @@ class ServerProcess:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> "ServerProcess":
-        env = {**os.environ, "CE_EXTRA_STEP_MODULES": "tests.server_harness",
+        env = {**os.environ, "CE_EXTRA_STEP_MODULES": "tests.support.server_harness",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "LIBGUESTFS_BACKEND": os.environ.get("LIBGUESTFS_BACKEND", "direct")}
+               "LIBGUESTFS_BACKEND": os.environ.get("LIBGUESTFS_BACKEND", "direct"), **self.env}
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(CE), *(["-v"] if self.verbose else []), "serve", "--bootstrap",
                                       str(self.bootstrap), *self.extra_args],
@@ -239,6 +240,12 @@ class ServerProcess:
                 return False
         wait_until(up, timeout, "the server to answer /v1/health")
         return self
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def kill(self) -> None:
         """SIGKILL the whole gunicorn (arbiter and worker): a crash, not a shutdown."""

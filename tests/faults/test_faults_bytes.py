@@ -12,7 +12,8 @@ image on a share is read in place, so there is no download phase) at 10, 50 and 
 Plus a cancel through the server API while an export uploads to the real smbd: ``canceled``, nothing at the final
 name, no partial file on the share, scratch space empty.
 
-`make test-faults` kills every phase at 10, 50 and 90 % (CE_FAULT_BYTES=all); `make test` at 50 % only.
+`make test-faults` kills every phase at 10, 50 and 90 % (``--fault-bytes=all``, or CE_FAULT_BYTES=all); `make test`
+one kind of phase each at 50 % only.
 Real parts only: the `ce` command in its own session, qemu-img, Samba's smbd on 127.0.0.1.
 """
 from __future__ import annotations
@@ -33,15 +34,18 @@ import pytest
 
 from ce import disks, staging
 from ce.server.supervisor import group_members
-from tests.server_harness import Pki, ServerProcess, wait_until
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.support import ROOT
+from tests.support.faults import DEPTH
+from tests.support.files import write_extents
+from tests.support.server_harness import ServerProcess, wait_until
+from tests.support.smbserver import PASSWORD, USER, SambaServer
 
 MiB = 1 << 20
 CE = [sys.executable, "-m", "ce.cli"]
 VIRTUAL = 256 * MiB
 DATA_REGIONS = [(0, 64 * MiB), (96 * MiB, 64 * MiB), (192 * MiB, 32 * MiB)]   # 160 MiB of random data, holes between
 POLL = 0.002
-ALL = os.environ.get("CE_FAULT_BYTES") == "all"
+ALL = DEPTH.every("bytes")                 # --fault-bytes (tests/support/faults.py)
 # make test: one kill per kind of phase (conversion, upload, download, writing the disk), at 50 %
 SAMPLE = {("export", "stream"), ("export", "convert"), ("convert>smb", "upload"), ("convert<smb", "convert"),
           ("reverseImage", "write")}
@@ -59,14 +63,7 @@ def kill_points(step: str, phases: list[str]) -> list:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     """A raw disk with 256 MiB of random data in three regions and holes between them."""
-    path = tmp_path_factory.mktemp("source") / "golden.raw"
-    with open(path, "wb") as f:
-        f.truncate(VIRTUAL)
-        for offset, length in DATA_REGIONS:
-            f.seek(offset)
-            for _ in range(length // (8 * MiB)):
-                f.write(os.urandom(8 * MiB))
-    return path
+    return write_extents(tmp_path_factory.mktemp("source") / "golden.raw", VIRTUAL, DATA_REGIONS)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +75,6 @@ def references(source, tmp_path_factory) -> dict[str, Path]:
     for fmt, path in refs.items():
         disks.convert(source, path, fmt)
     return refs
-
-
-@pytest.fixture(scope="module")
-def samba(tmp_path_factory):
-    with SambaServer(tmp_path_factory.mktemp("samba-faults")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,15 +253,23 @@ def test_convert_to_share_killed(phase, fraction, source, references, samba, pla
     interrupt_and_rerun(move, fraction, lambda: _equal(final, source))
 
 
+def from_share(step: str, phase: str, argv: list[str], measure: Callable[[], int], outputs: list[Path], place,
+               **extra) -> Move:
+    """A move that reads the image in place on the share (no download phase): it writes the local side only."""
+    folder, share_dir, scratch, local = place
+    return Move(step, phase, argv, measure, sum(length for _, length in DATA_REGIONS), outputs,
+                [share_dir / "input.vhdx"], share_dir, scratch, local_dir=local, expect_on_share={"input.vhdx"},
+                **extra)
+
+
 @pytest.mark.parametrize("phase, fraction", kill_points("convert<smb", ["convert"]))
 def test_convert_from_share_killed(phase, fraction, source, references, samba, place):
     folder, share_dir, scratch, local = place
     shutil.copy(references["vhdx"], share_dir / "input.vhdx")
     output = local / "out.qcow2"
     argv = [*CE, "convert", smb_url(samba, folder, "input.vhdx"), str(output), "-O", "qcow2"]
-    watched, total = partials(local, "*.partial"), sum(length for _, length in DATA_REGIONS)      # read in place
-    move = Move("convert<smb", phase, argv, lambda: size_of(watched), total, [output],
-                [share_dir / "input.vhdx"], share_dir, scratch, local_dir=local, expect_on_share={"input.vhdx"})
+    watched = partials(local, "*.partial")
+    move = from_share("convert<smb", phase, argv, lambda: size_of(watched), [output], place)
     interrupt_and_rerun(move, fraction, lambda: _equal(output, source))
 
 
@@ -284,23 +283,18 @@ def test_reverse_image_killed(phase, fraction, source, references, samba, place)
     target = local / "attached.raw"
     target.touch()                                         # an empty thin disk; grows to the image's size
     argv = [*CE, "reverse-image", smb_url(samba, folder, "input.vhdx"), str(target)]
-    measure, total = (lambda: allocated_of(target)), sum(length for _, length in DATA_REGIONS)
     # The attached disk has no partial name: killed while writing it holds a mix, so the re-run must overwrite.
-    move = Move("reverseImage", phase, argv, measure, total, [], [share_dir / "input.vhdx"], share_dir, scratch,
-                local_dir=local, expect_on_share={"input.vhdx"}, rerun_extra=["--overwrite"])
+    move = from_share("reverseImage", phase, argv, lambda: allocated_of(target), [], place,
+                      rerun_extra=["--overwrite"])
     interrupt_and_rerun(move, fraction, lambda: _equal(target, source))
 
 
 # ---------------------------------------------------------------- cancel through the server
 
-def test_cancel_export_through_the_server(source, references, samba, place, tmp_path):
+def test_cancel_export_through_the_server(source, references, samba, place, tmp_path, pki):
     folder, share_dir, scratch, _ = place
-    os.environ[staging.SCRATCH_ENV] = str(scratch)          # the server's step processes inherit it
-    try:
-        server = ServerProcess(tmp_path / "server", Pki(tmp_path / "pki"), disks=[str(source)]).start()
-    finally:
-        del os.environ[staging.SCRATCH_ENV]
-    try:
+    scratch_env = {staging.SCRATCH_ENV: str(scratch)}       # its own server: the step processes use this scratch
+    with ServerProcess(tmp_path / "server", pki, disks=[str(source)], env=scratch_env) as server:
         api = server.session()
         step_id = f"cancel-{uuid.uuid4().hex[:8]}"
         params = {"disk": str(source), "SmbDiskName": "golden",
@@ -315,8 +309,6 @@ def test_cancel_export_through_the_server(source, references, samba, place, tmp_
         assert api.post(f"{server.url}/v1/steps/{step_id}/cancel", timeout=30).status_code == 202
         doc = wait_until(lambda: (d := api.get(f"{server.url}/v1/steps/{step_id}", timeout=30).json())["status"]
                          in ("succeeded", "failed", "canceled") and d, 60, "the step to end")
-    finally:
-        server.stop()
     assert doc["status"] == "canceled", doc
     assert doc["error"]["code"] == "canceled"
     assert os.listdir(share_dir) == []
@@ -333,7 +325,7 @@ def test_scratch_dirs_of_dead_processes_are_removed_by_the_next_step(tmp_path, m
     code = "import sys, time; from ce import staging; print(staging.make_scratch_dir('export'), flush=True); " \
            "time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     theirs = Path(proc.stdout.readline().strip())
     (theirs / "disk.partial").write_bytes(b"x" * 4096)
     unrelated = tmp_path / "ce-export-notmine"

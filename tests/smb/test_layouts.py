@@ -17,7 +17,7 @@ import pytest
 from ce import disks
 from ce.disks import layouts
 from ce.smb import Credentials, SmbShare
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.support.smbserver import PASSWORD, USER
 
 MiB = 1 << 20
 CONTAINERS = [("vhdx", "dynamic"), ("vhdx", "fixed"), ("vpc", "dynamic"), ("vpc", "fixed")]
@@ -26,10 +26,10 @@ READERS = {"vhdx": "vhdiinfo", "vpc": "vhdiinfo", "vmdk": "vmdkinfo"}
 
 
 @pytest.fixture(scope="module")
-def share(tmp_path_factory):
-    with SambaServer(tmp_path_factory.mktemp("samba-layout")) as server, \
-            SmbShare(server.unc("share"), Credentials(USER, PASSWORD), port=server.port) as connected:
-        connected.directory = server.share_dir("share")
+def share(samba):
+    """The module smbd's share, connected, with its local ``directory``."""
+    with SmbShare(samba.unc("share"), Credentials(USER, PASSWORD), port=samba.port) as connected:
+        connected.directory = samba.share_dir("share")
         yield connected
 
 

@@ -1,5 +1,5 @@
-"""Hostile requests beyond the schema fuzz (tests/test_server_fuzz.py), against the real server (gunicorn, mutual
-TLS, token) and a real smbd:
+"""Hostile requests beyond the schema fuzz (tests/server/test_server_fuzz.py), against the real server (gunicorn,
+mutual TLS, token) and a real smbd:
 
 * injection strings in every field that reaches a local file path or an SMB path (SmbDiskName, vDiskName, the
   image file names, every storage Location, the SMB account, every disk / source / output) are refused with 400 or
@@ -12,7 +12,7 @@ TLS, token) and a real smbd:
   clients' polls from being answered.
 
 `make test` runs every refusal at the door and a sample of the injections that reach a running step;
-`make test-faults` (CE_FAULT_REQUESTS=all) runs them all.
+`make test-faults` (``--fault-requests=all``, or CE_FAULT_REQUESTS=all) runs them all.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -30,12 +31,14 @@ import pytest
 import requests
 
 from ce import staging
-from tests.server_harness import Pki, ServerProcess, wait_until
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.support import ROOT
+from tests.support.faults import DEPTH
+from tests.support.files import step_files
+from tests.support.server_harness import ServerProcess, wait_until
+from tests.support.smbserver import PASSWORD, USER
 
-ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
-ALL = os.environ.get("CE_FAULT_REQUESTS") == "all"
+ALL = DEPTH.every("requests")              # --fault-requests (tests/support/faults.py)
 TERMINAL = ("succeeded", "failed", "canceled")
 INJECTIONS = {
     "dotdot": "..\\..\\ce-escape",
@@ -61,34 +64,28 @@ SAMPLE_RUNS = {("export", "SmbDiskName", "subshell"), ("export", "SmbDiskName", 
 # ---------------------------------------------------------------- the world
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hostile")
-    samba = SambaServer(base / "samba").start()
-    (samba.share_dir("share") / "in").mkdir()
-    (samba.share_dir("share") / "out").mkdir()
-    golden = base / "golden.raw"
-    with open(golden, "wb") as f:
-        f.truncate(8 * MiB)
-        f.write(os.urandom(MiB))
-    scratch = base / "scratch"
-    scratch.mkdir()
-    # the image reverseImage and convert read from the share, and the attached disks they may write
-    import subprocess
-    subprocess.run(["qemu-img", "convert", "-O", "vhdx", str(golden), str(samba.share_dir("share") / "in" /
-                                                                           "golden.vhdx")], check=True)
-    target, out = base / "target.raw", base / "out.qcow2"
-    target.touch()
-    out.touch()
-    os.environ[staging.SCRATCH_ENV] = str(scratch)
-    try:
-        server = ServerProcess(base / "server", Pki(base / "pki"),
-                               disks=[str(golden), str(target), str(out)]).start()
-    finally:
-        del os.environ[staging.SCRATCH_ENV]
-    yield {"samba": samba, "server": server, "api": server.session(), "golden": golden, "target": target,
-           "out": out, "scratch": scratch, "base": base}
-    server.stop()
-    samba.stop()
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The golden disk, the attached disks reverseImage and convert may write, and the steps' scratch directory."""
+    return step_files(tmp_path_factory.mktemp("hostile"), 8 * MiB, [(0, MiB)],
+                      {"target": "target.raw", "out": "out.qcow2"})
+
+
+@pytest.fixture(scope="module")
+def server_options(files) -> dict:
+    """The module's server (tests/conftest.py) serves the three disks and runs its steps in this scratch space."""
+    return {"disks": [str(files[name]) for name in ("golden", "target", "out")],
+            "env": {staging.SCRATCH_ENV: str(files["scratch"])}}
+
+
+@pytest.fixture(scope="module")
+def world(files, samba, server, api):
+    """The files, the module's smbd with the image reverseImage and convert read (in/) and the export folder (out/),
+    and the server."""
+    for name in ("in", "out"):
+        (samba.share_dir("share") / name).mkdir()
+    subprocess.run(["qemu-img", "convert", "-O", "vhdx", str(files["golden"]),
+                    str(samba.share_dir("share") / "in" / "golden.vhdx")], check=True)
+    return {**files, "samba": samba, "server": server, "api": api}
 
 
 def location(world, folder: str = "out", *, Location: str | None = None, username: str = USER,

@@ -25,8 +25,8 @@ import pycdlib
 import pytest
 
 from ce import disks
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKER = ROOT / "packer"
 FILES = PACKER / "files"
 READER = FILES / "ce-bootstrap.py"

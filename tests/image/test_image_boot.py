@@ -1,6 +1,6 @@
 """The built CE image, booted with qemu (TCG) and driven from this host like a connector would (`make image-test`).
 
-One boot gets a CEBOOT config drive (ISO9660, made here with pycdlib, certificates from tests/certs.py) and the
+One boot gets a CEBOOT config drive (ISO9660, made here with pycdlib, certificates from tests/support/certs.py) and the
 win2019-vda2203-pvs sample as its second disk; the API is reached over HTTPS with mutual TLS and the bearer token
 through a port forward on 127.0.0.1: health, disks, an inspect step whose result must equal the sample's truth.
 Then a forwarded port other than 443 must get no answer at all (the firewall drops it), and after a clean
@@ -28,9 +28,9 @@ import pytest
 import requests
 
 from images.spec import load_all
-from tests.certs import Authority
+from tests.support import ROOT
+from tests.support.certs import Authority
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_DIR = Path(os.environ.get("CE_IMAGE_DIR", ROOT / "build/image"))
 IMAGE = IMAGE_DIR / "out/ce.qcow2"
 SAMPLE_NAME = "win2019-vda2203-pvs"

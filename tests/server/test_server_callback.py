@@ -9,13 +9,8 @@ import pytest
 import requests
 
 from ce.tls import OutboundPolicy, TlsConfigError, outbound_session
-from tests.certs import self_signed
-from tests.server_harness import CallbackReceiver as Receiver, Pki, ServerProcess, wait_until
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return Pki(tmp_path_factory.mktemp("pki"))
+from tests.support.certs import self_signed
+from tests.support.server_harness import CallbackReceiver as Receiver, ServerProcess, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,18 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from ce import smb
 from ce.errors import Canceled, DestinationExists
 from ce.smb import Credentials, SmbLocation, SmbShare
-from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
+from tests.support.files import write_extents
+from tests.support.smbserver import PASSWORD, USER, free_port
 
 MiB = 1 << 20
 GOOD = Credentials(USER, PASSWORD)
-TINY_FREE, TINY_TOTAL = 10 * MiB, 100 * MiB
-
-
-@pytest.fixture(scope="module")
-def samba(tmp_path_factory):
-    root = tmp_path_factory.mktemp("samba")
-    shares = {"share": {}, "tiny": tiny_share(root, TINY_TOTAL, TINY_FREE), "sealed": {"smb encrypt": "required"}}
-    with SambaServer(root, shares=shares) as server:
-        yield server
+TINY_FREE, TINY_TOTAL = 10 * MiB, 100 * MiB          # the samba fixture's tiny share (tests/conftest.py)
 
 
 @pytest.fixture
@@ -40,15 +32,6 @@ def sha256(path) -> str:
         while chunk := f.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_extents(path: Path, size: int, extents: list[tuple[int, int]]) -> None:
-    """A sparse file of ``size`` bytes with random data only in ``extents`` (offset, length)."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, length in extents:
-            f.seek(offset)
-            f.write(os.urandom(length))
 
 
 # ---------------------------------------------------------------- locations and credentials
@@ -290,7 +273,6 @@ def test_missing_folder(samba):
 
 
 def test_closed_port_fails_fast():
-    from tests.smbserver import free_port
     start = time.monotonic()
     with pytest.raises(smb.SmbUnreachable) as caught:
         SmbShare(r"\\127.0.0.1\share", GOOD, port=free_port(), timeout=2).connect()

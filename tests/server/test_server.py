@@ -18,16 +18,11 @@ from ce.server.priority import REQUEST_NICE
 from ce.server.supervisor import group_members
 from ce.server.worker import PROGRESS_EVERY, Reporter, WorkerContext
 from images.spec import load_all as load_specs
-from tests.server_harness import CE, Pki, ServerProcess, alive, processes_with, wait_until
+from tests.support import ROOT
+from tests.support.server_harness import CE, ServerProcess, alive, processes_with, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "images/build/win2019-vda2203-pvs.qcow2"
 SAMPLE_TRUTH = load_specs()["win2019-vda2203-pvs"].truth
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return Pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +37,9 @@ def scratch_disks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, pki, scratch_disks):
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), pki, disks=[str(SAMPLE), *scratch_disks]).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def api(server):
-    return server.session()
+def server_options(scratch_disks) -> dict:
+    """The module's server (tests/conftest.py) serves the sample and the two scratch disks."""
+    return {"disks": [str(SAMPLE), *scratch_disks]}
 
 
 def new_id() -> str:

@@ -6,8 +6,8 @@ every kill: each hive opens with hivex *and* regipy and is logically either the 
 hive; every file ce writes is absent, the old one, or complete -- never partial; no qemu survives. Then `ce run`
 again completes, and the final image equals the clean run's.
 
-`make test-faults` tries every second call of the apply phase (>= 50 points); `make test` tries a few
-(CE_FAULT_POINTS=N), spread evenly.
+`make test-faults` tries every second call of the apply phase (``--fault-points=all``, >= 50 points); `make test`
+tries a few (``--fault-points=N``, default CE_FAULT_POINTS or 3), spread evenly.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from ce import disks, registry
 from ce.guest import Drive, Guest
 from ce.plan import hive_path
 from ce.registry import Hive
+from tests.support.faults import DEPTH
 
 pytestmark = pytest.mark.slow
 CE = [sys.executable, "-m", "ce.cli"]
@@ -37,8 +38,8 @@ JOB = {"provisioningType": "Mcs", "installMisa": True, "installMcsio": True, "do
 
 
 def chosen_points(apply_calls: list[int]) -> list[int]:
-    wanted = os.environ.get("CE_FAULT_POINTS", "3")
-    if wanted == "all":
+    wanted = DEPTH.points                       # --fault-points (tests/support/faults.py)
+    if DEPTH.every("points"):
         return apply_calls[::2]
     n = max(1, int(wanted))
     step = max(1, len(apply_calls) // n)

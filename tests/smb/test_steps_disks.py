@@ -20,11 +20,13 @@ from ce import disks, hashing, staging
 from ce.errors import CeError, TimedOut
 from ce.errors import Canceled as StepCanceled
 from ce.step import StepContext, Stopper, execute, step_types
-from tests.smbserver import PASSWORD, USER, SambaServer, tiny_share
+from tests.support import ROOT
+from tests.support.smbserver import PASSWORD, USER, SambaServer
+from tests.support.steps import Recorder
 
 MiB = 1 << 20
 SAMPLE = "win2016-vda1912"
-TINY_FREE, TINY_TOTAL = 64 * MiB, 100 * MiB        # less than twice the sample's 128 MiB
+TINY_FREE, TINY_TOTAL = 64 * MiB, 100 * MiB        # samba's tiny share: less than twice the sample's 128 MiB
 STEPS = step_types()
 
 FORMATS = [("raw", None), ("qcow2", None), ("vhd", "fixed"), ("vhd", "dynamic"), ("vhdx", "dynamic"),
@@ -36,20 +38,6 @@ READERS = {"vhd": ("vhdiinfo", {"fixed": "Fixed", "dynamic": "Dynamic"}),
 
 # ---------------------------------------------------------------- fixtures and helpers
 
-class Recorder(StepContext):
-    """A step context that keeps every progress report and can cancel itself at a chosen point."""
-
-    def __init__(self, cancel_when=None):
-        super().__init__()
-        self.reports: list[tuple[float, str]] = []
-        self.cancel_when = cancel_when
-
-    def progress(self, percent: float, message: str = "") -> None:
-        self.reports.append((percent, message))
-        if self.cancel_when and self.cancel_when(percent, message):
-            self.cancel_event.set()
-
-
 @pytest.fixture(scope="module")
 def windows(samples) -> Path:
     return samples[SAMPLE].path
@@ -60,13 +48,6 @@ def windows_raw(windows, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw") / "win2016.raw"
     disks.convert(windows, out, "raw")
     return out
-
-
-@pytest.fixture(scope="module")
-def samba(tmp_path_factory):
-    root = tmp_path_factory.mktemp("samba-steps")
-    with SambaServer(root, shares={"share": {}, "tiny": tiny_share(root, TINY_TOTAL, TINY_FREE)}) as server:
-        yield server
 
 
 @pytest.fixture
@@ -712,7 +693,7 @@ def test_hash_cancel(windows_as):
 
 def ce(*args, env=None, input_text=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ce.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, input=input_text, cwd=Path(__file__).parent.parent)
+                          env={**os.environ, **(env or {})}, input=input_text, cwd=ROOT)
 
 
 def test_cli_export_reads_the_password_from_the_environment(samba, folder, windows, scratch):

@@ -12,7 +12,6 @@ how many places it searched.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import uuid
@@ -21,26 +20,19 @@ from pathlib import Path
 import pytest
 
 from ce import staging
-from tests.certs import self_signed
-from tests.server_harness import CallbackReceiver, Pki, ServerProcess, wait_until
-from tests.smbserver import USER, SambaServer
+from tests.support.certs import self_signed
+from tests.support.files import step_files
+from tests.support.server_harness import CallbackReceiver, wait_until
+from tests.support.smbserver import USER, SambaServer
 
 MiB = 1 << 20
 PASSWORD = f"S3cr3t-CANARY-{secrets.token_hex(8)}"
+SMB_PASSWORD = PASSWORD                 # the module smbd's account password (tests/conftest.py)
 WRONG = f"S3cr3t-CANARY-WRONG-{secrets.token_hex(8)}"
 TOKEN = f"S3cr3t-CANARY-TOKEN-{secrets.token_hex(16)}"
 CANARIES = (PASSWORD, WRONG, TOKEN)
 TERMINAL = ("succeeded", "failed", "canceled")
 CHUNK, OVERLAP = 16 * MiB, 256
-
-
-class CanarySamba(SambaServer):
-    """The test smbd, with the canary as the account's password."""
-
-    def _add_user(self) -> None:
-        import subprocess
-        subprocess.run(["smbpasswd", "-c", str(self.conf), "-s", "-a", "root"], input=f"{PASSWORD}\n{PASSWORD}\n",
-                       text=True, check=True, capture_output=True)
 
 
 class Search:
@@ -82,39 +74,34 @@ class Search:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("secrets")
-    samba = CanarySamba(base / "samba").start()
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The golden disk, the attached disks the steps write, and the steps' scratch directory."""
+    return step_files(tmp_path_factory.mktemp("secrets"), 64 * MiB, [(at * MiB, 8 * MiB) for at in (0, 24, 48)],
+                      {"target": "target.raw", "local_out": "from-share.qcow2"})
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory):
+    """The connector's callback endpoint, pinned by the server."""
+    receiver = CallbackReceiver(self_signed(tmp_path_factory.mktemp("connector"), "connector"))
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def server_options(files, receiver) -> dict:
+    """The module's server (tests/conftest.py): the canary token, the callback, the disks, this scratch space."""
+    return {"disks": [str(files[name]) for name in ("golden", "target", "local_out")], "token": TOKEN,
+            "callback": {"url": receiver.url, "sha1_fingerprint": receiver.cert.sha1()},
+            "env": {staging.SCRATCH_ENV: str(files["scratch"])}}
+
+
+@pytest.fixture(scope="module")
+def world(files, samba, server, receiver):
+    """The files, the module's smbd (its password is the canary: SMB_PASSWORD) with three folders, the server."""
     for folder in ("exp", "pvs", "conv"):
         (samba.share_dir("share") / folder).mkdir(parents=True)
-    golden = base / "golden.raw"
-    with open(golden, "wb") as f:
-        f.truncate(64 * MiB)
-        for offset in (0, 24 * MiB, 48 * MiB):
-            f.seek(offset)
-            f.write(os.urandom(8 * MiB))
-    target, local_out = base / "target.raw", base / "from-share.qcow2"
-    target.touch()
-    local_out.touch()                           # over the server a local output is an attached disk, replaced
-    scratch = base / "scratch"
-    scratch.mkdir()
-    connector = self_signed(base / "connector", "connector")
-    receiver = CallbackReceiver(connector)
-    os.environ[staging.SCRATCH_ENV] = str(scratch)
-    try:
-        server = ServerProcess(base / "server", Pki(base / "pki"), disks=[str(golden), str(target), str(local_out)],
-                               callback={"url": receiver.url, "sha1_fingerprint": connector.sha1()})
-        doc = json.loads(server.bootstrap.read_text())
-        server.token = doc["token"] = TOKEN
-        server.bootstrap.write_text(json.dumps(doc))
-        server.start()
-    finally:
-        del os.environ[staging.SCRATCH_ENV]
-    yield {"samba": samba, "server": server, "receiver": receiver, "golden": golden, "target": target,
-           "scratch": scratch, "base": base}
-    server.stop()
-    receiver.close()
-    samba.stop()
+    return {**files, "samba": samba, "server": server, "receiver": receiver}
 
 
 def location(samba: SambaServer, folder: str, password: str = PASSWORD) -> dict:
@@ -180,8 +167,7 @@ def run_step(world, search: Search, type_name: str, params: dict) -> dict:
 
 def test_no_secret_anywhere(world):
     samba, search = world["samba"], Search()
-    base = world["base"]
-    local_out = base / "from-share.qcow2"
+    local_out = world["local_out"]
     assert local_out.stat().st_size == 0
     runs = {
         "export": run_step(world, search, "export", {

@@ -82,6 +82,7 @@ class SambaServer:
     root: Path
     shares: dict[str, dict[str, str]] = field(default_factory=lambda: {"share": {}})
     file_size_limit: int | None = None
+    password: str = PASSWORD
     host: str = "127.0.0.1"
     port: int = 0
     proc: subprocess.Popen | None = None
@@ -148,7 +149,7 @@ class SambaServer:
 
     def _add_user(self) -> None:
         subprocess.run(["smbpasswd", "-c", str(self.conf), "-s", "-a", "root"],
-                       input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True, capture_output=True)
+                       input=f"{self.password}\n{self.password}\n", text=True, check=True, capture_output=True)
 
     def _prepare_child(self) -> None:
         """Runs in the forked child before exec: smbd gets SIGTERM if the test process dies without teardown."""

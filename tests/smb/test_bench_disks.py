@@ -4,9 +4,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def test_bench_prints_every_comparison_with_a_ratio(tmp_path):

@@ -7,11 +7,11 @@ import json
 import pytest
 from regipy.registry import RegistryHive
 
-from ce import disks, registry
+from ce import registry
 from ce.guest import Drive, Guest
 from ce.plan import FileWrite, Plan, Planner, RegistrySet, apply, hive_path
 from ce.registry import Hive, RegType
-from ce.registry import sha256_file
+from tests.support.files import writable_child
 
 pytestmark = pytest.mark.slow
 PVS = "win2019-vda2203-pvs"
@@ -23,16 +23,10 @@ RDP = rf"{CCS}\Control\Terminal Server"
 def session(samples, tmp_path_factory):
     """A qcow2 child of the sample (the sample itself is never written), opened read-write in one appliance."""
     work = tmp_path_factory.mktemp("plan")
-    sample = samples[PVS]
-    before = sha256_file(sample.path)
-    child = disks.create_child(str(sample.path), str(work / "child.qcow2"), parent_fmt=sample.format)
-    guest = Guest([Drive(child.path, "qcow2", readonly=False)])
-    guest.launch()
-    root = guest.windows_root()
-    guest.mount_windows(root, readonly=False)
-    yield guest, root, work
-    guest.close()
-    assert sha256_file(sample.path) == before
+    with writable_child(samples[PVS], work) as child, Guest([Drive(child, "qcow2", readonly=False)]) as guest:
+        root = guest.windows_root()
+        guest.mount_windows(root, readonly=False)
+        yield guest, root, work
 
 
 def read_back(guest, root, hive, tmp):

@@ -17,8 +17,8 @@ import ce
 import ce.errors
 import steps
 from ce.errors import CeError, catalogue
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SECTION = "## Error codes"
 ROW = re.compile(r"^\| `([a-z0-9_]+)` \|")

@@ -16,16 +16,10 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from ce.smb import wire
-from tests.smbserver import PASSWORD, USER, SambaServer
+from tests.support.smbserver import PASSWORD, USER
 
 MiB = 1 << 20
 CHUNK = 1 * MiB
-
-
-@pytest.fixture(scope="module")
-def samba(tmp_path_factory):
-    with SambaServer(tmp_path_factory.mktemp("samba-wire")) as server:
-        yield server
 
 
 @contextmanager
