@@ -1,4 +1,5 @@
-"""Fault injection for the crash-safety suite (tests/test_faults_prepare.py); inert unless its variables are set.
+"""Fault injection for the crash-safety suite (tests/faults/test_faults_prepare.py); inert unless its variables
+are set.
 
 ``CE_FAULT_TRACE=FILE`` appends one line per libguestfs call ("<n> <call>") and phase marks ("# apply") to FILE,
 so a test can see how many calls a clean run makes and where each phase starts. ``CE_FAULT_KILL_AT=N`` kills this

@@ -12,7 +12,7 @@ The stack runs one way, each module importing only the ones above it in this lis
 * ``layouts``    where each byte of a raw disk goes inside a container: the streamed export and ``convert``
 * ``conversion`` ``convert`` to a new image and ``write_onto`` an existing disk
 
-qemu-img 7.2 facts the stack relies on (measured here; tests/test_disks.py pins them):
+qemu-img 7.2 facts the stack relies on (measured here; tests/unit/test_disks.py pins them):
 
 * Probing reports a *fixed* VHD as ``raw`` (its only footer is at the end), with the footer counted in the size.
 * ``info`` opens a truncated qcow2 or VMDK without complaint; only ``check`` notices, so ``info`` runs it too.

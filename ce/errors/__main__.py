@@ -1,6 +1,6 @@
 """``python -m ce.errors``: the README's table of error codes, generated from ``catalogue()``.
 
-Paste its output under "Error codes" in README.md; tests/test_errors.py fails while the two differ.
+Paste its output under "Error codes" in README.md; tests/unit/test_errors.py fails while the two differ.
 """
 from __future__ import annotations
 

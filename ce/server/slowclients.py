@@ -4,7 +4,7 @@ dropped instead of holding one of gunicorn's worker threads.
 gunicorn's gthread worker hands a connection to a thread as soon as its first bytes arrive and the thread then
 blocks in the TLS handshake and the request parser without any time limit, so a few dozen clients that send a
 partial ClientHello, or headers a byte at a time, take every thread and the connector's polls wait forever
-(tests/test_faults_requests.py). A socket timeout alone does not help against a client that trickles one byte
+(tests/faults/test_faults_requests.py). A socket timeout alone does not help against a client that trickles one byte
 per timeout, so both are *total* deadlines: the handshake from its start, a request from the moment a thread takes
 the connection. Reaching one looks to gunicorn like the client going away (it closes the connection quietly).
 """

@@ -7,12 +7,11 @@ import subprocess
 
 import pytest
 
-from ce import disks
 from ce.changes import PartitionTableWrite, Plan
-from ce.guest import Drive, Guest, partition_parent, partitions
+from ce.guest import partition_parent, partitions
 from ce.guest.partitions import PartitionEntry, PartitionTable
 from ce.plan import Planner, apply
-from ce.registry import sha256_file
+from tests.support.appliance import writable_windows
 
 pytestmark = pytest.mark.slow
 MBR_SAMPLE = "win2016-vda1912"
@@ -24,16 +23,8 @@ DISK_GUID = "5B4E8C52-3A0D-4F6E-9C1B-2D7A8E9F0A11"
 def session(samples, tmp_path_factory):
     """A writable child of the BIOS/MBR sample in one appliance (the sample itself is never written)."""
     work = tmp_path_factory.mktemp("partitions")
-    sample = samples[MBR_SAMPLE]
-    before = sha256_file(sample.path)
-    child = disks.create_child(str(sample.path), str(work / "child.qcow2"), parent_fmt=sample.format)
-    guest = Guest([Drive(child.path, "qcow2", readonly=False)])
-    guest.launch()
-    root = guest.windows_root()
-    guest.mount_windows(root, readonly=False)
-    yield guest, root, partition_parent(root.device), work
-    guest.close()
-    assert sha256_file(sample.path) == before
+    with writable_windows(samples[MBR_SAMPLE], work) as (guest, root):
+        yield guest, root, partition_parent(root.device), work
 
 
 def as_gpt(table: PartitionTable) -> PartitionTable:

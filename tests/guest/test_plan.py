@@ -8,10 +8,9 @@ import pytest
 from regipy.registry import RegistryHive
 
 from ce import registry
-from ce.guest import Drive, Guest
 from ce.plan import FileWrite, Plan, Planner, RegistrySet, apply, hive_path
 from ce.registry import Hive, RegType
-from tests.support.files import writable_child
+from tests.support.appliance import writable_windows
 
 pytestmark = pytest.mark.slow
 PVS = "win2019-vda2203-pvs"
@@ -23,9 +22,7 @@ RDP = rf"{CCS}\Control\Terminal Server"
 def session(samples, tmp_path_factory):
     """A qcow2 child of the sample (the sample itself is never written), opened read-write in one appliance."""
     work = tmp_path_factory.mktemp("plan")
-    with writable_child(samples[PVS], work) as child, Guest([Drive(child, "qcow2", readonly=False)]) as guest:
-        root = guest.windows_root()
-        guest.mount_windows(root, readonly=False)
+    with writable_windows(samples[PVS], work) as (guest, root):
         yield guest, root, work
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from regipy.registry import RegistryHive
 
-from ce import disks, registry
-from ce.guest import Drive, Guest
+from ce import registry
 from ce.plan import Planner, apply, hive_path
-from ce.registry import Hive, RegType, create_empty_hive, sha256_file
+from ce.registry import Hive, RegType, create_empty_hive
+from tests.support.appliance import writable_windows
 
 pytestmark = pytest.mark.slow
 UEFI_SAMPLE = "win2019-vda2203-pvs"
@@ -22,24 +22,16 @@ ENTRY = "{6a3f1b38-2d6e-4b0a-9a1f-0d6b9c1e5a10}"
 def session(samples, tmp_path_factory):
     """A writable child of a UEFI sample in one appliance, with a small BCD-shaped hive placed on its ESP."""
     work = tmp_path_factory.mktemp("filesystems")
-    sample = samples[UEFI_SAMPLE]
-    before = sha256_file(sample.path)
-    child = disks.create_child(str(sample.path), str(work / "child.qcow2"), parent_fmt=sample.format)
     bcd = create_empty_hive(work / "BCD", root_name="NewStoreRoot")
     with Hive.open(bcd, write=True) as hive:
         hive.set(BOOTMGR, "Element", RegType.SZ, "{0ce4991b-e6b3-4b16-b23c-5e0d9250e5d9}")
         hive.commit(bcd)
-    guest = Guest([Drive(child.path, "qcow2", readonly=False)])
-    guest.launch()
-    root = guest.windows_root()
-    esp = next(fs.device for fs in guest.filesystems() if fs.role == "efi-system")
-    guest.mount_windows(root, readonly=False)
-    with guest.on_filesystem(esp):
-        guest.make_dirs("/EFI/Microsoft/Boot")
-        guest.upload(bcd, BCD)
-    yield guest, root, esp, work
-    guest.close()
-    assert sha256_file(sample.path) == before
+    with writable_windows(samples[UEFI_SAMPLE], work) as (guest, root):
+        esp = next(fs.device for fs in guest.filesystems() if fs.role == "efi-system")
+        with guest.on_filesystem(esp):
+            guest.make_dirs("/EFI/Microsoft/Boot")
+            guest.upload(bcd, BCD)
+        yield guest, root, esp, work
 
 
 def plan_both(guest, root, esp, work):

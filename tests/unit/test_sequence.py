@@ -13,6 +13,7 @@ from pydantic import Field
 from ce.changes import Plan, Result
 from ce.errors import Canceled, StepFailed
 from ce.step import Part, StepContext, StepParams, execute, sequence, step_types
+from tests.support.steps import Recorder
 
 TYPES = step_types()
 
@@ -30,18 +31,6 @@ CHECKED_CONVERT = sequence(
      Part(TYPES["convert"], lambda p, done: {"source": p.disk, "output": p.output, "outputFormat": "qcow2",
                                             # a later part sees the results of the earlier ones
                                             "sourceFormat": done["hash"].facts["format"]}, weight=3)))
-
-
-class Recorder(StepContext):
-    def __init__(self, cancel_when=None):
-        super().__init__()
-        self.reports: list[tuple[float, str]] = []
-        self.cancel_when = cancel_when
-
-    def progress(self, percent: float, message: str = "") -> None:
-        self.reports.append((percent, message))
-        if self.cancel_when and self.cancel_when(percent, message):
-            self.cancel_event.set()
 
 
 @pytest.fixture
