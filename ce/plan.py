@@ -7,8 +7,9 @@ a rename) one hive at a time, files are staged next to their target and renamed 
 partition table is read back and its old sectors put back on failure (``PartitionTableWrite.apply``). Hives and
 files may be on any filesystem of the disk (the ESP's BCD), not only the Windows volume. Partition tables go first
 (files and hives live inside partitions), then files: a registry value may point at a file (a boot driver, the
-first-boot runner), and a value pointing at a missing file is the one order that can leave an image unbootable. The change kinds themselves (what each
-checks, performs and says) are in ``ce.changes``; the disk steps plan with those kinds too, without a Planner.
+first-boot runner), and a value pointing at a missing file is the one order that can leave an image unbootable.
+The change kinds themselves (what each checks, performs and says) are in ``ce.changes``; the disk steps plan with
+those kinds too, without a Planner.
 """
 from __future__ import annotations
 

@@ -75,5 +75,5 @@ def describe(document: Plan | Result) -> list[str]:
 
 
 __all__ = ["Change", "ChangeOutcome", "DISK_CHANGES", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
-           "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey", "RegistryDeleteValue",
-           "RegistrySet", "Result", "StepWarning", "describe"]
+           "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey",
+           "RegistryDeleteValue", "RegistrySet", "Result", "StepWarning", "describe"]
