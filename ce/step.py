@@ -156,6 +156,7 @@ class StepType:
     describe: Callable[[Plan | Result], list[str]] | None = None   # lines for people beyond the changes
     cli: CliSpec | None = None
     plan_ahead: bool = True                  # False: apply() plans as it goes (a sequence); plan() is the dry run
+    error_groups: tuple[str, ...] = ("step",)      # the ce.errors groups of the codes it can return (see the OpenAPI)
 
     def parse(self, params: dict) -> Any:
         """Validate raw params; the first problem becomes one line naming the field."""
@@ -174,7 +175,7 @@ class StepType:
 def execute(kind: StepType, params: Any, ctx: StepContext) -> Plan | Result:
     """The one driver: dry run or plan → apply, under the step's deadline and cancel, timed."""
     started = time.monotonic()
-    ctx.stop = ctx.stop or Stopper(ctx, params.timeout, kind.name)
+    ctx.stop = Stopper(ctx, params.timeout, kind.name)
     with ctx.stop.translating(), contextlib.ExitStack() as held:
         ctx.held = held
         if params.dryRun:
@@ -242,7 +243,9 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
         documents, error = run_parts(params, ctx, dry=False)
         return Result(step=name, parts=documents, error=error)
 
-    return StepType(name=name, summary=summary, Params=Params, plan=plan, apply=apply, plan_ahead=False, **fields)
+    groups = tuple(sorted({g for part in parts for g in part.kind.error_groups}))
+    return StepType(name=name, summary=summary, Params=Params, plan=plan, apply=apply, plan_ahead=False,
+                    error_groups=groups, **fields)
 
 
 # ---------------------------------------------------------------- the registry

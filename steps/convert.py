@@ -267,6 +267,7 @@ def cli_params(args) -> dict:
 
 
 STEP = StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
-                Params=Params, plan=plan, apply=apply, disk_params=("source", "output"), validate=validate,
+                Params=Params, plan=plan, apply=apply, disk_params=("source", "output"),
+                error_groups=("disk", "smb", "step"), validate=validate,
                 describe=describe, cli=CliSpec("convert", "convert a disk between raw, qcow2, vhd, vhdx and vmdk "
                                                           "(local or SMB)", arguments, cli_params))

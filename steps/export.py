@@ -93,5 +93,6 @@ def cli_params(args) -> dict:
 
 
 STEP = StepType(name=NAME, summary="export the attached disk to a VHDX or VHD file on an SMB share", Params=Params,
-                plan=plan, apply=apply, disk_params=("disk",), validate=validate, describe=diskexport.describe,
+                plan=plan, apply=apply, disk_params=("disk",),
+                error_groups=("disk", "smb", "step"), validate=validate, describe=diskexport.describe,
                 cli=CliSpec("export", "export a disk to a VHDX (or VHD) file on an SMB share", arguments, cli_params))

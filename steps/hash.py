@@ -89,6 +89,6 @@ def cli_params(args) -> dict:
 
 
 STEP = StepType(name=NAME, summary="md5 / sha256 of a disk's contents (or of the file)", Params=Params, plan=plan,
-                apply=apply, disk_params=("disk",), validate=validate, describe=describe,
+                apply=apply, disk_params=("disk",), error_groups=("disk", "step"), validate=validate, describe=describe,
                 cli=CliSpec("hash", "md5 / sha256 of a disk's contents (or of the file with --file)", arguments,
                             cli_params, smb=False))

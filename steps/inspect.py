@@ -37,4 +37,5 @@ def describe(document: Plan | Result) -> list[str]:
 
 
 STEP = StepType(name=NAME, summary="describe a disk: format, firmware, Windows, Citrix VDA, hypervisor tools "
-                "(read-only)", Params=Params, plan=plan, apply=apply, disk_params=("disk",), describe=describe)
+                "(read-only)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
+                error_groups=("disk", "guest", "registry", "step"), describe=describe)

@@ -104,7 +104,8 @@ def cli_params(args) -> dict:
 
 
 STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
-                Params=Params, plan=plan, apply=apply, disk_params=("disk",), validate=validate,
+                Params=Params, plan=plan, apply=apply, disk_params=("disk",),
+                error_groups=("disk", "smb", "step"), validate=validate,
                 describe=diskexport.describe,
                 cli=CliSpec("publish", "publish a prepared disk as a vDisk in a PVS store on SMB", arguments,
                             cli_params))

@@ -189,6 +189,7 @@ def cli_params(args) -> dict:
 
 
 STEP = StepType(name=NAME, summary="write a VHD(X) from an SMB share onto the attached disk as raw blocks",
-                Params=Params, plan=plan, apply=apply, disk_params=("disk",), validate=validate, describe=describe,
+                Params=Params, plan=plan, apply=apply, disk_params=("disk",),
+                error_groups=("disk", "smb", "step"), validate=validate, describe=describe,
                 cli=CliSpec("reverse-image", "write a VHD(X) from an SMB share onto a disk as raw blocks", arguments,
                             cli_params))

@@ -147,3 +147,7 @@ class Terminated(CeError):
     code = "terminated"
     status = 409
     action = "the service stopped the step (cancel or timeout); nothing is left under a final name: run it again"
+
+
+# What the service itself can put into any step's document (the step's own codes come from its groups).
+STEP_DOCUMENT = (StepDeadline, WorkerDied, Interrupted, Terminated, InternalError)

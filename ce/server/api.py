@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..changes import Plan, Result
+
 STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 Status = Literal["pending", "running", "succeeded", "failed", "canceled"]
 
@@ -42,7 +44,9 @@ class Step(BaseModel):
     message: str = Field(description="what the step is doing now")
     warnings: list[StepWarning]
     error: ErrorDetail | None = Field(None, description="why the step failed or was canceled")
-    result: dict[str, Any] | None = Field(None, description="the step's result document, when it has one")
+    result: Plan | Result | None = Field(None, description="the plan (dryRun) or the result of a run, the same shapes "
+                                                           "as the CLI's --json; a failed run's result says what was "
+                                                           "and was not done")
     params: dict[str, Any] = Field(description="the params as validated; secrets read **********")
     timeoutSeconds: int
     createdAt: str

@@ -5,7 +5,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from ..errors import Canceled, catalogue
-from ..errors.server import REFUSALS
+from ..errors.server import REFUSALS, STEP_DOCUMENT
 from ..step import StepType
 from . import api
 
@@ -47,7 +47,8 @@ def json_response(description: str, schema: str, headers: dict | None = None) ->
 
 
 def step_schemas(types: dict[str, StepType]) -> tuple[dict, list[dict]]:
-    """Components for each type's params, and one create-request variant per type."""
+    """Components for each type's params, and one create-request variant per type with the error codes its step
+    document can carry (``x-error-codes``: its groups' codes and the service's own)."""
     components, variants = {}, []
     for name, kind in types.items():
         schema = kind.Params.model_json_schema(ref_template=f"#/components/schemas/{name}.{{model}}")
@@ -57,6 +58,9 @@ def step_schemas(types: dict[str, StepType]) -> tuple[dict, list[dict]]:
         variant = f"{name}.StepCreate"
         components[variant] = {
             "type": "object", "title": f"create a {name} step", "additionalProperties": False,
+            "x-error-codes": sorted({code for code, cls in catalogue().items()
+                                     if cls.__module__.rsplit(".", 1)[-1] in kind.error_groups}
+                                    | {cls.code for cls in STEP_DOCUMENT}),
             "required": ["id", "type", "params"],
             "properties": {"id": {"type": "string", "pattern": api.STEP_ID}, "type": {"const": name},
                            "params": ref(f"{name}.Params")}}

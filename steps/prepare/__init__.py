@@ -104,4 +104,5 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
 
 STEP = StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix provisioning "
                 "(dry run with dryRun)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
+                error_groups=("disk", "guest", "registry", "payload", "step"),
                 validate=validate)

@@ -150,3 +150,25 @@ def test_no_error_is_raised_with_an_ad_hoc_code():
                 if func in names and keyword.arg == "code" and isinstance(keyword.value, ast.Constant):
                     hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {func}(..., code={keyword.value.value!r})")
     assert not hits, "errors raised with an ad hoc code (raise the class that owns it):\n  " + "\n  ".join(hits)
+
+
+def test_the_openapi_document_lists_each_operations_codes():
+    """Each HTTP operation's error responses and each step type's create request name the codes they can carry,
+    all of them in the catalogue (whose actions the document holds too)."""
+    from ce.server import openapi
+    from ce.step import step_types
+    document = openapi.document(step_types())
+    codes = set(catalogue())
+    assert set(document["x-error-catalogue"]) == codes
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    listed = response["x-error-codes"]
+                    assert listed and set(listed) <= codes, (path, method, status)
+                    assert all(catalogue()[c].status == int(status) for c in listed), (path, method, status)
+    for name in step_types():
+        listed = set(document["components"]["schemas"][f"{name}.StepCreate"]["x-error-codes"])
+        assert {"invalid_params", "canceled", "step_timeout", "worker_died"} <= listed <= codes, name
+    export = set(document["components"]["schemas"]["export.StepCreate"]["x-error-codes"])
+    assert {"smb_auth_failed", "smb_share_full", "disk_not_found"} <= export and "hive_dirty" not in export
