@@ -3,9 +3,11 @@ callback notifier; gunicorn serves it (``ce.server.serve``), tests of the app ob
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from flask import Flask, Response, jsonify, request
+from gunicorn.http.errors import ParseException as BodyParseError
 from pydantic import ValidationError
 from werkzeug import exceptions as http
 
@@ -131,9 +133,18 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     def create_step():
         # A chunked body has no Content-Length to refuse up front: werkzeug stops reading it at MAX_BODY and
         # would hand over the truncated JSON as if it were all.
-        if len(request.get_data()) >= MAX_BODY:
+        try:
+            data = request.get_data()
+        except BodyParseError as exc:        # a chunk size that is not hex digits, a missing terminator, ...
+            refused = refuse(InvalidRequest(f"the request body's chunked encoding is malformed ({exc})"))
+            refused.headers["Connection"] = "close"     # the rest of the stream cannot be framed
+            return refused
+        if len(data) >= MAX_BODY:
             return refuse(RequestTooLarge(f"the request body must be smaller than {MAX_BODY} bytes"))
-        body = request.get_json(force=True, silent=True)
+        try:
+            body = request.get_json(force=True, silent=True)
+        except RecursionError:               # json nests deeper than the parser's stack
+            body = None
         if not isinstance(body, dict):
             return refuse(InvalidRequest("the request body must be a JSON object {id, type, params}"))
         try:
@@ -160,7 +171,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     @app.get("/v1/steps/<step_id>/log")
     def get_step_log(step_id: str):
         since = request.args.get("since", "0")
-        if not since.isdigit() or int(since) > 2**62:
+        if not re.fullmatch(r"[0-9]{1,18}", since):           # ASCII digits only: isdigit() accepts "²"
             return refuse(InvalidRequest("since must be a non-negative integer (a log line's seq)"), field="since")
         if store.get(step_id) is None:
             return refuse(NotFound(f"no step {step_id}"))

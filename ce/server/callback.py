@@ -57,12 +57,18 @@ class Notifier:
     def _post(self, body: dict) -> None:
         with logs.step_scope(body["id"]):
             try:
-                response = self.session.post(self.url, json=body, timeout=TIMEOUT)
+                # Never follow a redirect: it could send the step document elsewhere, or in clear over http.
+                response = self.session.post(self.url, json=body, timeout=TIMEOUT, allow_redirects=False)
             except requests.RequestException as exc:
                 self.failed += 1
                 log.warning("callback for status %s not delivered to %s: %s", body["status"], self.url, exc)
                 return
-            if response.ok:
+            if response.is_redirect or 300 <= response.status_code < 400:
+                self.failed += 1
+                log.warning("callback for status %s not delivered: %s answered HTTP %d, a redirect to %s, which is "
+                            "never followed (configure the callback URL itself)", body["status"], self.url,
+                            response.status_code, response.headers.get("Location", "nowhere"))
+            elif response.ok:
                 self.sent += 1
                 log.info("callback delivered: %s", body["status"])
             else:

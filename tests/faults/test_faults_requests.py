@@ -17,6 +17,7 @@ mutual TLS, token) and a real smbd:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import select
 import socket
@@ -34,7 +35,8 @@ from ce import staging
 from tests.support import ROOT
 from tests.support.faults import DEPTH
 from tests.support.files import step_files
-from tests.support.server_harness import ServerProcess, wait_until
+from tests.support.certs import self_signed
+from tests.support.server_harness import CallbackReceiver as Receiver, ServerProcess, wait_until
 from tests.support.smbserver import PASSWORD, USER
 
 MiB = 1 << 20
@@ -377,3 +379,92 @@ def test_slow_clients_do_not_block_polls(world):
     print(f"slow clients: 48 connections kept open; the server dropped {dropped.count('stall')} stalled handshakes "
           f"and {dropped.count('trickle')} trickled requests; 5 of 5 polls answered "
           f"(in {', '.join(f'{t:.2f}' for t in took)} s)")
+
+
+# ---------------------------------------------------------------- malformed requests (issue 16, item 4)
+
+def raw_exchange(server: ServerProcess, request: bytes) -> tuple[bytes, bytes]:
+    """(status line, body) of one request written by hand on a mutual-TLS socket."""
+    with tls_socket(server) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < content_length(answer):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+def content_length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_a_deeply_nested_body_is_a_400_not_a_500(world):
+    api, server = world["api"], world["server"]
+    body = b"[" * 10000 + b"]" * 10000
+    response = api.post(server.url + "/v1/steps", data=body, headers={"Content-Type": "application/json"},
+                        timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("size", [b"0x2", b"+2", b"-2", b"2_0", b"g"])
+def test_a_malformed_chunk_size_is_a_400_json_error(world, size):
+    server = world["server"]
+    head = (f"POST /v1/steps HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {server.token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    status, body = raw_exchange(server, head + size + b"\r\n{}\r\n0\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), (size, status, body)
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert world["api"].get(server.url + "/v1/health", timeout=10).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def finished_step(world) -> str:
+    """A step with a log: a dry-run hash of the golden disk, run to its end."""
+    api, server = world["api"], world["server"]
+    created = api.post(server.url + "/v1/steps", json={"id": "log-since", "type": "hash",
+                                                        "params": {"disk": str(world["golden"]), "dryRun": True}},
+                       timeout=30)
+    assert created.status_code == 202, created.text
+    wait_until(lambda: api.get(f"{server.url}/v1/steps/log-since", timeout=10).json()["status"]
+               in ("succeeded", "failed"), 120, "the dry run to end")
+    return "log-since"
+
+
+@pytest.mark.parametrize("since", ["²", "١٢", "-1", "1e3", " 1", "0x10", "9" * 19])
+def test_since_takes_ascii_digits_only(world, finished_step, since):
+    api, server = world["api"], world["server"]
+    response = api.get(f"{server.url}/v1/steps/{finished_step}/log", params={"since": since}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["field"] == "since", (since, response.text)
+    assert api.get(f"{server.url}/v1/steps/{finished_step}/log", params={"since": "0"}, timeout=10).ok
+
+
+# ---------------------------------------------------------------- callbacks (issue 16, item 5)
+def test_a_redirecting_callback_is_not_followed(tmp_path, pki):
+    """A callback endpoint answering 307 to plain HTTP (or anywhere) gets no second request: the step document
+    never leaves in clear, and the undelivered callback is logged with the redirect named."""
+    connector_cert = self_signed(tmp_path / "connector", "connector")
+    clear = Receiver(None)
+    redirecting = Receiver(connector_cert, redirect_to=clear.url)
+    srv = ServerProcess(tmp_path / "srv", pki, callback={"url": redirecting.url,
+                                                         "sha1_fingerprint": connector_cert.sha1()})
+    try:
+        srv.start()
+        api, step_id = srv.session(), f"cb-{uuid.uuid4().hex[:8]}"
+        api.post(srv.url + "/v1/steps", json={"id": step_id, "type": "test-wait", "params": {"seconds": 0.2}},
+                 timeout=10)
+        wait_until(lambda: api.get(f"{srv.url}/v1/steps/{step_id}", timeout=10).json()["status"] == "succeeded",
+                   60, "the step to succeed")
+        wait_until(lambda: srv.log_text().count("redirect") >= 3, 60, "three refused callbacks to be logged")
+        assert redirecting.attempts == 3 and clear.attempts == 0 and clear.bodies == []
+        assert clear.url in srv.log_text()
+    finally:
+        srv.stop()
+        redirecting.close()
+        clear.close()

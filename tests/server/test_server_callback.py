@@ -102,3 +102,4 @@ def test_a_wrong_pin_delivers_nothing_and_does_not_hold_up_the_step(tmp_path, pk
         assert receiver.received == [] and receiver.attempts == 0
     finally:
         srv.stop()
+

@@ -139,10 +139,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 class CallbackReceiver:
     """The connector's callback endpoint: HTTPS with ``cert`` (pinned by the server), records every POST -- the raw
-    ``bodies``, the parsed ``received`` JSON and the ``headers``; the first ``fail_first`` answers are 503."""
+    ``bodies``, the parsed ``received`` JSON and the ``headers``; the first ``fail_first`` answers are 503. With
+    ``redirect_to`` every answer is a 307 to that URL (a hostile or misconfigured endpoint); with ``cert=None`` it
+    is plain HTTP."""
 
-    def __init__(self, cert, fail_first: int = 0):
-        self.cert, self.fail_first = cert, fail_first
+    def __init__(self, cert, fail_first: int = 0, redirect_to: str | None = None):
+        self.cert, self.fail_first, self.redirect_to = cert, fail_first, redirect_to
         self.attempts, self.bodies, self.received, self.headers = 0, [], [], []
         receiver = self
 
@@ -151,6 +153,12 @@ class CallbackReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.attempts += 1
                 receiver.bodies.append(body)
+                if receiver.redirect_to:
+                    self.send_response(307)
+                    self.send_header("Location", receiver.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if receiver.attempts <= receiver.fail_first:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
@@ -165,15 +173,17 @@ class CallbackReceiver:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert.cert), str(cert.key))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        if cert is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(cert.cert), str(cert.key))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}/ce/steps"
+        scheme = "https" if self.cert is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/ce/steps"
 
     def close(self):
         self.httpd.shutdown()
