@@ -35,9 +35,6 @@ from .errors import Canceled, CeError, InvalidParams, StepFailed, TimedOut, firs
 ENTRY_POINT_GROUP = "ce.steps"
 MAX_TIMEOUT = 7 * 86400
 
-StepCanceled = Canceled          # the one cancel lives in ce.errors
-
-
 class StepParams(BaseModel):
     """What every step's params share: one set of bounds, unknown fields refused, inputs kept out of errors (a
     password in a rejected value must not come back in the message)."""
@@ -102,10 +99,6 @@ class StepContext:
 
     def canceled(self) -> bool:
         return self.cancel_event.is_set()
-
-    def check_canceled(self) -> None:
-        if self.canceled():
-            raise Canceled("the step was canceled")
 
     def band(self, start: float, end: float, message: str) -> Callable[..., None]:
         """A (done, total) callback that maps onto ``start..end`` percent of the step."""
@@ -258,10 +251,3 @@ def step_types(extra_modules: tuple[str, ...] = ()) -> dict[str, StepType]:
     for module in extra_modules:
         found.extend(importlib.import_module(module).STEPS)
     return {kind.name: kind for kind in sorted(found, key=lambda k: k.name)}
-
-
-def get(name: str, types: dict[str, StepType] | None = None) -> StepType:
-    types = step_types() if types is None else types
-    if name not in types:
-        raise InvalidParams(f"unknown step type {name!r}; known: {', '.join(types)}", field="type")
-    return types[name]

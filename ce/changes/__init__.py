@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from ..firstboot import FirstBootAction
-from .disk import DISK_CHANGES, DiskHash, DiskRead, DiskWrite
+from .disk import DiskHash, DiskRead, DiskWrite
 from .guest import REGISTRY_CHANGES, FileWrite, PartitionTableWrite, RegistryDeleteKey, RegistryDeleteValue, \
     RegistrySet
 
@@ -74,6 +74,6 @@ def describe(document: Plan | Result) -> list[str]:
     return lines
 
 
-__all__ = ["Change", "ChangeOutcome", "DISK_CHANGES", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
+__all__ = ["Change", "ChangeOutcome", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
            "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey",
            "RegistryDeleteValue", "RegistrySet", "Result", "StepWarning", "describe"]

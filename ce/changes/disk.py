@@ -63,5 +63,3 @@ class DiskHash(BaseModel):
         check = f", expecting {', '.join(sorted(self.expected))}" if self.expected else ""
         return f"hash   the {what} of {self.disk} ({', '.join(self.algorithms)}{check})"
 
-
-DISK_CHANGES = (DiskRead, DiskWrite, DiskHash)

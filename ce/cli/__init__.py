@@ -15,7 +15,7 @@ import sys
 from ..errors import CeError
 from . import jobs, output, server, smbargs
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,10 @@
 """
 from .detection import UNINSTALL_VIEWS, detection_rules, inspect_guest, inspect_path, uninstall_keys
 from .facts import DiskFacts, Detected, DomainFacts, InspectReport, OsFacts, StateFacts, VdaFacts
-from .session import WindowsSession, apply_session, guest_session, open_session, plan_session, require_writable
+from .session import WindowsSession, apply_session, open_session, plan_session, require_writable
 from .support import require_supported_windows
 
 __all__ = ["UNINSTALL_VIEWS", "detection_rules", "inspect_guest", "inspect_path", "uninstall_keys", "DiskFacts",
            "Detected", "DomainFacts", "InspectReport", "OsFacts", "StateFacts", "VdaFacts", "WindowsSession",
-           "apply_session", "guest_session", "open_session", "plan_session", "require_writable",
+           "apply_session", "open_session", "plan_session", "require_writable",
            "require_supported_windows"]

@@ -2,7 +2,7 @@
 decides on), plan, and -- unless it is a dry run -- apply, all within the step's timeout.
 
 ``open_session`` launches into the step's ``held`` exit stack so that a step's ``plan`` and ``apply`` share the
-launch (``plan_session`` / ``apply_session``); ``guest_session`` does all three in one call.
+launch (``plan_session`` / ``apply_session``).
 """
 from __future__ import annotations
 
@@ -97,12 +97,3 @@ def apply_session(session: WindowsSession, plan: Plan, ctx: StepContext) -> Resu
     ctx.progress(60, f"applying {len(plan.changes)} change(s)")
     faults.note("# apply")
     return apply(session.guest, session.root, plan)
-
-
-def guest_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, name: str,
-                  plan_fn: Callable, ctx: StepContext) -> Plan | Result:
-    """One launch: inspect, mount the Windows root, ``plan_fn(planner, facts)``, then apply unless dry run."""
-    with ExitStack() as held:
-        session = open_session(disk, root=root, timeout=timeout, dry_run=dry_run, name=name, ctx=ctx, held=held)
-        plan = plan_session(session, plan_fn, ctx)
-        return plan if dry_run else apply_session(session, plan, ctx)
