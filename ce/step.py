@@ -206,7 +206,7 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
         done: dict[str, Plan | Result] = {}
         documents, error = [], None
         for part, (low, high) in zip(parts, bands):
-            sub = PartContext(ctx, low, high)
+            sub, started = PartContext(ctx, low, high), time.monotonic()
             try:
                 raw = {**part.params(params, done), "dryRun": dry,
                        "timeout": max(int(ctx.stop.remaining() or params.timeout), 10)}
@@ -219,8 +219,8 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
                 if dry or isinstance(exc, Canceled):
                     raise
                 document = Result(step=part.kind.name, error=exc.to_dict())
-                if isinstance(exc, StepFailed):
-                    document = Result.model_validate(exc.result)
+            if not dry:
+                document.seconds = round(time.monotonic() - started, 3)
             documents.append(document)
             done[part.kind.name] = document
             if not dry and document.error:

@@ -63,6 +63,7 @@ def test_run_holds_each_part_result_on_one_progress_scale(disk, tmp_path):
     result = run({"disk": str(path), "md5": md5, "output": str(out)}, ctx)
     assert isinstance(result, Result) and result.error is None and result.seconds > 0
     assert [p.step for p in result.parts] == ["hash", "convert"]
+    assert all(0 < p.seconds <= result.seconds for p in result.parts)
     assert result.parts[0].facts["hashes"] == {"md5": md5}
     assert {o.status for p in result.parts for o in p.outcomes} == {"applied"}
     converted = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(path), str(out)])
