@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..errors import AzureVhdInvalid, DiskError, DiskUnreadable, UnsupportedFormat
+from . import chains
 from .extents import byte_size, disk_kind, head, tail
 from .extents import read_at as read_file_at
 from .formats import CHECKABLE, DISK_FORMATS, FORMAT_LABELS, MEASURABLE, qemu_format
@@ -42,10 +43,9 @@ class DiskInfo:
 # ---------------------------------------------------------------- formats
 
 def probe_format(path) -> str:
-    """qemu-img's probe, corrected for fixed VHDs (which it reports as raw)."""
+    """qemu-img's probe, corrected for fixed VHDs (which it reports as raw); the image's chain is vetted first."""
     path = os.fspath(path)
-    disk_kind(path)
-    return _probe(path)
+    return _format_of(path, None, disk_kind(path))
 
 
 def _probe(path: str) -> str:
@@ -58,13 +58,20 @@ def _probe(path: str) -> str:
     return probed
 
 
-def _format_of(path: str, fmt: str | None) -> str:
-    return qemu_format(fmt) if fmt else _probe(path)
+def _format_of(path: str, fmt: str | None, is_block: bool) -> str:
+    """The format to open ``path`` in: ``fmt`` if given; raw for a block device (its contents never choose how it
+    is read); else the probe. Whatever is not read as raw has its chain vetted (ce.disks.chains) before qemu-img
+    opens it: opening follows backing files, data files and extents."""
+    fmt = qemu_format(fmt) if fmt else "raw" if is_block else None
+    if fmt == "raw":
+        return fmt
+    chains.vet(path)
+    return fmt or _probe(path)
 
 
 def is_raw_target(path: str) -> bool:
     """Attached disks are raw unless the file says otherwise (a probe of a block device is never trusted)."""
-    return disk_kind(path) or _probe(path) == "raw"
+    return _format_of(path, None, disk_kind(path)) == "raw"
 
 
 # ---------------------------------------------------------------- info, check, measure, compare
@@ -76,7 +83,7 @@ def info(path, fmt: str | None = None) -> DiskInfo:
     qcow2 or VMDK opens without complaint; damage raises DiskUnreadable with qemu-img's reason."""
     path = os.fspath(path)
     is_block = disk_kind(path)
-    fmt = _format_of(path, fmt)
+    fmt = _format_of(path, fmt, is_block)
     data = _info_json(path, fmt)
     disk = DiskInfo(path=path, format=fmt, virtual_size=data["virtual-size"], actual_size=data.get("actual-size", 0),
                     subformat=_subformat(path, fmt, data), backing_file=data.get("backing-filename"),
@@ -90,7 +97,7 @@ def info(path, fmt: str | None = None) -> DiskInfo:
 def check(path, fmt: str | None = None) -> CheckResult:
     path = os.fspath(path)
     is_block = disk_kind(path)
-    return _check(path, _format_of(path, fmt), is_block)
+    return _check(path, _format_of(path, fmt, is_block), is_block)
 
 
 def measure(path, dst_fmt: str = "qcow2", *, src_fmt: str | None = None) -> Measurement:
@@ -100,16 +107,13 @@ def measure(path, dst_fmt: str = "qcow2", *, src_fmt: str | None = None) -> Meas
     if fmt not in MEASURABLE:
         raise UnsupportedFormat(f"qemu-img cannot measure {FORMAT_LABELS[fmt]} output (only qcow2 and raw); "
                                 "measure as qcow2 for an estimate of the data to write")
-    disk_kind(path)
-    return qemu_measure(path, _format_of(path, src_fmt), fmt)
+    return qemu_measure(path, _format_of(path, src_fmt, disk_kind(path)), fmt)
 
 
 def compare(a, b, fmt_a: str | None = None, fmt_b: str | None = None) -> bool:
     """True when both disks read the same; like qemu-img, a larger disk whose extra tail is zeros still matches."""
     a, b = os.fspath(a), os.fspath(b)
-    disk_kind(a)
-    disk_kind(b)
-    return qemu_compare(a, _format_of(a, fmt_a), b, _format_of(b, fmt_b))
+    return qemu_compare(a, _format_of(a, fmt_a, disk_kind(a)), b, _format_of(b, fmt_b, disk_kind(b)))
 
 
 def verify_azure_vhd(path) -> None:
@@ -192,6 +196,7 @@ def remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> Dis
 
 
 def _remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> DiskInfo:
+    chains.refuse_any(read_at, size, what)
     if fmt is None:
         fmt = _info_json(uri, None, what)["format"]
         if fmt == "raw" and vhd_type(read_at(max(size - SECTOR, 0), SECTOR)):

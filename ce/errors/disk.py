@@ -81,3 +81,11 @@ class ScratchSpaceShort(CeError):
     code = "local_space_short"
     status = 507
     action = "set CE_SCRATCH to a directory on a larger local disk (or free space there) and submit the step again"
+
+
+class DiskChainRefused(DiskError):
+    """The image's header names another file or a protocol (a backing file, an external data file, VMDK extents or
+    parent) that is not an attached disk: qemu would read it as part of the disk."""
+    code = "disk_chain_refused"
+    action = ("attach every file of the image's chain as a disk of the CE, or merge the chain into one image "
+              "(qemu-img convert) and attach that")

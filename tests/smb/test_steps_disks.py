@@ -219,7 +219,7 @@ def test_convert_from_a_share_refuses_an_image_whose_parent_is_elsewhere(samba, 
     with pytest.raises(CeError) as refused:
         run("convert", {"inputStorageLocation": location(samba, folder=folder.name),
                         "inputImageFilename": "child.qcow2", "output": str(folder / "out.raw"), "outputFormat": "raw"})
-    assert refused.value.code == "disk_format_unsupported" and "backing file" in refused.value.message
+    assert refused.value.code == "disk_chain_refused" and "backing file" in refused.value.message
     assert list(scratch.iterdir()) == []
 
 

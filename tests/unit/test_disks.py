@@ -352,9 +352,13 @@ def loop_device():
 
 
 @pytest.mark.parametrize("fmt,subformat,qemu_fmt", [("vhd", "fixed", "vpc"), ("vhdx", None, "vhdx")])
-def test_block_devices_are_described_like_files(sample_as, loop_device, fmt, subformat, qemu_fmt):
+def test_block_devices_are_raw_unless_told_otherwise(sample_as, loop_device, fmt, subformat, qemu_fmt):
+    """A block device's contents never choose its format (issue 16); given one, it is described like a file."""
     image = sample_as(fmt, subformat)
-    described = disks.info(loop_device(image))
+    device = loop_device(image)
+    as_is = disks.info(device)
+    assert (as_is.format, as_is.is_block_device, as_is.virtual_size) == ("raw", True, disks.byte_size(device))
+    described = disks.info(device, fmt)
     assert described.is_block_device
     assert (described.format, described.virtual_size) == (qemu_fmt, SAMPLE_SIZE)
     assert described.subformat == disks.info(image).subformat
