@@ -6,6 +6,7 @@ The stack runs one way, each module importing only the ones above it in this lis
 * ``formats``    format names (user-facing, qemu-img's, labels) and the subformats ce writes; no I/O
 * ``headers``    container headers read by hand: VHD footer and dynamic header, VHDX regions and metadata, VMDK
 * ``extents``    local files and block devices: kind, size, reads at an offset, sparse-file extents and blocks
+* ``chains``     the other files an image's header makes qemu open (backing, data file, VMDK extents), and the policy
 * ``qemuimg``    the qemu-img runner: sh calls, failures with qemu-img's reason, progress, cancel
 * ``probe``      what a disk is (``info``, ``check``, ``measure``, ``compare``, ``remote_info``) and refusals
 * ``create``     new images (empty, overlay, differencing child), written under a partial name and read back
