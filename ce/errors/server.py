@@ -89,6 +89,15 @@ class Interrupted(CeError):
     action = "the service restarted while the step ran: run the step again with a new id"
 
 
+class DiskReplaced(CeError):
+    """A disk param's path names another file than the one checked when the step was submitted (a symlink or the
+    file swapped in between): the step does not run."""
+    code = "disk_replaced"
+    status = 409
+    action = ("the disk's path named another file when the step started than when it was submitted: check the CE's "
+              "disks (and who changes them), then submit the step again with a new id")
+
+
 # ---------------------------------------------------------------- configuration of the service
 
 class BootstrapInvalid(CeError):
@@ -150,4 +159,4 @@ class Terminated(CeError):
 
 
 # What the service itself can put into any step's document (the step's own codes come from its groups).
-STEP_DOCUMENT = (StepDeadline, WorkerDied, Interrupted, Terminated, InternalError)
+STEP_DOCUMENT = (StepDeadline, WorkerDied, Interrupted, Terminated, DiskReplaced, InternalError)

@@ -69,12 +69,13 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     store = Store(boot.state_dir / "ce.sqlite")
     interrupted = store.mark_interrupted()
     if interrupted:
-        log.warning("steps interrupted by a restart: %s", ", ".join(interrupted))
+        log.warning("steps interrupted by a restart: %s", ", ".join(row["id"] for row in interrupted))
     if notifier is None and boot.callback:
         notifier = Notifier(boot.callback.url, boot.callback.policy(), boot.token)
     supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
                             notify=lambda row: notifier(step_doc(row)) if notifier else None,
                             default_timeout=default_timeout, payloads=boot.payloads, cancel_grace=cancel_grace)
+    supervisor.stop_orphans(interrupted)        # before the app exists: no step is accepted while they run
     app = Flask("ce.server")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["ce"] = {"store": store, "supervisor": supervisor, "notifier": notifier, "boot": boot}

@@ -5,6 +5,16 @@ Stopping a step (cancel or timeout) is cooperative first: the child's ``ctx.canc
 cleans up its ``.partial`` files. After ``grace`` seconds the whole process group -- the worker, qemu-img, the
 libguestfs appliance and its recovery process -- gets SIGTERM, then SIGKILL. This process is a child subreaper,
 so whatever the worker leaves behind is re-parented here and reaped: no orphan or zombie survives a step.
+
+Disks are checked once, at submit: each disk param is resolved to its real path, which must be an attached disk, and
+the step process gets that path (never the name the request gave, which a symlink swap could repoint) together with
+the device and inode found there, which it checks again right before the step runs (ce.server.worker).
+
+Disk locks live in this process. A service that dies (kill -9, OOM) leaves its step processes running for a while
+(each notices the end of its stdin and stops, but a step inside a long call takes up to the worker's EXIT_GRACE).
+So every step row records its process (pid, start time, boot id), every step process carries ``CE_STEP_ID`` in its
+environment, and on start-up ``stop_orphans`` stops what the interrupted steps left -- SIGTERM, then SIGKILL, and
+waits until it is gone -- before the app accepts any step.
 """
 from __future__ import annotations
 
@@ -31,12 +41,15 @@ from ..errors import (Canceled, Conflict, DiskBusy, InternalError, InvalidParams
 from ..step import StepType
 from .priority import Launcher
 from .store import Store
+from .worker import disk_identity
 
 log = logging.getLogger("ce.server")
 
 DEFAULT_TIMEOUT = 7200          # seconds; the service's own default job timeout
 CANCEL_GRACE = 15.0             # seconds between the cooperative cancel and SIGTERM of the group
 KILL_GRACE = 5.0                # seconds between SIGTERM and SIGKILL
+ORPHAN_WAIT = 20.0              # seconds start-up waits for a previous service's step processes to die after SIGKILL
+STEP_ENV = "CE_STEP_ID"         # in every step process's environment: the step it works for
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -75,6 +88,7 @@ class Running:
     disks: list[str]
     timeout: int
     secrets: list[str]
+    checked: dict[str, dict] = field(default_factory=dict)     # disk param -> what its real path named at submit
     proc: subprocess.Popen | None = None
     cancel_requested: bool = False
     timed_out: bool = False
@@ -94,6 +108,7 @@ class Supervisor:
         self.cancel_grace, self.kill_grace = cancel_grace, kill_grace
         self._lock = threading.Lock()
         self._disk_owner: dict[str, str] = {}
+        self._orphans: set[str] = set()             # steps of a previous service whose processes did not stop
         self._running: dict[str, Running] = {}
         self._launcher = Launcher()                 # steps at the service's priority, not the request's
         self.subreaper = become_subreaper()
@@ -114,11 +129,16 @@ class Supervisor:
                     raise Conflict(f"step {step_id} already exists with a different type or params; "
                                    f"use a new step id for different work")
                 return existing, False
-            disks = self._check_disks(kind, params)
+            checked = self._check_disks(kind, params)
+            disks = list(dict.fromkeys(c["path"] for c in checked.values()))
             for disk in disks:
-                if disk in self._disk_owner:
-                    raise DiskBusy(f"disk {disk} is in use by step {self._disk_owner[disk]}; wait for it to finish "
-                                   f"or cancel it")
+                owner = self._disk_owner.get(disk)
+                if owner in self._orphans:
+                    raise DiskBusy(f"disk {disk} is still in use by processes of step {owner}, which the service's "
+                                   f"restart interrupted and which did not stop when killed; submit again once they "
+                                   f"are gone")
+                if owner:
+                    raise DiskBusy(f"disk {disk} is in use by step {owner}; wait for it to finish or cancel it")
             timeout = int(getattr(params, "timeout", None) or self.default_timeout)
             now = time.time()
             self.store.insert({"id": step_id, "type": type_name, "params": params.model_dump(mode="json"),
@@ -126,7 +146,7 @@ class Supervisor:
                                "created": now})
             for disk in disks:
                 self._disk_owner[disk] = step_id
-            running = Running(step_id, kind, raw_params, disks, timeout, logs.secret_values(params))
+            running = Running(step_id, kind, raw_params, disks, timeout, logs.secret_values(params), checked)
             self._running[step_id] = running
         for secret in running.secrets:
             logs.add_secret(secret)
@@ -153,6 +173,58 @@ class Supervisor:
     def disk_owner(self, disk: str) -> str | None:
         return self._disk_owner.get(disk)
 
+    def stop_orphans(self, interrupted: list[dict], wait: float = ORPHAN_WAIT) -> None:
+        """Start-up, before any step is accepted: stop the processes that the steps ``interrupted`` by the restart
+        (their store rows) left running -- SIGTERM (the step unwinds and removes its ``.partial`` files), SIGKILL
+        after ``kill_grace``, then wait up to ``wait`` seconds until they are gone. A process is only ever signalled
+        as a step's if it is provably that step's: its group leader with the recorded pid *and* start time (a reused
+        pid is someone else), or -- the leader gone -- a member of its group carrying the step's ``CE_STEP_ID``.
+        Processes that outlive even that (stuck in the kernel) keep their step's disks locked until they are gone.
+
+        Waiting here rather than locking the disks from the start keeps one rule for the connector: once the
+        service answers, nothing of a previous service runs; the wait is bounded by SIGKILL."""
+        orphans = {}
+        for row in interrupted:
+            worker = row.get("worker")
+            if worker and (group := OrphanGroup.find(row["id"], worker)):
+                orphans[row["id"]] = (group, row["disks"])
+        if not orphans:
+            return
+        for step_id, (group, _) in orphans.items():
+            log.warning("stopping the processes the restart left of step %s: %s", step_id, group.processes(),
+                        extra={"step_id": step_id})
+        for sig, within in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, wait)):
+            for group, _ in orphans.values():
+                group.signal(sig)
+            end = time.monotonic() + within
+            while any(g.processes() for g, _ in orphans.values()) and time.monotonic() < end:
+                time.sleep(0.1)
+        for step_id, (group, disks) in orphans.items():
+            survivors = group.processes()
+            if not survivors:
+                log.info("the processes of interrupted step %s are gone", step_id, extra={"step_id": step_id})
+                continue
+            log.error("processes of interrupted step %s survive SIGKILL: %s; its disks stay locked until they are "
+                      "gone: %s", step_id, survivors, ", ".join(disks), extra={"step_id": step_id})
+            with self._lock:
+                self._orphans.add(step_id)
+                for disk in disks:
+                    self._disk_owner[disk] = step_id
+            threading.Thread(target=self._release_when_gone, args=(step_id, group, disks), daemon=True,
+                             name=f"orphan-{step_id}").start()
+
+    def _release_when_gone(self, step_id: str, group: "OrphanGroup", disks: list[str]) -> None:
+        while group.processes():
+            group.signal(signal.SIGKILL)
+            time.sleep(1.0)
+        with self._lock:
+            for disk in disks:
+                if self._disk_owner.get(disk) == step_id:
+                    del self._disk_owner[disk]
+            self._orphans.discard(step_id)
+        log.info("the processes of interrupted step %s are gone; its disks are free", step_id,
+                 extra={"step_id": step_id})
+
     def shutdown(self) -> None:
         """Service stopping: stop every running step (they will read as interrupted after a restart)."""
         with self._lock:
@@ -162,24 +234,27 @@ class Supervisor:
 
     # ------------------------------------------------------------ internals
 
-    def _check_disks(self, kind: StepType, params: BaseModel) -> list[str]:
+    def _check_disks(self, kind: StepType, params: BaseModel) -> dict[str, dict]:
+        """Each disk param's real path, checked against the attached disks, and what it names now
+        (``worker.disk_identity``): the step process gets exactly these."""
         wanted = kind.disks(params)
         if not wanted:
-            return []
+            return {}
         allowed = self.allowed_disks()
-        out = []
+        out = {}
         for name, value in zip(kind.disk_params, (getattr(params, n, None) for n in kind.disk_params)):
             if not value:
                 continue
             try:
                 real = os.path.realpath(str(value))
+                identity = disk_identity(real) if real in allowed else None
             except (ValueError, OSError):
-                real = None
-            if real not in allowed:
+                identity = None
+            if identity is None:
                 raise InvalidParams(f"params.{name}: {value!r} is not a disk attached to this CE; attached: "
                                     f"{', '.join(allowed) or 'none'}", field=name)
-            out.append(real)
-        return list(dict.fromkeys(out))
+            out[name] = identity
+        return out
 
     def _supervise(self, r: Running) -> None:
         with logs.step_scope(r.id):
@@ -200,7 +275,7 @@ class Supervisor:
 
     def _run_child(self, r: Running) -> None:
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ)
+        env = {**os.environ, STEP_ENV: r.id}
         if self.payloads:
             env["CE_PAYLOADS"] = str(self.payloads)
         with r.lock:
@@ -216,15 +291,20 @@ class Supervisor:
         output = threading.Thread(target=self._relay_output, args=(r, r.proc.stdout), daemon=True,
                                   name=f"output-{r.id}")
         output.start()
-        r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "params": r.raw_params}) + "\n")
-        r.proc.stdin.flush()
-        r.raw_params = {}                         # the child has them; drop the secrets from this process
         deadline = threading.Timer(r.timeout, self._on_timeout, args=(r,))
         deadline.daemon = True
-        deadline.start()
         done = None
+        events = os.fdopen(read_fd, encoding="utf-8")
         try:
-            with os.fdopen(read_fd, encoding="utf-8") as events:
+            # Recorded before the child has its job: a process of this step that a restart could miss never works.
+            self.store.update(r.id, worker=process_identity(r.proc.pid))
+            # Each disk param as the real path checked at submit, with what it named then (the child checks it).
+            r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "disks": r.checked, "params": {
+                **r.raw_params, **{name: checked["path"] for name, checked in r.checked.items()}}}) + "\n")
+            r.proc.stdin.flush()
+            r.raw_params = {}                         # the child has them; drop the secrets from this process
+            deadline.start()
+            with events:
                 for line in events:
                     event = json.loads(line)
                     if event["event"] == "done":
@@ -235,6 +315,7 @@ class Supervisor:
             output.join(5)
         finally:
             deadline.cancel()
+            events.close()
             self._reap_group(r.proc.pid)
             try:
                 r.proc.stdin.close()
@@ -342,6 +423,68 @@ class Supervisor:
                     pass            # not ours (no subreaper): init reaps it
             time.sleep(0.1)
         log.error("processes of step group %d survive: %s", pgid, group_members(pgid))
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its third field (state) on, or None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()
+    except OSError:
+        return None
+
+
+def process_identity(pid: int) -> dict | None:
+    """What tells this process from a later one with the same pid: its start time (clock ticks after boot, field
+    22 of /proc/PID/stat) on this boot."""
+    fields = proc_stat(pid)
+    return {"pid": pid, "start": int(fields[19]), "boot": boot_id()} if fields else None
+
+
+@dataclass
+class OrphanGroup:
+    """What a previous service left of one step: its process group, and whether its leader -- the step process
+    itself -- was still there, provably the one recorded, when we looked."""
+    step_id: str
+    pgid: int
+    leader: bool
+
+    @classmethod
+    def find(cls, step_id: str, worker: dict) -> "OrphanGroup | None":
+        fields = proc_stat(worker["pid"])
+        leader = (fields is not None and fields[0] != "Z" and process_identity(worker["pid"]) == worker)
+        group = cls(step_id, worker["pid"], leader)
+        return group if group.processes() else None
+
+    def processes(self) -> list[int]:
+        """The group's live processes that are provably the step's: all of them while its leader was verified
+        (a process group's id is not reused while one member lives), else those carrying its CE_STEP_ID."""
+        members = [p for p in group_members(self.pgid) if (proc_stat(p) or ["Z"])[0] != "Z"]
+        if self.leader:
+            return members
+        marker = f"\0{STEP_ENV}={self.step_id}\0".encode()
+        mine = []
+        for pid in members:
+            try:
+                if marker in b"\0" + Path(f"/proc/{pid}/environ").read_bytes():
+                    mine.append(pid)
+            except OSError:
+                pass
+        return mine
+
+    def signal(self, sig: int) -> None:
+        if self.leader:
+            targets = [(os.killpg, self.pgid)]
+        else:
+            targets = [(os.kill, pid) for pid in self.processes()]
+        for kill, target in targets:
+            try:
+                kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def group_members(pgid: int) -> list[int]:

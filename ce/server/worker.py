@@ -1,9 +1,15 @@
 """One step in its own process: ``python -m ce.server.worker REPORT_FD`` (started by the supervisor).
 
 The supervisor starts this in a new session (its own process group, so qemu-img and the libguestfs appliance are in
-it too) and writes the job -- ``{"id", "type", "params"}`` with the *real* params, secrets included -- as the first
-line of stdin; secrets never travel through argv, the environment or the state file. Later stdin lines are commands
-(``cancel``). End of stdin means the service is gone: the step stops and takes its children with it.
+it too) and writes the job -- ``{"id", "type", "params", "disks"}`` with the *real* params, secrets included -- as
+the first line of stdin; secrets never travel through argv, the environment or the state file. Later stdin lines are
+commands (``cancel``). End of stdin means the service is gone: the step stops and takes its children with it (the
+whole process group is killed on the way out).
+
+Each disk param arrives as the real path the service checked against the attached disks at submit, and ``disks``
+holds what it found there (device and inode, and the device number of a block device). Right before the step runs,
+each path must still name that same file: a symlink or file swapped in between fails the step with
+``disk_replaced`` and nothing is read.
 
 Everything the step reports goes back as JSON lines on REPORT_FD: ``started``, ``progress``, ``warning``, ``log``
 and one final ``done`` with the status, the result document and/or the error.
@@ -14,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -21,12 +28,34 @@ import traceback
 
 from .. import logs
 from ..errors import CeError
-from ..errors import Canceled, StepFailed, Terminated, TimedOut
+from ..errors import Canceled, DiskReplaced, StepFailed, Terminated, TimedOut
 from ..step import StepContext, execute
 from .steps import step_types
 
 EXIT_GRACE = 20          # seconds the step has to unwind after the service disappeared
 PROGRESS_EVERY = 0.25    # seconds between two progress events with the same message; connectors poll about 1/s
+SERVICE_GONE = threading.Event()    # stdin ended: nobody will reap what the step leaves in its process group
+
+
+def disk_identity(path: str) -> dict:
+    """What a disk's real path names now: device and inode (and the device number of a block or character device)."""
+    info = os.stat(path)
+    device = stat.S_ISBLK(info.st_mode) or stat.S_ISCHR(info.st_mode)
+    return {"path": path, "dev": info.st_dev, "ino": info.st_ino, "rdev": info.st_rdev if device else None}
+
+
+def check_disks(checked: dict[str, dict]) -> None:
+    """Each disk param's path still names the file checked at submit (``checked``: param -> disk_identity)."""
+    for name, was in checked.items():
+        try:
+            now = disk_identity(was["path"])
+        except OSError as exc:
+            raise DiskReplaced(f"params.{name}: {was['path']} was checked when the step was submitted but is gone "
+                               f"now ({exc.strerror}); the step did not run") from None
+        if now != was:
+            raise DiskReplaced(f"params.{name}: {was['path']} names another file than when the step was submitted "
+                               f"(device/inode {was['dev']}/{was['ino']}, now {now['dev']}/{now['ino']}); the step "
+                               f"did not run")
 
 
 class Reporter:
@@ -88,6 +117,7 @@ def watch_stdin(ctx: WorkerContext) -> None:
             ctx.log.info("cancel requested")
             ctx.cancel_event.set()
     # The service closed the pipe (or died): stop the step and everything it started.
+    SERVICE_GONE.set()
     ctx.cancel_event.set()
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(EXIT_GRACE)
@@ -107,6 +137,7 @@ def run(job: dict, reporter: Reporter) -> None:
     threading.Thread(target=watch_stdin, args=(ctx,), daemon=True, name="stdin").start()
     reporter.send("started", pid=os.getpid())
     try:
+        check_disks(job.get("disks") or {})
         result = execute(kind, params, ctx).model_dump(mode="json")
     except TimedOut as exc:             # the step's own deadline: a failure the connector can act on
         reporter.send("done", status="failed", error=exc.to_dict())
@@ -140,6 +171,9 @@ def main() -> int:
         logging.getLogger("ce.worker").error("step crashed:\n%s", logs.redact(traceback.format_exc()))
         reporter.send("done", status="failed", error={"code": "internal_error", "message": logs.redact(
             f"the step crashed ({type(exc).__name__}: {exc}); its log has the details")})
+    finally:
+        if SERVICE_GONE.is_set() and os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)      # nobody is left to reap the group: it goes with us
     return 0
 
 
