@@ -178,9 +178,9 @@ def restricted() -> bool:
     return _attached is not None
 
 
-def vet(path: str) -> list[Reference]:
-    """Check the chain of the local image ``path`` against the policy before anything opens it; returns what it
-    names (every file of the chain, depth first)."""
+def vet(path: str) -> list[str]:
+    """Check the chain of the local image ``path`` against the policy before anything opens it; returns the real
+    paths of the other files its chain reads (depth first)."""
     allowed = set(_attached()) if _attached is not None else None
     chain = _walk(path, [os.path.realpath(path)], allowed)
     for image, ref in chain:
@@ -192,7 +192,7 @@ def vet(path: str) -> list[Reference]:
                         "that leave its attached disks)", image, ref.describe())
         else:
             log.info("%s names %s, an attached disk: read as part of the disk", image, ref.describe())
-    return [ref for _, ref in chain]
+    return list(dict.fromkeys(target for image, ref in chain if (target := ref.resolve(image))))
 
 
 def _walk(path: str, seen: list[str], allowed: set[str] | None) -> list[tuple[str, Reference]]:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from werkzeug import exceptions as http
 
 from .. import __version__, disks as disk_info
+from ..disks import chains
 from ..errors import (CeError, InternalError, InvalidParams, InvalidRequest, MethodNotAllowed, NotFound,
                       RequestTooLarge, Unauthorized, first_problem)
 from ..step import StepType
@@ -75,6 +76,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
                             notify=lambda row: notifier(step_doc(row)) if notifier else None,
                             default_timeout=default_timeout, payloads=boot.payloads, cancel_grace=cancel_grace)
+    chains.restrict_to(boot.attached_disks)     # this process's disk reads (GET /v1/disks, the door's checks)
     supervisor.stop_orphans(interrupted)        # before the app exists: no step is accepted while they run
     app = Flask("ce.server")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY

@@ -36,8 +36,9 @@ from pathlib import Path
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from .. import logs
+from ..disks import chains
 from ..errors import (Canceled, Conflict, DiskBusy, InternalError, InvalidParams, NotFound, StepDeadline,
-                      StepFinished, WorkerDied)
+                      StepFinished, WorkerDied, naming_field)
 from ..step import StepType
 from .priority import Launcher
 from .store import Store
@@ -130,7 +131,7 @@ class Supervisor:
                                    f"use a new step id for different work")
                 return existing, False
             checked = self._check_disks(kind, params)
-            disks = list(dict.fromkeys(c["path"] for c in checked.values()))
+            disks = list(dict.fromkeys(path for c in checked.values() for path in (c["path"], *c["chain"])))
             for disk in disks:
                 owner = self._disk_owner.get(disk)
                 if owner in self._orphans:
@@ -253,6 +254,8 @@ class Supervisor:
             if identity is None:
                 raise InvalidParams(f"params.{name}: {value!r} is not a disk attached to this CE; attached: "
                                     f"{', '.join(allowed) or 'none'}", field=name)
+            with naming_field(name):
+                identity["chain"] = [] if identity["rdev"] is not None else chains.vet(real)
             out[name] = identity
         return out
 
@@ -299,7 +302,8 @@ class Supervisor:
             # Recorded before the child has its job: a process of this step that a restart could miss never works.
             self.store.update(r.id, worker=process_identity(r.proc.pid))
             # Each disk param as the real path checked at submit, with what it named then (the child checks it).
-            r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "disks": r.checked, "params": {
+            r.proc.stdin.write(json.dumps({"id": r.id, "type": r.kind.name, "disks": r.checked,
+                                           "attached": self.allowed_disks(), "params": {
                 **r.raw_params, **{name: checked["path"] for name, checked in r.checked.items()}}}) + "\n")
             r.proc.stdin.flush()
             r.raw_params = {}                         # the child has them; drop the secrets from this process

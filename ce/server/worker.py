@@ -27,6 +27,7 @@ import time
 import traceback
 
 from .. import logs
+from ..disks import chains
 from ..errors import CeError
 from ..errors import Canceled, DiskReplaced, StepFailed, Terminated, TimedOut
 from ..step import StepContext, execute
@@ -52,7 +53,7 @@ def check_disks(checked: dict[str, dict]) -> None:
         except OSError as exc:
             raise DiskReplaced(f"params.{name}: {was['path']} was checked when the step was submitted but is gone "
                                f"now ({exc.strerror}); the step did not run") from None
-        if now != was:
+        if now != {key: was.get(key) for key in now}:
             raise DiskReplaced(f"params.{name}: {was['path']} names another file than when the step was submitted "
                                f"(device/inode {was['dev']}/{was['ino']}, now {now['dev']}/{now['ino']}); the step "
                                f"did not run")
@@ -137,6 +138,8 @@ def run(job: dict, reporter: Reporter) -> None:
     threading.Thread(target=watch_stdin, args=(ctx,), daemon=True, name="stdin").start()
     reporter.send("started", pid=os.getpid())
     try:
+        if "attached" in job:
+            chains.restrict_to(job["attached"])      # an image's chain may only lead to attached disks
         check_disks(job.get("disks") or {})
         result = execute(kind, params, ctx).model_dump(mode="json")
     except TimedOut as exc:             # the step's own deadline: a failure the connector can act on

@@ -47,6 +47,7 @@ def hostile(tmp_path, listener):
 
 @pytest.fixture(autouse=True)
 def local_policy():
+    chains.restrict_to(None)
     yield
     chains.restrict_to(None)
 
