@@ -1,8 +1,10 @@
 """``ce serve --bootstrap FILE``: gunicorn (one worker process, gthread) terminating mutual TLS in front of the app.
 
 One worker process because the step runner's state -- which disk is locked by which step, the child processes --
-lives in that process; threads serve the concurrent pollers. The TLS context is built once (gunicorn's default
-factory would re-read the key and certificates for every connection).
+lives in that process; threads serve the concurrent pollers. The worker is gunicorn's gthread with the closing of
+connections moved off its event loop (ce/server/gthread.py: with the stock one, clients being dropped stalled every
+poll). The TLS context is built once (gunicorn's default factory would re-read the key and certificates for every
+connection).
 """
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ from gunicorn.glogging import Logger
 
 from .. import logs, tls
 from ..errors import BootstrapInvalid
+from . import gthread
 from .bootstrap import Bootstrap
 from .priority import lower_this_thread
 from .slowclients import DeadlineSocket
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT
 
 log = logging.getLogger("ce.server")
+# CE_SERVE_WORKER=gthread runs gunicorn's stock gthread worker instead of ce's: only to measure what ce's buys
+# (bench/slowclients.py, tests/faults/test_faults_requests.py); nothing else sets it.
+WORKER_ENV = "CE_SERVE_WORKER"
 # Threads only wait (on SQLite, on sockets): 64 let ~60 slow or stalled clients (each dropped within
 # slowclients' deadlines) sit beside the connector's polls without delaying them.
 THREADS = 64
@@ -51,7 +57,7 @@ class CeServer(BaseApplication):
         self.context.sslsocket_class = DeadlineSocket      # slow clients cannot hold the threads
         self.options = {
             "bind": [f"[{boot.host}]:{boot.port}" if ":" in boot.host else f"{boot.host}:{boot.port}"],
-            "workers": 1, "worker_class": "gthread", "threads": threads,
+            "workers": 1, "worker_class": worker_class(), "threads": threads,
             "certfile": str(boot.tls.cert), "keyfile": str(boot.tls.key), "ca_certs": str(boot.tls.client_ca),
             "cert_reqs": 2,                            # ssl.CERT_REQUIRED
             "ssl_context": lambda config, default: self.context,
@@ -82,6 +88,14 @@ class CeServer(BaseApplication):
             self.app.extensions["ce"]["supervisor"].shutdown()
 
 
+def worker_class() -> str:
+    if os.environ.get(WORKER_ENV) == gthread.STOCK_WORKER_CLASS:
+        log.warning("%s=%s: gunicorn's stock gthread worker, whose event loop waits on clients being dropped",
+                    WORKER_ENV, gthread.STOCK_WORKER_CLASS)
+        return gthread.STOCK_WORKER_CLASS
+    return gthread.WORKER_CLASS
+
+
 def check_state_dir(boot: Bootstrap) -> None:
     """Fail in one line before gunicorn starts, rather than with a worker that cannot boot."""
     try:
@@ -94,6 +108,7 @@ def check_state_dir(boot: Bootstrap) -> None:
 
 def serve(boot: Bootstrap, **kwargs) -> None:
     check_state_dir(boot)
+    gthread.check()
     logs.setup()
     logs.add_secret(boot.token)
     log.info("serving on %s (mutual TLS, client CA %s)", boot.listen, boot.tls.client_ca)

@@ -11,17 +11,24 @@ the connection. Reaching one looks to gunicorn like the client going away (it cl
 from __future__ import annotations
 
 import logging
+import os
 import select
 import ssl
 import time
 
 log = logging.getLogger("ce.server")
 
+
+def _seconds(name: str, default: float) -> float:
+    """A deadline, shortened by tests and benches through the environment (CE_SERVE_HANDSHAKE_SECONDS, ...)."""
+    return float(os.environ.get(name, default))
+
+
 # A connector on the same network needs milliseconds; the margin is for a CE whose CPUs are busy (200 pollers
 # connecting at once to a 2-CPU machine under load took over 5 s for a few handshakes).
-HANDSHAKE_SECONDS = 20.0
-REQUEST_SECONDS = 30.0         # request line, headers and a body of at most 1 MiB
-SEND_SECONDS = 30.0            # each write of a response to a client that reads slowly
+HANDSHAKE_SECONDS = _seconds("CE_SERVE_HANDSHAKE_SECONDS", 20.0)
+REQUEST_SECONDS = _seconds("CE_SERVE_REQUEST_SECONDS", 30.0)   # request line, headers and a body of at most 1 MiB
+SEND_SECONDS = _seconds("CE_SERVE_SEND_SECONDS", 30.0)         # each write of a response to a client that reads slowly
 
 
 class HandshakeTimeout(ssl.SSLError):

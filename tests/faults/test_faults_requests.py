@@ -9,7 +9,8 @@ mutual TLS, token) and a real smbd:
 * an oversized body (20 MB of JSON, with and without Content-Length) is refused with 413 and the server stays
   healthy;
 * slow clients (a TLS handshake never finished; headers sent a byte at a time, never ending) do not keep other
-  clients' polls from being answered.
+  clients' polls from being answered, nor slow them down while the server drops them again and again (bytes that
+  are not TLS, requests trickled past their deadline: issue 16, item 2).
 
 `make test` runs every refusal at the door and a sample of the injections that reach a running step;
 `make test-faults` (``--fault-requests=all``, or CE_FAULT_REQUESTS=all) runs them all.
@@ -37,6 +38,7 @@ from tests.support.faults import DEPTH
 from tests.support.files import step_files
 from tests.support.certs import self_signed
 from tests.support.server_harness import CallbackReceiver as Receiver, ServerProcess, wait_until
+from tests.support.slowclients import SlowClients, percentile, polls
 from tests.support.smbserver import PASSWORD, USER
 
 MiB = 1 << 20
@@ -379,6 +381,30 @@ def test_slow_clients_do_not_block_polls(world):
     print(f"slow clients: 48 connections kept open; the server dropped {dropped.count('stall')} stalled handshakes "
           f"and {dropped.count('trickle')} trickled requests; 5 of 5 polls answered "
           f"(in {', '.join(f'{t:.2f}' for t in took)} s)")
+
+
+def test_clients_being_dropped_do_not_stall_polls(pki, tmp_path):
+    """Issue 16, item 2: 10 clients trickling bytes that are not TLS and 10 certified clients trickling a request
+    that never ends, all dropped by the server again and again, beside the connector polling on its kept-alive
+    connection. gunicorn's stock gthread worker closed each dropped connection on its one event loop with a
+    "graceful" close that waits up to 2 s for the client to stop sending; a client that keeps sending held the loop
+    the whole 2 s, and every poll needs that loop twice (to hand the request to a thread, then to take the
+    connection back). With the stock worker the probe's polls took 5.5-6 s each, and this test's first poll 38 s
+    (run it with CE_SERVE_WORKER=gthread to see). So one poll slower than a single such wait (2 s) means a drop
+    blocked the loop again."""
+    # The server's request deadline shortened from 30 s so that the certified clients are dropped every few
+    # seconds during the test, not once at its end.
+    env = {"CE_SERVE_REQUEST_SECONDS": "3"}
+    with ServerProcess(tmp_path / "server", pki, env=env) as server:
+        with SlowClients(server, plain=10, certified=10) as clients:
+            time.sleep(2)
+            took = polls(server, seconds=20)
+            connects, dropped = dict(clients.connects), dict(clients.dropped)
+    print(f"dropped clients: {dropped} of {connects} connections; {len(took)} polls, p50 "
+          f"{percentile(took, 50) * 1000:.0f} ms, p99 {percentile(took, 99) * 1000:.0f} ms, "
+          f"max {max(took) * 1000:.0f} ms")
+    assert max(took) < 2.0, f"a poll waited {max(took):.1f} s while slow clients were dropped"
+    assert dropped.get("plain", 0) >= 20 and dropped.get("certified", 0) >= 10, "the server did not drop them"
 
 
 # ---------------------------------------------------------------- malformed requests (issue 16, item 4)

@@ -1,4 +1,4 @@
-"""`make bench`'s two load scripts run end to end on small settings (the figures themselves are not asserted)."""
+"""`make bench`'s load scripts run end to end on small settings (the figures themselves are not asserted)."""
 from __future__ import annotations
 
 import json
@@ -37,3 +37,17 @@ def test_load_polls_a_running_step(tmp_path):
     figures = last_json(run.stdout)
     assert figures["errors"] == 0 and figures["requests"] >= 24
     assert figures["server_p50_ms"] >= 0
+
+
+def test_slowclients_compares_polls_beside_dropped_clients():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "slowclients.py"), "--plain", "2", "--certified", "2",
+                          "--seconds", "3", "--quiet-seconds", "2", "--request-seconds", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = last_json(run.stdout)
+    for worker in ("ce", "gthread"):
+        for case in ("quiet", "slow_clients"):
+            assert figures["workers"][worker][case]["polls"] >= 1
+            assert figures["workers"][worker][case]["p99_ms"] > 0
+        assert figures["workers"][worker]["dropped"].get("plain", 0) >= 1
+    assert "stock worker's polls p99" in run.stdout
