@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..errors import AzureVhdInvalid, DiskError, DiskUnreadable, UnsupportedFormat
-from . import chains
+from .chains import refuse_any as refuse_any_chain, vet as vet_chain
 from .extents import byte_size, disk_kind, head, tail
 from .extents import read_at as read_file_at
 from .formats import CHECKABLE, DISK_FORMATS, FORMAT_LABELS, MEASURABLE, qemu_format
@@ -65,7 +65,7 @@ def _format_of(path: str, fmt: str | None, is_block: bool) -> str:
     fmt = qemu_format(fmt) if fmt else "raw" if is_block else None
     if fmt == "raw":
         return fmt
-    chains.vet(path)
+    vet_chain(path)
     return fmt or _probe(path)
 
 
@@ -196,7 +196,7 @@ def remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> Dis
 
 
 def _remote_info(uri: str, fmt: str | None, what: str, read_at, size: int) -> DiskInfo:
-    chains.refuse_any(read_at, size, what)
+    refuse_any_chain(read_at, size, what)
     if fmt is None:
         fmt = _info_json(uri, None, what)["format"]
         if fmt == "raw" and vhd_type(read_at(max(size - SECTOR, 0), SECTOR)):
