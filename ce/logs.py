@@ -5,6 +5,14 @@ The step id comes from a context variable (``step_scope``) or from ``extra={"ste
 step carry ``"step_id": null`` so a reader can always filter on the key. Every secret the process knows of (the
 bootstrap token, the SecretStr values of running steps' params) is registered with ``add_secret`` and replaced by
 ``**********`` in the message, the arguments and any exception text before a line is written.
+
+A secret of ``SHORT_SECRET`` characters or more is replaced wherever it occurs. A shorter one -- an SMB password
+"a" or "abc" -- cannot be told from ordinary text: replaced everywhere it would mask that letter or syllable in every
+line, destroying the logs and showing anyone who reads them what the password is. So it is replaced only where it
+stands as a value, as a whole token: quoted ('abc', "abc"), right after ``=`` or ``:`` (``password=abc``,
+``user:abc@host``), or after a word such as "password", "secret" or "token" (``password abc``,
+``password: abc``). Printed bare in a sentence it is left alone, like the same letters in any other word. ce itself
+never prints a secret (params hold them as ``SecretStr``, which prints ``**********``): this is the safety net.
 """
 from __future__ import annotations
 
@@ -20,9 +28,13 @@ from contextlib import contextmanager
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 MASK = "**********"
+SHORT_SECRET = 8                         # shorter secrets are replaced only where they stand as a value
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# Where a short secret stands as a value: after a quote, '=' or ':', or a credential word and up to 3 separators.
+_VALUE_BEFORE = r"""(?:\b(?i:password|passwd|pwd|passphrase|secret|token|credentials?)[\s'"=:]{1,3}|['"=:])"""
 _step_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("ce_step_id", default=None)
 _secrets: dict[str, int] = {}            # value -> reference count (two steps may share a password)
+_short: dict[str, re.Pattern] = {}       # short secret -> where it stands as a value
 _secrets_lock = threading.Lock()
 
 
@@ -30,6 +42,8 @@ def add_secret(value: str) -> None:
     if value:
         with _secrets_lock:
             _secrets[value] = _secrets.get(value, 0) + 1
+            if len(value) < SHORT_SECRET and value not in _short:
+                _short[value] = re.compile(f"({_VALUE_BEFORE}){re.escape(value)}(?!\\w)")
 
 
 def remove_secret(value: str) -> None:
@@ -38,6 +52,7 @@ def remove_secret(value: str) -> None:
             _secrets[value] -= 1
         else:
             _secrets.pop(value, None)
+            _short.pop(value, None)
 
 
 def secret_values(model: BaseModel | dict | list) -> list[str]:
@@ -66,8 +81,9 @@ def secret_values(model: BaseModel | dict | list) -> list[str]:
 def redact(text: str) -> str:
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)    # longest first: one secret may contain another
+        short = dict(_short)
     for secret in secrets:
-        text = text.replace(secret, MASK)
+        text = short[secret].sub(r"\1" + MASK, text) if secret in short else text.replace(secret, MASK)
     return _BEARER.sub(r"\1" + MASK, text)
 
 

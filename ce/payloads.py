@@ -7,19 +7,50 @@ A store is a directory with ``manifest.json``::
 
 A component may have several files (a driver is ``.sys`` + ``.inf`` + ``.cat``). Every file is checked against
 its manifest size and sha256 before it is used, so a truncated or swapped installer never reaches an image.
+
+Which store: on the command line, any directory a step's ``payloads`` param names (or ``$CE_PAYLOADS``). Over the
+server, only the store of its bootstrap (``payloads``): a step's ``params.payloads`` may name that directory or be
+left out, anything else is refused at submit (``payload_store_refused``, naming the field), and with no store in the
+bootstrap every ``params.payloads`` is -- a request must not make the service read a manifest and installers from
+any directory it can see. The server gives each step's process ``$CE_PAYLOADS`` (empty when it has no store), and
+while it is set ``PayloadStore`` opens no other directory, whoever asks.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PayloadMismatch, PayloadMissing, PayloadStoreInvalid
+from .errors import PayloadMismatch, PayloadMissing, PayloadStoreInvalid, PayloadStoreRefused
 from .registry import sha256_file
 
 MANIFEST = "manifest.json"
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,127}$")
+STORE_ENV = "CE_PAYLOADS"          # the one store allowed (set by the server from its bootstrap; empty: none)
+PARAM = "payloads"                 # a step param of this name names a payload store directory
+
+
+def confine(requested: str | Path, store: str | Path | None) -> None:
+    """Refuse ``requested`` unless it is ``store`` itself (after resolving symlinks); with no store, refuse it."""
+    if not store:
+        raise PayloadStoreRefused(f"params.{PARAM}: this service has no payload store (its bootstrap sets no "
+                                  f"'payloads'), and a step may not name a directory of its own; leave "
+                                  f"params.{PARAM} out")
+    try:
+        same = os.path.realpath(requested) == os.path.realpath(store)
+    except (ValueError, OSError):       # a NUL byte, a loop of symlinks
+        same = False
+    if not same:
+        raise PayloadStoreRefused(f"params.{PARAM}: a step may use only this service's payload store (its "
+                                  f"bootstrap's 'payloads'), not another directory; leave params.{PARAM} out")
+
+
+def confined_store(requested: str | Path) -> None:
+    """While ``$CE_PAYLOADS`` is set (a step the server runs), refuse any store but that one."""
+    if STORE_ENV in os.environ:
+        confine(requested, os.environ[STORE_ENV])
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,7 @@ class Payload:
 
 class PayloadStore:
     def __init__(self, root: str | Path):
+        confined_store(root)
         self.root = Path(root)
         self.payloads = self._load()
 

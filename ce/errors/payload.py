@@ -14,6 +14,12 @@ class PayloadStoreInvalid(PayloadError):
     action = "give params.payloads (or configure the service's store): a directory with a valid manifest.json"
 
 
+class PayloadStoreRefused(PayloadError):
+    code = "payload_store_refused"
+    action = ("leave params.payloads out: over the server a step uses the payload store of the service's bootstrap "
+              "(payloads), or none")
+
+
 class PayloadMissing(PayloadError):
     code = "payload_missing"
     action = "add the component and version the message names to the payload store, or ask for one it has"

@@ -67,3 +67,9 @@ class TransferFailed(SmbError):
     code = "smb_transfer_failed"
     status = 502
     action = "retry the step; if it fails again check the share and the local file or disk named in the message"
+
+
+class SmbPortRefused(SmbError):
+    code = "smb_port_refused"
+    status = 422
+    action = "use an SMB port the service allows: 445, or one its bootstrap lists in smb_ports"

@@ -14,7 +14,9 @@ from werkzeug import exceptions as http
 from .. import __version__, disks as disk_info
 from ..disks import chains
 from ..errors import (CeError, InternalError, InvalidParams, InvalidRequest, MethodNotAllowed, NotFound,
-                      RequestTooLarge, Unauthorized, first_problem)
+                      RequestTooLarge, Unauthorized, first_problem, naming_field)
+from ..payloads import PARAM as PAYLOADS_PARAM, confine as confine_payloads
+from ..smb.ports import ports_allowed as smb_ports_allowed
 from ..step import StepType
 from . import api, openapi
 from .auth import PUBLIC_ENDPOINTS, token_ok
@@ -64,6 +66,14 @@ def _drain_body() -> None:
         left -= len(chunk)
 
 
+def check_payloads(kind: StepType | None, params: dict, boot: Bootstrap) -> None:
+    """A step's ``payloads`` param may name the bootstrap's payload store and nothing else (ce.payloads)."""
+    requested = params.get(PAYLOADS_PARAM)
+    if kind is not None and PAYLOADS_PARAM in kind.Params.model_fields and isinstance(requested, str) and requested:
+        with naming_field(PAYLOADS_PARAM):
+            confine_payloads(requested, boot.payloads)
+
+
 def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, notifier=None,
                default_timeout: int = DEFAULT_TIMEOUT, cancel_grace: float = CANCEL_GRACE) -> Flask:
     types = types if types is not None else step_types()
@@ -76,6 +86,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
                             notify=lambda row: notifier(step_doc(row)) if notifier else None,
                             default_timeout=default_timeout, payloads=boot.payloads, cancel_grace=cancel_grace)
+    supervisor.step_env = boot.step_env()       # the payload store and SMB ports a step's process may use
     chains.restrict_to(boot.attached_disks)     # this process's disk reads (GET /v1/disks, the door's checks)
     supervisor.stop_orphans(interrupted)        # before the app exists: no step is accepted while they run
     app = Flask("ce.server")
@@ -156,7 +167,9 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
             message, field = first_problem(exc, top="body")
             return refuse(InvalidParams(message), field=field or "body")
         request.environ["ce.step_id"] = create.id
-        row, _ = supervisor.submit(create.id, create.type, create.params)
+        check_payloads(types.get(create.type), create.params, boot)
+        with smb_ports_allowed(boot.allowed_smb_ports()):      # the params' SMB locations are checked against it
+            row, _ = supervisor.submit(create.id, create.type, create.params)
         response = jsonify(step_doc(row))
         response.status_code = 202
         response.headers["Location"] = f"/v1/steps/{create.id}"

@@ -6,11 +6,17 @@
      "tls": {"cert": "server.crt", "key": "server.key", "client_ca": "client-ca.crt"},
      "callback": {"url": "https://connector:8443/ce/steps", "ca": "callback-ca.crt",
                   "sha1_fingerprint": null, "check_hostname": true},
-     "state_dir": "/var/lib/ce", "disks": ["/dev/sdb"], "payloads": "/var/lib/ce/payloads"}
+     "state_dir": "/var/lib/ce", "disks": ["/dev/sdb"], "payloads": "/var/lib/ce/payloads", "smb_ports": [445]}
 
 ``token`` and ``tls`` are required; ``callback`` is optional (vSphere deployments) and takes at most one of ``ca``
 / ``sha1_fingerprint``. ``disks`` lists what steps may touch (paths or globs); without it every whole block device
 that holds no mounted filesystem of the CE itself.
+
+What steps may reach besides disks: ``payloads``, the one payload store a step may use (a step's ``params.payloads``
+may only name it; without it no store at all), and ``smb_ports``, the ports a step may connect to SMB servers on
+(default ``[445]``, what the CE image's firewall lets out; ``"any"`` lifts the limit). Steps run in processes of
+their own and get these through their environment (``step_env``); the app checks a request's params against them
+before a step is created.
 """
 from __future__ import annotations
 
@@ -20,10 +26,13 @@ import hmac
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import BootstrapInvalid, TlsConfigError, first_problem
+from ..payloads import STORE_ENV
+from ..smb import ports as smb_ports
 from ..tls import OutboundPolicy, normalize_sha1
 
 MIN_TOKEN = 32
@@ -81,6 +90,7 @@ class Bootstrap(BaseModel):
     state_dir: Path = Path("/var/lib/ce")
     disks: list[str] | None = None
     payloads: Path | None = None
+    smb_ports: list[int] | Literal["any"] = [smb_ports.DEFAULT_PORT]
 
     @field_validator("version")
     @classmethod
@@ -96,6 +106,24 @@ class Bootstrap(BaseModel):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("listen must be HOST:PORT, e.g. 0.0.0.0:443")
         return v
+
+    @field_validator("smb_ports")
+    @classmethod
+    def _smb_ports(cls, v: list[int] | str) -> list[int] | str:
+        if v != smb_ports.ANY and (not v or not all(0 < p < 65536 for p in v)):
+            raise ValueError('must be "any" or a non-empty list of ports (1 to 65535), e.g. [445]')
+        return v
+
+    def allowed_smb_ports(self) -> frozenset[int] | None:
+        """The ports steps may connect to SMB servers on; None for any."""
+        return None if self.smb_ports == smb_ports.ANY else frozenset(self.smb_ports)
+
+    def step_env(self) -> dict[str, str]:
+        """What a step's process learns of this file, through its environment: the payload store (empty: none, and
+        no other directory either) and the SMB ports. Always set, so that the service's own environment never
+        decides either."""
+        return {STORE_ENV: str(self.payloads or ""),
+                smb_ports.PORTS_ENV: smb_ports.format_ports(self.allowed_smb_ports())}
 
     @property
     def host(self) -> str:

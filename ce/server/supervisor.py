@@ -106,6 +106,7 @@ class Supervisor:
         self.notify = notify
         self.default_timeout = default_timeout
         self.payloads = payloads
+        self.step_env: dict[str, str] = {}         # added to each step's environment
         self.cancel_grace, self.kill_grace = cancel_grace, kill_grace
         self._lock = threading.Lock()
         self._disk_owner: dict[str, str] = {}
@@ -281,6 +282,7 @@ class Supervisor:
         env = {**os.environ, STEP_ENV: r.id}
         if self.payloads:
             env["CE_PAYLOADS"] = str(self.payloads)
+        env.update(self.step_env)               # the bootstrap's limits for steps (create_app: Bootstrap.step_env)
         with r.lock:
             if r.cancel_requested:
                 os.close(read_fd), os.close(write_fd)

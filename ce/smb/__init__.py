@@ -14,18 +14,22 @@ Rules this package enforces:
 * Uploads skip the holes of sparse local files (SEEK_DATA / SEEK_HOLE) and all-zero chunks, and mark the remote
   file sparse, so a half-empty disk does not send (or store) its empty half.
 * Neither the user name nor the password ever appears in an error message or a log line.
+* A step run by the server connects only to the ports its bootstrap allows (``smb_ports``, default 445;
+  ``SmbPortRefused``), and a server it cannot reach reads the same whatever the cause (``SmbUnreachable``), so
+  steps cannot be used to scan ports.
 
 Modules, from the job's view down to the wire: ``target`` (``StorageLocation``, the location as a job gives it),
-``location`` (``SmbLocation``, ``Credentials``), ``paths`` (``normalize_path`` and Windows' name rules), ``share``
-(``SmbShare``: queries, changes, uploads, downloads), ``reader`` (``RemoteReader``), ``session`` (connection,
-sign-in, credits, request plumbing, error mapping), ``pipeline`` (requests in flight, chunk sizes), ``protocol``
-(NTSTATUS groups, access masks) and ``wire`` (WRITE requests framed and signed in one buffer). The errors live in
-``ce.errors`` (``ce/errors/smb.py``) and are re-exported here.
+``location`` (``SmbLocation``, ``Credentials``), ``ports`` (the ports a step may connect to), ``paths``
+(``normalize_path`` and Windows' name rules), ``share`` (``SmbShare``: queries, changes, uploads, downloads),
+``reader`` (``RemoteReader``), ``session`` (connection, sign-in, credits, request plumbing, error mapping),
+``pipeline`` (requests in flight, chunk sizes), ``protocol`` (NTSTATUS groups, access masks) and ``wire`` (WRITE
+requests framed and signed in one buffer). The errors live in ``ce.errors`` (``ce/errors/smb.py``) and are
+re-exported here.
 """
 from __future__ import annotations
 
 from ..errors import (RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed, SmbError,
-                      SmbPathRefused, SmbUnreachable, TransferFailed)
+                      SmbPathRefused, SmbPortRefused, SmbUnreachable, TransferFailed)
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
 from .pipeline import Progress
@@ -36,5 +40,5 @@ from .target import SmbCredentials, StorageLocation
 
 __all__ = ["CONNECT_TIMEOUT", "DEFAULT_PORT", "PARTIAL_SUFFIX", "Credentials", "Progress", "RemoteExists",
            "RemoteNotFound", "RemoteReader", "RemoteStat", "ShareFull", "ShareNotFound", "SmbAccessDenied",
-           "SmbAuthFailed", "SmbCredentials", "SmbError", "SmbLocation", "SmbPathRefused", "SmbShare",
-           "SmbUnreachable", "StorageLocation", "TransferFailed", "normalize_path"]
+           "SmbAuthFailed", "SmbCredentials", "SmbError", "SmbLocation", "SmbPathRefused", "SmbPortRefused",
+           "SmbShare", "SmbUnreachable", "StorageLocation", "TransferFailed", "normalize_path"]

@@ -3,7 +3,14 @@ operations stand on (open, query and set information, send, and turning smbproto
 
 Each session owns its own connection, session and tree: nothing is registered process-wide, so two jobs never share
 credentials. Neither the user name nor the password ever appears in an error message or a log line: smbprotocol
-logs the user name at INFO and whole messages at DEBUG, so its loggers are capped at WARNING.
+logs the user name at INFO and whole messages at DEBUG, so its own logging is switched off (below).
+
+A port the policy in force does not allow (``ce.smb.ports``) is refused before any connection. Failing to reach an
+SMB server reads the same whatever the cause -- a closed port, a filtered one, a listener that is not SMB (ssh,
+http), a silent one, a name that does not resolve: "could not reach an SMB server at HOST (port N)". A step's
+params choose the host and port, and its log and document go back to whoever sent them, so a cause in either would
+tell an open port from a closed one: the cause is logged at DEBUG only, which ``ce -v`` on the command line shows and
+a step run by the server (its process logs at INFO) never records.
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ from smbprotocol.open import (CreateDisposition, ImpersonationLevel, Open, Query
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from ..errors import (RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed, SmbError,
-                      SmbUnreachable, TransferFailed)
+from ..errors import (CeError, RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed,
+                      SmbError, SmbPortRefused, SmbUnreachable, TransferFailed)
+from . import ports
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
 from .pipeline import IN_FLIGHT, READ_CHUNK, WRITE_CHUNK
@@ -33,10 +41,14 @@ from .protocol import (AUTH_STATUSES, FULL_STATUSES, NOT_FOUND_STATUSES, READ_AT
 from .wire import CREDIT_BYTES, credit_charge, credits, signer, signing_algorithm_name
 
 log = logging.getLogger("ce.smb")
+# smbprotocol logs the user name at INFO and whole messages at DEBUG; at WARNING and ERROR it logs a peer that reset
+# the connection and its receive thread dying on a reply it cannot parse (a listener that is not SMB), which would
+# tell one kind of port from another. Each of those also reaches ce as the exception it is about, which ce reports
+# (mapped, or as a crash with its traceback), so nothing of smbprotocol's or spnego's own logging is kept.
 for _noisy in ("smbprotocol", "spnego"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
-DEFAULT_PORT = 445
+DEFAULT_PORT = ports.DEFAULT_PORT
 CONNECT_TIMEOUT = 10.0
 
 
@@ -82,6 +94,8 @@ class ShareSession:
         self.close()
 
     def connect(self) -> Self:
+        if refused := ports.refusal(self.port):
+            raise SmbPortRefused(refused)
         self._connection = self._negotiate()
         try:
             session = self._authenticate(self._connection)
@@ -123,10 +137,14 @@ class ShareSession:
         connection = Connection(uuid.uuid4(), self.location.host, self.port, require_signing=True)
         try:
             connection.connect(timeout=self._timeout)
-        except (ValueError, OSError, SMBException) as exc:
+        except CeError:
             disconnect_quietly(connection)
-            raise SmbUnreachable(f"cannot reach an SMB server at {self.location.host}:{self.port} "
-                                 f"({reason(exc)}); check the host name, the port and the firewall") from None
+            raise                       # canceled or stopped while connecting
+        except Exception as exc:        # what a listener that is not SMB makes smbprotocol raise is open-ended
+            disconnect_quietly(connection)
+            log.debug("no SMB server at %s port %d: %s", self.location.host, self.port, reason(exc))
+            raise SmbUnreachable(f"could not reach an SMB server at {self.location.host} (port {self.port}); check "
+                                 f"the host name, the port and the firewall") from None
         return connection
 
     def _authenticate(self, connection: Connection) -> Session:

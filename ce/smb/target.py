@@ -3,12 +3,17 @@
 The service sends ``{"Location": "\\\\host\\share\\folder", "credentialId": "..."}``; the connector resolves the
 credential id and hands ce the account itself under ``credentials``. The password is a ``SecretStr``: it prints as
 ``**********`` in reprs, logs, plans and result documents, and is unwrapped only when the session signs in.
+
+A port the policy in force does not allow (``ce.smb.ports``: over the server, the bootstrap's ``smb_ports``, 445 by
+default) is refused when the params are validated, naming the field that chose it: ``port``, or ``Location`` for
+``smb://host:port/...``; a location without either uses 445, which must then be allowed too.
 """
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from ..errors import SmbError
+from . import ports
 from .location import Credentials, SmbLocation
 from .share import SmbShare
 
@@ -30,16 +35,30 @@ class StorageLocation(BaseModel):
     credentials: SmbCredentials
     credentialId: str | None = Field(None, description="the service's wallet id (informational; ce needs "
                                                        "the resolved credentials)")
-    port: int | None = Field(None, ge=1, le=65535, description="SMB port (default 445, or the one in the URL)")
+    port: int | None = Field(None, ge=1, le=65535, validate_default=True,
+                             description="SMB port (default 445, or the one in the URL); over the server only the "
+                                         "ports its bootstrap allows (smb_ports, default 445)")
     encrypt: bool = Field(False, description="require SMB3 encryption even when the share does not")
 
     @field_validator("Location")
     @classmethod
     def _parseable(cls, value: str) -> str:
         try:
-            SmbLocation.parse(value)
+            location = SmbLocation.parse(value)
         except SmbError as exc:
             raise ValueError(exc.message) from None
+        if location.port is not None and (refused := ports.refusal(location.port)):
+            raise ValueError(refused)
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _allowed_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None:
+            if "Location" not in info.data or SmbLocation.parse(info.data["Location"]).port is not None:
+                return value            # the Location was refused, or its own port was checked with it
+        if refused := ports.refusal(value):
+            raise ValueError(refused)
         return value
 
     @property

@@ -273,10 +273,14 @@ def test_missing_folder(samba):
 
 
 def test_closed_port_fails_fast():
+    """Fast, and worded like any other unreachable server: no cause (tests/faults/test_faults_limits.py)."""
     start = time.monotonic()
+    port = free_port()
     with pytest.raises(smb.SmbUnreachable) as caught:
-        SmbShare(r"\\127.0.0.1\share", GOOD, port=free_port(), timeout=2).connect()
-    assert caught.value.code == "smb_unreachable" and "refused" in caught.value.message
+        SmbShare(r"\\127.0.0.1\share", GOOD, port=port, timeout=2).connect()
+    assert caught.value.code == "smb_unreachable"
+    assert caught.value.message.startswith(f"could not reach an SMB server at 127.0.0.1 (port {port});")
+    assert "refused" not in caught.value.message
     assert time.monotonic() - start < 5
 
 

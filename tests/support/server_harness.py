@@ -207,7 +207,8 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, pki: Pki, *, disks: list[str] | None = None, callback: dict | None = None,
                  extra_args: tuple[str, ...] = ("--cancel-grace", "3"), state_dir: Path | None = None,
-                 verbose: bool = False, env: dict[str, str] | None = None, token: str | None = None):
+                 verbose: bool = False, env: dict[str, str] | None = None, token: str | None = None,
+                 bootstrap: dict | None = None):
         self.workdir, self.pki = workdir, pki
         self.port = free_port()
         self.token = token or secrets.token_urlsafe(32)
@@ -216,9 +217,15 @@ class ServerProcess:
         self.state_dir = state_dir or workdir / "state"
         doc = {"version": 1, "token": self.token, "listen": f"127.0.0.1:{self.port}",
                "tls": {"cert": str(pki.server.cert), "key": str(pki.server.key), "client_ca": str(pki.ca.cert_path)},
-               "state_dir": str(self.state_dir), "disks": disks or []}
+               "state_dir": str(self.state_dir), "disks": disks or [],
+               "smb_ports": "any"}          # the test smbd listens on a port of its own, never 445
         if callback:
             doc["callback"] = callback
+        for key, value in (bootstrap or {}).items():    # more fields, or (None) one of the above left out
+            if value is None:
+                doc.pop(key, None)
+            else:
+                doc[key] = value
         workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap.write_text(json.dumps(doc, indent=2))
         self.extra_args = extra_args
