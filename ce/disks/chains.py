@@ -160,6 +160,7 @@ def _descriptor_references(text: str, *, extents: bool) -> list[Reference]:
 # ---------------------------------------------------------------- the policy
 
 _attached: Callable[[], Iterable[str]] | None = None
+_own: set[str] = set()                              # overlays this process made (made_here)
 _told: set[tuple[str, Reference]] = set()           # chains already logged by this process
 
 
@@ -178,9 +179,17 @@ def restricted() -> bool:
     return _attached is not None
 
 
+def made_here(path) -> None:
+    """``path`` is an overlay this process made over a source it checked itself (an NBD export of an image on a
+    share, which ``refuse_any`` vetted): its chain is ce's own, not the image-maker's."""
+    _own.add(os.path.realpath(path))
+
+
 def vet(path: str) -> list[str]:
     """Check the chain of the local image ``path`` against the policy before anything opens it; returns the real
     paths of the other files its chain reads (depth first)."""
+    if os.path.realpath(path) in _own:
+        return []
     allowed = set(_attached()) if _attached is not None else None
     chain = _walk(path, [os.path.realpath(path)], allowed)
     for image, ref in chain:

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 from ..errors import ChildDiskFailed, ConversionFailed, DestinationExists, OutputDirMissing
+from .chains import made_here
 from .formats import FORMAT_LABELS, choose_subformat, create_options, qemu_format
 from .probe import DiskInfo, info
 from .qemuimg import create as qemu_create
@@ -31,6 +32,7 @@ def create_overlay(backing: str, backing_fmt: str, path, size: int) -> None:
     the backing image and as zeros past its end. Nothing of the backing image is copied."""
     qemu_create(os.fspath(path), "qcow2", size, "-u", "-b", backing, "-F", qemu_format(backing_fmt),
                    doing=f"cannot create an overlay of {size} bytes")
+    made_here(path)
 
 
 def create_child(parent, child, parent_fmt: str | None = None, child_fmt: str = "qcow2", size: int | None = None,

@@ -166,3 +166,17 @@ def test_a_hostile_qcow2_header_is_bounded(tmp_path):
     with pytest.raises(DiskChainRefused):
         disks.info(image)
     assert hashlib.md5(image.read_bytes()).hexdigest() == hashlib.md5(bytes(data)).hexdigest()
+
+
+def test_an_overlay_ce_made_is_its_own_chain(tmp_path):
+    """convert and reverse-image read a share's image through a local overlay over an NBD export ce started (the
+    image itself vetted by refuse_any): that overlay passes, the same overlay made by anyone else does not."""
+    source = tmp_path / "source.raw"
+    source.write_bytes(b"x" * MiB)
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    chains.restrict_to([str(ours), str(theirs)])
+    disks.create_overlay(str(source), "raw", ours, MiB)
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(source), "-F", "raw", str(theirs), "1M")
+    assert disks.info(ours).backing_file == str(source)
+    with pytest.raises(DiskChainRefused):
+        disks.info(theirs)
