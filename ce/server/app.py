@@ -85,7 +85,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
         notifier = Notifier(boot.callback.url, boot.callback.policy(), boot.token)
     supervisor = Supervisor(store, types, hmac_key=boot.hmac_key(), allowed_disks=boot.attached_disks,
                             notify=lambda row: notifier(step_doc(row)) if notifier else None,
-                            default_timeout=default_timeout, payloads=boot.payloads, cancel_grace=cancel_grace)
+                            default_timeout=default_timeout, cancel_grace=cancel_grace)
     supervisor.step_env = boot.step_env()       # the payload store and SMB ports a step's process may use
     chains.restrict_to(boot.attached_disks)     # this process's disk reads (GET /v1/disks, the door's checks)
     supervisor.stop_orphans(interrupted)        # before the app exists: no step is accepted while they run

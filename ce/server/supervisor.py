@@ -31,7 +31,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
@@ -41,6 +40,7 @@ from ..errors import (Canceled, Conflict, DiskBusy, InternalError, InvalidParams
                       StepFinished, WorkerDied, naming_field)
 from ..step import StepType
 from .priority import Launcher
+from .processes import STEP_ENV, OrphanGroup, group_members, process_identity
 from .store import Store
 from .worker import disk_identity
 
@@ -50,7 +50,6 @@ DEFAULT_TIMEOUT = 7200          # seconds; the service's own default job timeout
 CANCEL_GRACE = 15.0             # seconds between the cooperative cancel and SIGTERM of the group
 KILL_GRACE = 5.0                # seconds between SIGTERM and SIGKILL
 ORPHAN_WAIT = 20.0              # seconds start-up waits for a previous service's step processes to die after SIGKILL
-STEP_ENV = "CE_STEP_ID"         # in every step process's environment: the step it works for
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -99,13 +98,12 @@ class Running:
 
 class Supervisor:
     def __init__(self, store: Store, types: dict[str, StepType], *, hmac_key: bytes, allowed_disks,
-                 notify=lambda doc: None, default_timeout: int = DEFAULT_TIMEOUT, payloads: Path | None = None,
+                 notify=lambda doc: None, default_timeout: int = DEFAULT_TIMEOUT,
                  cancel_grace: float = CANCEL_GRACE, kill_grace: float = KILL_GRACE):
         self.store, self.types, self.hmac_key = store, types, hmac_key
         self.allowed_disks = allowed_disks          # () -> list of real paths steps may touch
         self.notify = notify
         self.default_timeout = default_timeout
-        self.payloads = payloads
         self.step_env: dict[str, str] = {}         # added to each step's environment
         self.cancel_grace, self.kill_grace = cancel_grace, kill_grace
         self._lock = threading.Lock()
@@ -280,8 +278,6 @@ class Supervisor:
     def _run_child(self, r: Running) -> None:
         read_fd, write_fd = os.pipe()
         env = {**os.environ, STEP_ENV: r.id}
-        if self.payloads:
-            env["CE_PAYLOADS"] = str(self.payloads)
         env.update(self.step_env)               # the bootstrap's limits for steps (create_app: Bootstrap.step_env)
         with r.lock:
             if r.cancel_requested:
@@ -429,79 +425,3 @@ class Supervisor:
                     pass            # not ours (no subreaper): init reaps it
             time.sleep(0.1)
         log.error("processes of step group %d survive: %s", pgid, group_members(pgid))
-
-
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat from its third field (state) on, or None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()
-    except OSError:
-        return None
-
-
-def process_identity(pid: int) -> dict | None:
-    """What tells this process from a later one with the same pid: its start time (clock ticks after boot, field
-    22 of /proc/PID/stat) on this boot."""
-    fields = proc_stat(pid)
-    return {"pid": pid, "start": int(fields[19]), "boot": boot_id()} if fields else None
-
-
-@dataclass
-class OrphanGroup:
-    """What a previous service left of one step: its process group, and whether its leader -- the step process
-    itself -- was still there, provably the one recorded, when we looked."""
-    step_id: str
-    pgid: int
-    leader: bool
-
-    @classmethod
-    def find(cls, step_id: str, worker: dict) -> "OrphanGroup | None":
-        fields = proc_stat(worker["pid"])
-        leader = (fields is not None and fields[0] != "Z" and process_identity(worker["pid"]) == worker)
-        group = cls(step_id, worker["pid"], leader)
-        return group if group.processes() else None
-
-    def processes(self) -> list[int]:
-        """The group's live processes that are provably the step's: all of them while its leader was verified
-        (a process group's id is not reused while one member lives), else those carrying its CE_STEP_ID."""
-        members = [p for p in group_members(self.pgid) if (proc_stat(p) or ["Z"])[0] != "Z"]
-        if self.leader:
-            return members
-        marker = f"\0{STEP_ENV}={self.step_id}\0".encode()
-        mine = []
-        for pid in members:
-            try:
-                if marker in b"\0" + Path(f"/proc/{pid}/environ").read_bytes():
-                    mine.append(pid)
-            except OSError:
-                pass
-        return mine
-
-    def signal(self, sig: int) -> None:
-        if self.leader:
-            targets = [(os.killpg, self.pgid)]
-        else:
-            targets = [(os.kill, pid) for pid in self.processes()]
-        for kill, target in targets:
-            try:
-                kill(target, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def group_members(pgid: int) -> list[int]:
-    """Processes in process group ``pgid`` that are alive, or zombies waiting for *us* to reap them (a zombie
-    re-parented elsewhere is its new parent's to reap)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid, pgrp = stat.read_text().rpartition(") ")[2].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(pgrp) == pgid and (state != "Z" or int(ppid) == os.getpid()):
-            pids.append(int(stat.parent.name))
-    return pids

@@ -65,6 +65,9 @@ class Reporter:
         self._lock = threading.Lock()
 
     def send(self, event: str, **fields) -> None:
+        """An error's message is redacted like a log line: a mechanism's message may quote what it was given."""
+        if isinstance(error := fields.get("error"), dict) and isinstance(error.get("message"), str):
+            fields["error"] = {**error, "message": logs.redact(error["message"])}
         line = json.dumps({"event": event, **fields}, default=str)
         with self._lock:
             try:

@@ -32,7 +32,7 @@ from smbprotocol.tree import TreeConnect
 
 from ..errors import (CeError, RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed,
                       SmbError, SmbPortRefused, SmbUnreachable, TransferFailed)
-from . import ports
+from .ports import DEFAULT_PORT, refusal as port_refusal
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
 from .pipeline import IN_FLIGHT, READ_CHUNK, WRITE_CHUNK
@@ -48,7 +48,7 @@ log = logging.getLogger("ce.smb")
 for _noisy in ("smbprotocol", "spnego"):
     logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
-DEFAULT_PORT = ports.DEFAULT_PORT
+
 CONNECT_TIMEOUT = 10.0
 
 
@@ -94,7 +94,7 @@ class ShareSession:
         self.close()
 
     def connect(self) -> Self:
-        if refused := ports.refusal(self.port):
+        if refused := port_refusal(self.port):
             raise SmbPortRefused(refused)
         self._connection = self._negotiate()
         try:

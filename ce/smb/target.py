@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from ..errors import SmbError
-from . import ports
+from .ports import refusal as port_refusal
 from .location import Credentials, SmbLocation
 from .share import SmbShare
 
@@ -47,7 +47,7 @@ class StorageLocation(BaseModel):
             location = SmbLocation.parse(value)
         except SmbError as exc:
             raise ValueError(exc.message) from None
-        if location.port is not None and (refused := ports.refusal(location.port)):
+        if location.port is not None and (refused := port_refusal(location.port)):
             raise ValueError(refused)
         return value
 
@@ -57,7 +57,7 @@ class StorageLocation(BaseModel):
         if value is None:
             if "Location" not in info.data or SmbLocation.parse(info.data["Location"]).port is not None:
                 return value            # the Location was refused, or its own port was checked with it
-        if refused := ports.refusal(value):
+        if refused := port_refusal(value):
             raise ValueError(refused)
         return value
 

@@ -33,7 +33,7 @@ from typing import Callable
 import pytest
 
 from ce import disks, staging
-from ce.server.supervisor import group_members
+from ce.server.processes import group_members
 from tests.support import ROOT
 from tests.support.faults import DEPTH
 from tests.support.files import write_extents

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import ROOT
 from tests.support.chains import hostile_images, md5, qemu_img, secret_file
-from tests.support.server_harness import ServerProcess, wait_until
+from tests.support.server_harness import wait_until
 
 TERMINAL = ("succeeded", "failed", "canceled")
 

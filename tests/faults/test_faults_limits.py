@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import socket
 import threading
 import uuid
@@ -30,7 +29,7 @@ from pydantic import SecretStr, ValidationError
 
 from ce import logs
 from ce.changes import Plan, Result
-from ce.errors import BootstrapInvalid, PayloadStoreRefused, SmbPortRefused
+from ce.errors import BootstrapInvalid, CeError, PayloadStoreRefused, SmbPortRefused
 from ce.payloads import STORE_ENV, PayloadStore, write_manifest
 from ce.server import bootstrap
 from ce.smb import Credentials, SmbLocation, SmbShare, StorageLocation
@@ -50,6 +49,7 @@ UNRELATED = "the step checked the share settings before anything else"
 
 class PrintParams(StepParams):
     password: SecretStr
+    fail: bool = False          # end with an error whose message quotes the password
 
 
 def print_secret(params: PrintParams, plan: Plan, ctx: StepContext) -> Result:
@@ -62,6 +62,8 @@ def print_secret(params: PrintParams, plan: Plan, ctx: StepContext) -> Result:
     ctx.log.info("password=%s", password)
     ctx.warn("test_warning", f"the SMB server refused user '{USER}' with password '{password}' (domain CETEST)")
     ctx.warn("test_warning", UNRELATED)
+    if params.fail:
+        raise CeError(f"the share refused password '{password}' for {USER}")
     return Result.of(plan, facts={"printed": True})
 
 
@@ -433,3 +435,14 @@ def test_the_step_process_opens_no_other_store(files, monkeypatch):
         PayloadStore(files["store"])
     monkeypatch.delenv(STORE_ENV)                       # the command line: any store
     assert PayloadStore(files["elsewhere"]).find("vda-server-installer")
+
+
+@pytest.mark.parametrize("password", ("e", "a-password-long-enough"))
+def test_an_error_quoting_the_password_reaches_the_document_masked(plain_server, password):
+    """A failed step's error message is redacted like its log lines (ce/server/worker.py's Reporter)."""
+    step_id, response = post(plain_server, "test-print-secret", {"password": password, "fail": True},
+                             step_id=f"fail-{len(password)}")
+    assert response.status_code == 202, response.text
+    doc = finished(plain_server, step_id)
+    assert doc["status"] == "failed"
+    assert doc["error"]["message"] == f"the share refused password '**********' for {USER}", doc["error"]

@@ -28,7 +28,7 @@ from pydantic import Field
 from ce.changes import Plan, Result
 from ce.errors import BootstrapInvalid
 from ce.server.store import SCHEMA, Store
-from ce.server.supervisor import group_members
+from ce.server.processes import group_members
 from ce.step import StepContext, StepParams, StepType
 from tests.support.server_harness import ServerProcess, alive, processes_with, wait_until
 

@@ -15,7 +15,7 @@ import requests
 
 from ce.server import bootstrap
 from ce.server.priority import REQUEST_NICE
-from ce.server.supervisor import group_members
+from ce.server.processes import group_members
 from ce.server.worker import PROGRESS_EVERY, Reporter, WorkerContext
 from images.spec import load_all as load_specs
 from tests.support import ROOT
