@@ -23,8 +23,8 @@ from pydantic import Field
 from ce import disks, hashing, nbdexport, staging
 from ce.changes import DiskRead, DiskWrite, Plan, Result
 from ce.cli.smbargs import FORMAT_NAMES, split_file, storage
-from ce.errors import DiskNotEmpty, DiskTooSmall, ImageFormatMismatch, RemoteNotFound, UnsupportedFormat, \
-    naming_field
+from ce.errors import DiskNotEmpty, DiskTooSmall, ImageFormatMismatch, OutputDirMissing, RemoteNotFound, \
+    UnsupportedFormat, naming_field
 from ce.sizes import human_size
 from ce.smb import normalize_path
 from ce.smb.target import StorageLocation
@@ -93,6 +93,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
                         "file_size": found.size, "allocated": found.allocated},
              "target": {"disk": params.disk, "format": disks.FORMAT_LABELS[target.format].lower(),
                         "is_block_device": target.is_block_device, "size": target.virtual_size,
+                        "creates": not os.path.lexists(params.disk),
                         "output_size": size, "grows_to": grows, "zeroed_tail": size - virtual},
              "scratch": scratch}
     changes = [DiskRead(source=where, format=label.lower(), subformat=subformat, virtual_size=virtual, in_place=True),
@@ -102,7 +103,13 @@ def plan(params: Params, ctx: StepContext) -> Plan:
 
 
 def _target_info(path: str) -> disks.DiskInfo:
-    """An empty regular file is a thin disk of size 0 that grows to outputSizeMb; anything else must be a disk."""
+    """An empty regular file -- or a new one, in a folder that exists (the command line; the server only writes
+    attached disks) -- is a thin disk of size 0 that grows to outputSizeMb; anything else must be a disk."""
+    if not os.path.lexists(path):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise OutputDirMissing(f"{path} does not exist and neither does its folder: create the folder, or give "
+                                   "an existing disk")
+        return disks.DiskInfo(path=path, format="raw", virtual_size=0, actual_size=0)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return disks.DiskInfo(path=path, format="raw", virtual_size=0, actual_size=0)
     return disks.info(path, "raw" if disks.is_raw_target(path) else None)
@@ -155,6 +162,8 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
         if virtual != source["virtual_size"]:
             raise ImageFormatMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it "
                                       "changed on the share; run the step again")
+        if target.get("creates"):
+            open(params.disk, "xb").close()          # a new file, never one that appeared since the plan
         if target["grows_to"]:
             os.truncate(params.disk, target["grows_to"])
         overlay = scratch / "image.qcow2"

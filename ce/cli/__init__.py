@@ -10,12 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
+from .. import __version__
 from ..errors import CeError
 from . import jobs, output, server, smbargs
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# libraries whose own DEBUG lines are noise to an operator (sh logs every process it runs, line by line): they
+# speak at -vv only
+THIRD_PARTY = ("sh", "smbprotocol", "spnego", "urllib3", "gunicorn")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,24 +28,52 @@ def main(argv: list[str] | None = None) -> int:
     types = step_types()
     parser = build_parser(types)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    set_up_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    if getattr(args, "trace", False):
+        os.environ["LIBGUESTFS_TRACE"] = "1"       # libguestfs prints each call and its result on stderr
     try:
         return args.func(args)
     except CeError as exc:
         return report_error(exc, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def set_up_logging(verbose: int, quiet: bool) -> None:
+    """-q: errors only; default: warnings; -v: what ce does; -vv: everything, the libraries' own lines too."""
+    level = logging.ERROR if quiet else logging.WARNING if not verbose else logging.INFO if verbose == 1 \
+        else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else max(level, logging.WARNING))
+
+
+def add_common_options(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """-v / -q / -x before or after the command (``ce -v convert ...`` and ``ce convert -v ...``)."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-v", "--verbose", action="count", help="more detail on stderr (-vv: libraries too)",
+                   **({"default": 0} if top else default))
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only on stderr, no progress",
+                   **({"default": False} if top else default))
+    p.add_argument("-x", "--trace", action="store_true", help="trace libguestfs calls on stderr (as virt-v2v -x)",
+                   **({"default": False} if top else default))
 
 
 def build_parser(types: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ce", description="Compositing Engine worker")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser = argparse.ArgumentParser(
+        prog="ce", description="Compositing Engine worker",
+        epilog="exit status: 0 done, 1 the step failed or was refused (ce: error [code]), 2 wrong usage, "
+               "130 interrupted")
+    parser.add_argument("--version", action="version", version=f"ce {__version__}")
+    add_common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for kind in types.values():
         if kind.cli:
             add_step_command(sub, kind)
+    p = sub.add_parser("steps", help="the step types: their job names, commands and params")
+    p.add_argument("--json", action="store_true", help="each type's params as a JSON schema")
+    p.set_defaults(func=cmd_steps, types=types)
     p = sub.add_parser("inspect", help="describe a disk: format, firmware, Windows, Citrix VDA, tools")
     p.add_argument("disk", help="disk image (raw, qcow2, vhd, vhdx, vmdk) or block device")
     p.add_argument("--root", help="Windows root device when the disk holds several (e.g. /dev/sda3)")
@@ -48,13 +81,16 @@ def build_parser(types: dict) -> argparse.ArgumentParser:
     p.set_defaults(func=jobs.cmd_inspect, kind=types.get("inspect"))
     for name, doc in (("plan", "dry run: list exactly what a job would change, change nothing"),
                       ("run", "apply a job to the disk and report what changed, from what, to what")):
-        p = sub.add_parser(name, help=doc)
+        p = sub.add_parser(name, help=doc, epilog="job types: " + ", ".join(types) + " (ce steps lists their "
+                           "params); relative paths in a job file are relative to the file")
         p.add_argument("--job", required=True, help='job file: {"type": "prepare", "params": {...}}')
         p.add_argument("disk", help="disk image or block device")
         p.add_argument("--root", help="Windows root device when the disk holds several")
         p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
         p.set_defaults(func=jobs.cmd_job, apply=name == "run", types=types)
     server.register(sub)
+    for command in sub.choices.values():
+        add_common_options(command)
     return parser
 
 
@@ -72,11 +108,24 @@ def add_step_command(sub, kind) -> None:
 def cmd_step(args) -> int:
     raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}
     raw.update(timeout=args.timeout, dryRun=args.dry_run)
-    document, error = output.run_step(args.kind, args.kind.parse(raw))
+    document, error = output.run_step(args.kind, args.kind.parse(raw), quiet=args.quiet)
     if error and not args.json:
         raise error
     output.show(args.kind, document, error, args.json)
     return EXIT_ERROR if error else EXIT_OK
+
+
+def cmd_steps(args) -> int:
+    if args.json:
+        print(json.dumps({k.name: {"command": k.cli.command if k.cli else None, "summary": k.summary,
+                                   "diskParams": list(k.disk_params), "paramsSchema": k.Params.model_json_schema()}
+                          for k in args.types.values()}, indent=2))
+        return EXIT_OK
+    for kind in args.types.values():
+        command = f"ce {kind.cli.command}" if kind.cli else "job file only"
+        print(f"{kind.name:<16} {command:<20} {kind.summary}")
+        print(f"{'':<16} params: {', '.join(kind.Params.model_fields)}")
+    return EXIT_OK
 
 
 def report_error(exc: CeError, args) -> int:

@@ -1,11 +1,14 @@
 """`ce inspect DISK` and job files: `ce plan --job FILE DISK` (dry run) and `ce run --job FILE DISK` (apply).
 
 A job file is ``{"type": "prepare", "params": {...}}`` with the service's parameter names; the disk (and the
-Windows root) come from the command line and replace the file's.
+Windows root) come from the command line. A file path in the job (its disks, ``payloads``) that is relative is
+relative to the job file, not to the working directory; a job whose ``disk`` names another disk than the command
+line's is refused rather than silently overridden.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import InvalidJob, InvalidParams
@@ -26,18 +29,30 @@ def load_job(path: str, types: dict[str, StepType], **overrides) -> tuple[StepTy
     raw = job.get("params", {})
     if not isinstance(raw, dict):
         raise InvalidJob(f"{path}: \"params\" must be an object")
-    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     kind = types[job["type"]]
+    raw = relative_to(Path(path).parent, raw, (*kind.disk_params, "payloads"))
+    for name, value in overrides.items():
+        if name in kind.disk_params and value is not None and isinstance(raw.get(name), str) \
+                and os.path.realpath(raw[name]) != os.path.realpath(value):
+            raise InvalidJob(f"{path}: params.{name} is {raw[name]} but the command line names {value}: remove "
+                             f"one of them")
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return kind, kind.parse(raw)
     except InvalidParams as exc:
         raise InvalidJob(f"{path}: {exc.message}") from None
 
 
+def relative_to(base: Path, raw: dict, names: tuple[str, ...]) -> dict:
+    """``raw`` with each relative path among ``names`` made absolute against ``base`` (the job file's folder)."""
+    return {k: str(base.resolve() / v) if k in names and isinstance(v, str) and v and not os.path.isabs(v) else v
+            for k, v in raw.items()}
+
+
 def cmd_job(args) -> int:
     kind, params = load_job(args.job, args.types, disk=args.disk, root=args.root,
                             dryRun=True if not args.apply else None)
-    document, error = run_step(kind, params)
+    document, error = run_step(kind, params, quiet=args.quiet)
     show(kind, document, error, args.json)
     return EXIT_ERROR if error else EXIT_OK
 
@@ -45,7 +60,7 @@ def cmd_job(args) -> int:
 def cmd_inspect(args) -> int:
     """The inspect step's report: its facts and warnings as JSON (the report's own shape), or lines for people."""
     params = args.kind.parse({"disk": args.disk, "root": args.root})
-    document, _ = run_step(args.kind, params)
+    document, _ = run_step(args.kind, params, quiet=args.quiet)
     if args.json:
         print(json.dumps({**document.facts, "warnings": [w.model_dump() for w in document.warnings]}, indent=2))
     else:

@@ -498,6 +498,19 @@ def reverse(samba, disk, name="golden.vhdx", **extra) -> dict:
                                 "inputImageFilename": name, **extra})
 
 
+def test_reverse_image_onto_a_new_file_creates_it(samba, image_on_share, windows, tmp_path, scratch):
+    """A path that does not exist yet (in a folder that does) is a new thin disk; a dry run creates nothing."""
+    target = tmp_path / "new.raw"
+    planned = reverse(samba, target, dryRun=True)
+    assert planned["target"]["creates"] and not target.exists()
+    result = reverse(samba, target)
+    assert result["target"]["creates"] and target.stat().st_size == result["target"]["output_size"]
+    assert disks.compare(windows, target, fmt_b="raw")
+    with pytest.raises(CeError) as refused:
+        reverse(samba, tmp_path / "no-such-folder" / "new.raw")
+    assert refused.value.code == "output_dir_missing"
+
+
 @pytest.mark.parametrize("name", ["golden.vhdx", "golden.vhd"])
 def test_reverse_image_writes_the_disk(samba, image_on_share, windows, tmp_path, scratch, name):
     size = disks.info(windows).virtual_size

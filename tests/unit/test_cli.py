@@ -1,0 +1,83 @@
+"""The command line as a user runs it (the installed `ce` script, real processes): --version, `ce steps`, -v / -q
+anywhere on the line, the end-of-run summary, job files whose relative paths follow the job file, and a job whose
+disk disagrees with the command line's (issue 17)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ce import __version__
+from tests.support import ROOT
+
+CE = Path(sys.executable).parent / "ce"
+MiB = 1 << 20
+
+
+def ce(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CE), *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=120)
+
+
+@pytest.fixture
+def disk(tmp_path) -> Path:
+    path = tmp_path / "disk.raw"
+    path.write_bytes(os.urandom(MiB))
+    return path
+
+
+def test_version_and_steps():
+    assert ce("--version").stdout.strip() == f"ce {__version__}"
+    listed = ce("steps")
+    assert listed.returncode == 0 and "reverseImage" in listed.stdout and "ce reverse-image" in listed.stdout
+    schemas = json.loads(ce("steps", "--json").stdout)
+    assert "disk" in schemas["hash"]["paramsSchema"]["properties"] and schemas["hash"]["command"] == "hash"
+    assert "job types:" in ce("run", "--help").stdout and "prepare" in ce("plan", "--help").stdout
+
+
+def test_options_work_after_the_command_too(disk):
+    for args in (("-q", "hash", str(disk)), ("hash", "-q", str(disk)), ("hash", str(disk), "-v")):
+        done = ce(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    assert ce("hash", "--no-such-option", str(disk)).returncode == 2
+
+
+def test_every_run_ends_with_a_summary_line(disk, tmp_path):
+    applied = ce("hash", str(disk))
+    assert applied.stdout.splitlines()[-1].startswith("done in ") and "1 change applied (1 disk_hash)" in \
+        applied.stdout.splitlines()[-1]
+    planned = ce("hash", "--dry-run", str(disk))
+    assert planned.stdout.splitlines()[-1] == "dry run: 1 change would be made (1 disk_hash); 0 warnings"
+
+
+def test_a_job_files_relative_paths_follow_the_job_file(disk, tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "hash.json").write_text(json.dumps({"type": "hash", "params": {"disk": "../disk.raw"}}))
+    elsewhere = tmp_path / "a" / "b"          # from here ../disk.raw would be a/disk.raw, which is not the disk
+    elsewhere.mkdir(parents=True)
+    done = ce("run", "--job", str(jobs / "hash.json"), str(disk), cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    refused = ce("run", "--job", str(jobs / "hash.json"), str(tmp_path / "other.raw"), cwd=elsewhere)
+    assert refused.returncode == 1 and "[invalid_job]" in refused.stderr and "remove one of them" in refused.stderr
+    assert not done.stdout.lstrip().startswith("{")          # people's lines unless --json
+
+
+def test_relative_payloads_in_a_prepare_job_follow_the_job_file(tmp_path):
+    from ce.cli.jobs import load_job
+    from ce.step import step_types
+    (tmp_path / "store").mkdir()
+    job = tmp_path / "prepare.json"
+    job.write_text(json.dumps({"type": "prepare", "params": {"payloads": "store", "provisioningType": "Mcs"}}))
+    _, params = load_job(str(job), step_types(), disk=str(tmp_path / "disk.raw"))
+    assert params.payloads == str(tmp_path / "store")
+
+
+def test_the_examples_payloads_resolve_from_any_directory(tmp_path):
+    from ce.cli.jobs import load_job
+    from ce.step import step_types
+    _, params = load_job(str(ROOT / "examples" / "prepare-mcs.json"), step_types(), disk=str(tmp_path / "d.raw"))
+    assert Path(params.payloads) == ROOT / "examples" / "payloads" and Path(params.payloads).is_dir()
