@@ -22,8 +22,7 @@ class Params(StepParams):
 
 
 def plan(params: Params, ctx: StepContext) -> Plan:
-    ctx.progress(5, "inspecting the image")
-    report = inspect_path(params.disk, root=params.root)
+    report = inspect_path(params.disk, root=params.root, progress=ctx.progress)
     return Plan(step=NAME, facts=report.model_dump(mode="json"), warnings=report.warnings)
 
 

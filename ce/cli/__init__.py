@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:                # the reader went away (ce ... | head): no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 def set_up_logging(verbose: int, quiet: bool) -> None:
@@ -58,6 +61,11 @@ def add_common_options(p: argparse.ArgumentParser, top: bool = False) -> None:
                    **({"default": False} if top else default))
     p.add_argument("-x", "--trace", action="store_true", help="trace libguestfs calls on stderr (as virt-v2v -x)",
                    **({"default": False} if top else default))
+    p.add_argument("--machine-readable", action="store_const", const=2, dest="machine_readable",
+                   help="progress as JSON lines {elapsed, percent, message} on stderr",
+                   **({"default": None} if top else default))
+    p.add_argument("--machine-readable-fd", type=int, metavar="FD", dest="machine_readable",
+                   help="the same on file descriptor FD", **({"default": None} if top else default))
 
 
 def build_parser(types: dict) -> argparse.ArgumentParser:
@@ -108,7 +116,7 @@ def add_step_command(sub, kind) -> None:
 def cmd_step(args) -> int:
     raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}
     raw.update(timeout=args.timeout, dryRun=args.dry_run)
-    document, error = output.run_step(args.kind, args.kind.parse(raw), quiet=args.quiet)
+    document, error = output.run_step(args.kind, args.kind.parse(raw), args)
     if error and not args.json:
         raise error
     output.show(args.kind, document, error, args.json)

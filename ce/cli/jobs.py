@@ -52,7 +52,7 @@ def relative_to(base: Path, raw: dict, names: tuple[str, ...]) -> dict:
 def cmd_job(args) -> int:
     kind, params = load_job(args.job, args.types, disk=args.disk, root=args.root,
                             dryRun=True if not args.apply else None)
-    document, error = run_step(kind, params, quiet=args.quiet)
+    document, error = run_step(kind, params, args)
     show(kind, document, error, args.json)
     return EXIT_ERROR if error else EXIT_OK
 
@@ -60,7 +60,7 @@ def cmd_job(args) -> int:
 def cmd_inspect(args) -> int:
     """The inspect step's report: its facts and warnings as JSON (the report's own shape), or lines for people."""
     params = args.kind.parse({"disk": args.disk, "root": args.root})
-    document, _ = run_step(args.kind, params, quiet=args.quiet)
+    document, _ = run_step(args.kind, params, args)
     if args.json:
         print(json.dumps({**document.facts, "warnings": [w.model_dump() for w in document.warnings]}, indent=2))
     else:

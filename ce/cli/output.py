@@ -1,37 +1,84 @@
 """What the CLI prints: progress on stderr while a step runs, then its plan or result -- as JSON, or as lines for
-people made by the change kinds (``ce.changes.describe``) and the step's own ``describe``."""
+people made by the change kinds (``ce.changes.describe``) and the step's own ``describe``.
+
+Progress, as virt-v2v shows it: on a terminal a bar redrawn in place with the elapsed time and an estimate of what
+is left; otherwise one line per phase, ``[  12.3] inspecting the image``; with ``--machine-readable`` one JSON
+object per change (``{"elapsed", "percent", "message"}``) on stderr (``--machine-readable-fd FD``: on FD), for
+scripts. ``-q`` silences the first two.
+"""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections import Counter
 
 from ..changes import Plan, Result, describe
-from ..errors import CeError, StepFailed
+from ..errors import CeError, InvalidParams, StepFailed
 from ..step import StepContext, execute
 
 
 class ConsoleContext(StepContext):
-    """Progress on stderr: a bar that redraws in place on a terminal, nothing otherwise (--json stays clean) or
-    with -q."""
-    quiet = False
+    """Progress on stderr (see the module's docstring)."""
+
+    def __init__(self, quiet: bool = False, machine_fd: int | None = None):
+        super().__init__()
+        self.quiet, self.started, self.phase = quiet, time.monotonic(), None
+        self.tty = sys.stderr.isatty() and not quiet
+        try:
+            self.machine = os.fdopen(os.dup(machine_fd), "w", buffering=1) if machine_fd is not None else None
+        except OSError as exc:
+            raise InvalidParams(f"--machine-readable-fd {machine_fd}: {exc.strerror}") from None
+        self.last = (-1.0, "")
 
     def progress(self, percent: float, message: str = "") -> None:
-        if self.quiet or not sys.stderr.isatty():
-            return
-        filled = int(max(0.0, min(percent, 100.0)) / 100 * 30)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}% {message[:60]:<60}")
-        sys.stderr.flush()
+        percent = max(0.0, min(float(percent), 100.0))
+        elapsed = time.monotonic() - self.started
+        if self.machine and (round(percent, 1), message) != self.last:
+            self.last = (round(percent, 1), message)
+            self._machine_line({"elapsed": round(elapsed, 3), "percent": round(percent, 1), "message": message})
+        if self.tty:
+            sys.stderr.write(f"\r{bar(percent, elapsed, message)}")
+            sys.stderr.flush()
+        elif not self.quiet and message and message != self.phase:
+            sys.stderr.write(f"[{elapsed:7.1f}] {message}\n")
+            sys.stderr.flush()
+        self.phase = message
+
+    def _machine_line(self, event: dict) -> None:
+        """A reader that went away (``| head``) stops the progress lines, never the step."""
+        try:
+            self.machine.write(json.dumps(event) + "\n")
+        except (OSError, ValueError):
+            self.machine = None
 
     def done(self) -> None:
-        if sys.stderr.isatty():
-            sys.stderr.write("\r" + " " * 100 + "\r")
+        if self.tty:
+            sys.stderr.write("\r" + " " * 110 + "\r")
+        if self.machine:
+            try:
+                self.machine.close()
+            except OSError:
+                pass
 
 
-def run_step(kind, params, quiet: bool = False) -> tuple[Plan | Result, CeError | None]:
-    """Run a step in this process; a StepFailed still yields its partial result."""
-    ctx = ConsoleContext()
-    ctx.quiet = quiet
+def bar(percent: float, elapsed: float, message: str) -> str:
+    """``[#########.....................]  30.0%  0:12, ~0:28 left  inspecting the image``"""
+    filled = int(percent / 100 * 30)
+    left = f", ~{clock(elapsed * (100 - percent) / percent)} left" if 1 <= percent < 100 else ""
+    return f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {clock(elapsed)}{left}  {message[:50]:<50}"
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def run_step(kind, params, args) -> tuple[Plan | Result, CeError | None]:
+    """Run a step in this process (``args``: the command line's -q and --machine-readable); a StepFailed still
+    yields its partial result."""
+    ctx = ConsoleContext(quiet=getattr(args, "quiet", False), machine_fd=getattr(args, "machine_readable", None))
     try:
         return execute(kind, params, ctx), None
     except StepFailed as exc:

@@ -38,16 +38,22 @@ def detection_rules() -> dict:
 
 # ---------------------------------------------------------------- entry points
 
-def inspect_path(path: str, root: str | None = None) -> InspectReport:
-    """Open the disk file or device ``path`` read-only in its own appliance and inspect it."""
+def inspect_path(path: str, root: str | None = None, progress=lambda percent, message: None) -> InspectReport:
+    """Open the disk file or device ``path`` read-only in its own appliance and inspect it; ``progress(percent,
+    message)`` hears each phase (the appliance's start-up is most of the time)."""
+    progress(1, "reading the disk's format")
     info = disks.info(path)
+    progress(3, "starting the appliance")
     with Guest([Drive(path, info.format, readonly=True)]) as guest:
-        return inspect_guest(guest, info, root)
+        return inspect_guest(guest, info, root, progress=progress, band=(60, 99))
 
 
-def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
-                  device: str | None = None) -> InspectReport:
-    """Inspect the drive ``device`` of a launched guest (default: its first drive)."""
+def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None, device: str | None = None, *,
+                  progress=lambda percent, message: None, band: tuple[float, float] = (0, 0)) -> InspectReport:
+    """Inspect the drive ``device`` of a launched guest (default: its first drive); its phases are reported
+    through ``progress`` within ``band`` percent."""
+    low, high = band
+    progress(low, "reading the partitions and filesystems")
     device = device or guest.devices()[0]
     filesystems = guest.filesystems(device)
     table = guest.partition_table(device)
@@ -57,6 +63,7 @@ def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None,
     hives: dict = {}
     try:
         with tempfile.TemporaryDirectory(prefix="ce-inspect-") as tmp:
+            progress(low + (high - low) / 3, "reading the registry hives")
             hives, dirty = load_hives(guest, win, Path(tmp), warnings)
             report = build_report(info, win, filesystems, table, hives, dirty, warnings)
             report.first_boot = firstboot.read_status(guest, win.systemroot,

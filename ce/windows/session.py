@@ -66,8 +66,7 @@ def open_session(disk: str, *, root: str | None, timeout: int, dry_run: bool, na
     ctx.progress(2, "starting the appliance")
     guest = held.enter_context(Guest([Drive(disk, info.format, readonly=dry_run)]))
     held.enter_context(guest.deadline(timeout, f"the {name} step"))
-    ctx.progress(20, "inspecting the image")
-    facts = inspect_guest(guest, info, root)
+    facts = inspect_guest(guest, info, root, progress=ctx.progress, band=(20, 38))
     require_supported_windows(facts)
     if facts.state.dirty_hives and not dry_run:
         raise HiveDirty(f"hive(s) {', '.join(facts.state.dirty_hives)} have transactions pending in their "

@@ -153,13 +153,23 @@ def test_hives_read_the_same_with_regipy(appliance, tmp_path):
 def test_cli_inspect_json_end_to_end_leaves_the_disk_unchanged(samples):
     path = samples["win2022-vda2411-mcs"].path
     before = sha256_file(path)
-    proc = subprocess.run([*CE, "inspect", "--json", str(path)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([*CE, "inspect", "--machine-readable", "--json", str(path)], capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     truth = SPECS["win2022-vda2411-mcs"].truth
     assert_matches(report["os"], truth["os"], "os")
     assert report["vda"]["controllers"] == truth["vda"]["controllers"]
     assert sha256_file(path) == before
+    # progress off a terminal (issue 17): one "[elapsed] phase" line per phase, and the same as JSON lines
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    phases = [line.split("] ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert [e["message"] for e in events][:3] == phases[:3] == ["reading the disk's format", "starting the appliance",
+                                                                "reading the partitions and filesystems"]
+    assert "reading the registry hives" in phases and phases[-1] == "done"
+    percents = [e["percent"] for e in events]
+    assert percents == sorted(percents) and percents[-1] == 100 and len(set(percents)) >= 4
+    assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(events, events[1:]))
 
 
 @pytest.mark.slow

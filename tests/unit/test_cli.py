@@ -81,3 +81,21 @@ def test_the_examples_payloads_resolve_from_any_directory(tmp_path):
     from ce.step import step_types
     _, params = load_job(str(ROOT / "examples" / "prepare-mcs.json"), step_types(), disk=str(tmp_path / "d.raw"))
     assert Path(params.payloads) == ROOT / "examples" / "payloads" and Path(params.payloads).is_dir()
+
+
+def test_progress_off_a_terminal_is_one_line_per_phase_and_machine_readable_on_request(disk):
+    done = ce("hash", "--machine-readable", str(disk))
+    phases = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [p.split("] ", 1)[1] for p in phases] == ["hashing the content", "done"]
+    assert events[-1]["percent"] == 100 and {"elapsed", "percent", "message"} == set(events[0])
+    assert not ce("hash", "-q", str(disk)).stderr
+    refused = ce("hash", "--machine-readable-fd", "97", str(disk))
+    assert refused.returncode == 1 and "--machine-readable-fd 97: Bad file descriptor" in refused.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback(disk):
+    proc = subprocess.Popen(f"{CE} hash --machine-readable-fd 1 {disk} | head -c 10", shell=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and len(out) == 10
