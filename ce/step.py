@@ -27,6 +27,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import types
+import typing
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .changes import Plan, Result
@@ -41,6 +44,35 @@ class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     timeout: int = Field(7200, ge=10, le=MAX_TIMEOUT, description="seconds for the whole step")
     dryRun: bool = Field(False, description="plan only: return what the step would do, change nothing")
+
+
+def canonical_choices(model: type[BaseModel], data):
+    """``data`` with each choice written in another case ("mcs", "Azure", "vhdxdiskformat") replaced by the
+    canonical one (``Mcs``, ``azure``, ``VhdxDiskFormat``): the params document then reports it so."""
+    if not isinstance(data, dict):
+        return data
+    fixed = dict(data)
+    for name, info in model.model_fields.items():
+        choices, value = literal_strings(info.annotation), fixed.get(name)
+        if choices and isinstance(value, str):
+            fixed[name] = choices.get(value.lower(), value)
+        elif choices and isinstance(value, list):
+            fixed[name] = [choices.get(v.lower(), v) if isinstance(v, str) else v for v in value]
+    return fixed
+
+
+def literal_strings(annotation) -> dict[str, str]:
+    """{lowercase: canonical} of the string choices of a ``Literal[...]`` annotation (also inside ``X | None`` and
+    ``list[...]``); empty for anything else."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {v.lower(): v for v in typing.get_args(annotation) if isinstance(v, str)}
+    if origin in (typing.Union, types.UnionType, list):
+        found: dict[str, str] = {}
+        for arg in typing.get_args(annotation):
+            found.update(literal_strings(arg))
+        return found
+    return {}
 
 
 # ---------------------------------------------------------------- context
@@ -135,6 +167,7 @@ class CliSpec:
     arguments: Callable[[Any], None]
     params: Callable[[Any], dict]
     smb: bool = True                      # the command takes SMB account options
+    flags: dict[str, str] = field(default_factory=dict)   # param (dotted path) -> the argument that sets it
 
 
 @dataclass(frozen=True)
@@ -154,7 +187,7 @@ class StepType:
     def parse(self, params: dict) -> Any:
         """Validate raw params; the first problem becomes one line naming the field."""
         try:
-            parsed = self.Params.model_validate(params)
+            parsed = self.Params.model_validate(canonical_choices(self.Params, params))
         except ValidationError as exc:
             raise InvalidParams(*first_problem(exc, prefix="params")) from None
         if self.validate:

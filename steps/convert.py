@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from ce import disks, nbdexport, staging
 from ce.disks import layouts
 from ce.changes import DiskRead, DiskWrite, Plan, Result
-from ce.cli.smbargs import is_smb, split_file, storage
+from ce.cli.smbargs import is_smb, location_flags, split_file, storage
 from ce.errors import ImageChangedSincePlan, RemoteExists, naming_field
 from ce.sizes import human_size
 from ce.smb import normalize_path
@@ -243,7 +243,8 @@ def describe(document: Plan | Result) -> list[str]:
 def arguments(p) -> None:
     p.add_argument("source", help=r"disk file, block device, or an SMB file \\host\share\folder\disk.vhdx")
     p.add_argument("output", help="output file, local or on SMB")
-    p.add_argument("-O", "--format", required=True, choices=("raw", "qcow2", "vhd", "vhdx", "vmdk"))
+    p.add_argument("-O", "--format", required=True, choices=("raw", "qcow2", "vhd", "vhdx", "vmdk"),
+                   type=str.lower, help="the output's format (-O as in qemu-img convert)")
     p.add_argument("--subformat", help="vhd/vhdx: dynamic|fixed; vmdk: monolithicSparse|streamOptimized")
     p.add_argument("--source-format", help="source format when probing must not decide")
     p.add_argument("--azure-fixed", action="store_true", help="fixed VHD rounded up to a whole MiB (Azure)")
@@ -270,4 +271,9 @@ STEP = StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx
                 Params=Params, plan=plan, apply=apply, disk_params=("source", "output"),
                 error_groups=("disk", "smb", "step"), validate=validate,
                 describe=describe, cli=CliSpec("convert", "convert a disk between raw, qcow2, vhd, vhdx and vmdk "
-                                                          "(local or SMB)", arguments, cli_params))
+                                                          "(local or SMB)", arguments, cli_params, flags={
+                    "source": "SOURCE", "inputImageFilename": "SOURCE", "output": "OUTPUT", "outputImageFilename":
+                    "OUTPUT", "outputFormat": "--format", "subformat": "--subformat", "sourceFormat": "--source-format",
+                    "azureFixed": "--azure-fixed", "overwriteOutput": "--overwrite",
+                    **location_flags("inputStorageLocation", "SOURCE"),
+                    **location_flags("outputStorageLocation", "OUTPUT")}))

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from ce import diskexport, smb
 from ce.changes import Plan, Result
-from ce.cli.smbargs import FORMAT_NAMES, storage
+from ce.cli.smbargs import FORMAT_NAMES, location_flags, storage
 from ce.errors import InvalidParams, naming_field
 from ce.smb.target import StorageLocation
 from ce.step import CliSpec, StepContext, StepParams, StepType
@@ -79,7 +79,7 @@ def arguments(p) -> None:
     p.add_argument("disk", help="disk file or block device")
     p.add_argument("location", help=r"SMB folder: \\host\share\folder")
     p.add_argument("--name", help="file name on the share (default: the disk's name); the extension is added")
-    p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx")
+    p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx", type=str.lower, help="the file's format")
     p.add_argument("--fixed", action="store_true", help="a fixed (fully allocated) VHD(X) instead of dynamic")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file (overwriteTargetFile)")
     p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the disk (hashDisk)")
@@ -95,4 +95,7 @@ def cli_params(args) -> dict:
 STEP = StepType(name=NAME, summary="export the attached disk to a VHDX or VHD file on an SMB share", Params=Params,
                 plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "smb", "step"), validate=validate, describe=diskexport.describe,
-                cli=CliSpec("export", "export a disk to a VHDX (or VHD) file on an SMB share", arguments, cli_params))
+                cli=CliSpec("export", "export a disk to a VHDX (or VHD) file on an SMB share", arguments, cli_params,
+                            flags={"disk": "DISK", "SmbDiskName": "--name", "SmbDiskFormat": "--format",
+                                   "SmbDiskSubformat": "--fixed", "overwriteTargetFile": "--overwrite",
+                                   "hashDisk": "--hash", **location_flags("outputStorageLocation", "LOCATION")}))

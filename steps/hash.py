@@ -69,7 +69,7 @@ def describe(document: Plan | Result) -> list[str]:
 
 def arguments(p) -> None:
     p.add_argument("disk", help="disk file or block device")
-    p.add_argument("-a", "--algorithm", action="append", choices=("md5", "sha256"),
+    p.add_argument("-a", "--algorithm", action="append", choices=("md5", "sha256"), type=str.lower,
                    help="repeat for several (default: md5 and sha256)")
     p.add_argument("--file", action="store_true", help="hash the file's own bytes, not the disk's contents")
     p.add_argument("--source-format", help="the disk's format when probing must not decide")
@@ -91,4 +91,5 @@ def cli_params(args) -> dict:
 STEP = StepType(name=NAME, summary="md5 / sha256 of a disk's contents (or of the file)", Params=Params, plan=plan,
                 apply=apply, disk_params=("disk",), error_groups=("disk", "step"), validate=validate, describe=describe,
                 cli=CliSpec("hash", "md5 / sha256 of a disk's contents (or of the file with --file)", arguments,
-                            cli_params, smb=False))
+                            cli_params, smb=False, flags={"disk": "DISK", "algorithms": "--algorithm", "of": "--file",
+                                                          "format": "--source-format", "expected": "--expect"}))

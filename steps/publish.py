@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ce import diskexport
 from ce.changes import Plan, Result
-from ce.cli.smbargs import FORMAT_NAMES, storage
+from ce.cli.smbargs import FORMAT_NAMES, location_flags, storage
 from ce.errors import InvalidParams, RemoteExists, VDiskInUse
 from ce.smb.target import StorageLocation
 from ce.step import CliSpec, StepContext, StepParams, StepType
@@ -93,7 +93,7 @@ def arguments(p) -> None:
     p.add_argument("disk", help="disk file or block device")
     p.add_argument("store", help=r"the PVS store folder: \\host\share\store")
     p.add_argument("--vdisk", required=True, help="vDisk name (no extension)")
-    p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx")
+    p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx", type=str.lower, help="the file's format")
     p.add_argument("--overwrite", action="store_true", help="replace an existing vDisk file")
     p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the disk")
 
@@ -108,4 +108,6 @@ STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or 
                 error_groups=("disk", "smb", "step"), validate=validate,
                 describe=diskexport.describe,
                 cli=CliSpec("publish", "publish a prepared disk as a vDisk in a PVS store on SMB", arguments,
-                            cli_params))
+                            cli_params, flags={"disk": "DISK", "vDiskName": "--vdisk", "SmbDiskFormat": "--format",
+                                               "overwriteTargetFile": "--overwrite", "hashDisk": "--hash",
+                                               **location_flags("outputStorageLocation", "STORE")}))

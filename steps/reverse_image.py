@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ce import disks, hashing, nbdexport, staging
 from ce.changes import DiskRead, DiskWrite, Plan, Result
-from ce.cli.smbargs import FORMAT_NAMES, split_file, storage
+from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
 from ce.errors import DiskNotEmpty, DiskTooSmall, ImageFormatMismatch, OutputDirMissing, RemoteNotFound, \
     UnsupportedFormat, naming_field
 from ce.sizes import human_size
@@ -186,14 +186,15 @@ def arguments(p) -> None:
     p.add_argument("image", help=r"the SMB file: \\host\share\folder\disk.vhdx")
     p.add_argument("disk", help="the output disk: block device or file (written from offset 0)")
     p.add_argument("--size-mb", type=int, help="MiB to write (default: the image's size)")
-    p.add_argument("--format", choices=tuple(FORMAT_NAMES), help="default: from the file's extension")
+    p.add_argument("--source-format", choices=tuple(FORMAT_NAMES), type=str.lower,
+                   help="the image's format (default: from the file's extension)")
     p.add_argument("--overwrite", action="store_true", help="allow a disk that is not empty (overwriteOutput)")
 
 
 def cli_params(args) -> dict:
     folder, name = split_file(args.image)
     return {"disk": args.disk, "inputStorageLocation": storage(args, folder), "inputImageFilename": name,
-            "inputImageFormat": FORMAT_NAMES.get(args.format), "outputSizeMb": args.size_mb,
+            "inputImageFormat": FORMAT_NAMES.get(args.source_format), "outputSizeMb": args.size_mb,
             "overwriteOutput": args.overwrite}
 
 
@@ -201,4 +202,7 @@ STEP = StepType(name=NAME, summary="write a VHD(X) from an SMB share onto the at
                 Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "smb", "step"), validate=validate, describe=describe,
                 cli=CliSpec("reverse-image", "write a VHD(X) from an SMB share onto a disk as raw blocks", arguments,
-                            cli_params))
+                            cli_params, flags={"disk": "DISK", "inputImageFilename": "IMAGE",
+                                               "inputImageFormat": "--source-format", "outputSizeMb": "--size-mb",
+                                               "overwriteOutput": "--overwrite",
+                                               **location_flags("inputStorageLocation", "IMAGE")}))

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from .. import __version__
@@ -32,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "trace", False):
         os.environ["LIBGUESTFS_TRACE"] = "1"       # libguestfs prints each call and its result on stderr
     try:
-        return args.func(args)
-    except CeError as exc:
-        return report_error(exc, args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        try:
+            return args.func(args)
+        except CeError as exc:
+            return report_error(exc, args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     except BrokenPipeError:                # the reader went away (ce ... | head): no traceback at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
@@ -114,13 +116,33 @@ def add_step_command(sub, kind) -> None:
 
 
 def cmd_step(args) -> int:
-    raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}
-    raw.update(timeout=args.timeout, dryRun=args.dry_run)
-    document, error = output.run_step(args.kind, args.kind.parse(raw), args)
+    flags = args.kind.cli.flags
+    try:
+        raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}
+        raw.update(timeout=args.timeout, dryRun=args.dry_run)
+        document, error = output.run_step(args.kind, args.kind.parse(raw), args)
+    except CeError as exc:
+        exc.args = (in_flag_language(exc.message, flags), *exc.args[1:])
+        raise
+    if error:
+        error.args = (in_flag_language(error.message, flags), *error.args[1:])
+        document.error = {**document.error, "message": in_flag_language(document.error["message"], flags)}
     if error and not args.json:
         raise error
     output.show(args.kind, document, error, args.json)
     return EXIT_ERROR if error else EXIT_OK
+
+
+def in_flag_language(message: str, flags: dict[str, str]) -> str:
+    """A message about params, reworded for the command line: ``params.outputSizeMb`` -> ``--size-mb``, and a
+    param's bare name (``overwriteTargetFile``) -> its flag where the name cannot be an ordinary word (it has a
+    capital letter); a job file and the API keep the params' names."""
+    for param in sorted(flags, key=len, reverse=True):
+        flag = flags[param]
+        message = re.sub(rf"\bparams\.{re.escape(param)}(?:\.\d+)?(?![\w.])", flag, message)
+        if param != param.lower():
+            message = re.sub(rf"(?<![\w.$-]){re.escape(param)}\b", flag, message)
+    return message
 
 
 def cmd_steps(args) -> int:
@@ -131,8 +153,10 @@ def cmd_steps(args) -> int:
         return EXIT_OK
     for kind in args.types.values():
         command = f"ce {kind.cli.command}" if kind.cli else "job file only"
+        flags = kind.cli.flags if kind.cli else {}
         print(f"{kind.name:<16} {command:<20} {kind.summary}")
-        print(f"{'':<16} params: {', '.join(kind.Params.model_fields)}")
+        print(f"{'':<16} params: " + ", ".join(f"{name} ({flags[name]})" if name in flags else name
+                                               for name in kind.Params.model_fields))
     return EXIT_OK
 
 

@@ -23,6 +23,13 @@ def add_account_arguments(p) -> None:
     p.add_argument("--encrypt", action="store_true", help="require SMB3 encryption")
 
 
+def location_flags(param: str, argument: str) -> dict[str, str]:
+    """The flags that set an SMB location param (``outputStorageLocation``) given as ``argument`` (``LOCATION``)."""
+    return {param: argument, f"{param}.Location": argument, f"{param}.port": "--port", f"{param}.encrypt": "--encrypt",
+            f"{param}.credentials.username": "--user", f"{param}.credentials.domain": "--domain",
+            f"{param}.credentials.password": f"${PASSWORD_ENV}", f"{param}.credentials": "--user"}
+
+
 def is_smb(text: str) -> bool:
     return bool(SMB_PREFIX.match(text))
 

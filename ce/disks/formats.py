@@ -37,6 +37,7 @@ def choose_subformat(fmt: str, subformat: str | None, azure_fixed: bool = False)
     choices = SUBFORMATS.get(fmt, ())
     if subformat is None:
         return choices[0] if choices else None
+    subformat = {c.lower(): c for c in choices}.get(subformat.lower(), subformat)      # streamoptimized too
     if subformat not in choices:
         allowed = ", ".join(choices) or "none"
         raise UnsupportedFormat(f"{FORMAT_LABELS[fmt]} has no subformat {subformat!r} (choose: {allowed})")

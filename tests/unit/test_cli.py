@@ -99,3 +99,32 @@ def test_a_reader_that_goes_away_is_no_traceback(disk):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and len(out) == 10
+
+
+def test_command_line_errors_name_the_flags_and_job_files_the_params(disk, tmp_path):
+    wrong = ce("hash", "--expect", "sha1:00", str(disk))
+    assert "--algorithm" in wrong.stderr and "params." not in wrong.stderr
+    env = {**os.environ, "CE_SMB_PASSWORD": "x"}
+    named = subprocess.run([str(CE), "export", str(disk), r"\\127.0.0.1\share", "--user", "u", "--name", "a/b"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert "--name 'a/b' must be a file name" in named.stderr and "put the folder in LOCATION" in named.stderr
+    assert "SmbDiskName" not in named.stderr and "outputStorageLocation" not in named.stderr
+    job = tmp_path / "export.json"
+    job.write_text(json.dumps({"type": "export", "params": {
+        "outputStorageLocation": {"Location": r"\\127.0.0.1\share", "credentials": {"username": "u", "password": "x"}},
+        "SmbDiskName": "a/b"}}))
+    in_job = ce("plan", "--job", str(job), str(disk))
+    assert "params.SmbDiskName" in in_job.stderr and "--name" not in in_job.stderr
+
+
+def test_choices_are_taken_in_any_case_and_reported_canonical(disk, tmp_path):
+    from ce.step import step_types
+    types = step_types()
+    prepare = types["prepare"].parse({"disk": str(disk), "provisioningType": "mcs", "targetPlatform": "Azure"})
+    assert (prepare.provisioningType, prepare.targetPlatform) == ("Mcs", "azure")
+    hashed = types["hash"].parse({"disk": str(disk), "algorithms": ["MD5"], "of": "File"})
+    assert (hashed.algorithms, hashed.of) == (["md5"], "file")
+    out = tmp_path / "out.vmdk"
+    converted = ce("convert", str(disk), str(out), "-O", "VMDK", "--subformat", "streamoptimized", "--json")
+    assert converted.returncode == 0, converted.stderr
+    assert json.loads(converted.stdout)["facts"]["output"]["subformat"] == "streamOptimized"
