@@ -83,6 +83,18 @@ class WindowsTooOld(CeError):
     action = "the target platform needs Windows 8 / Server 2012 or newer: use a newer image"
 
 
+class VmSkuUnsupported(CeError):
+    code = "vm_sku_unsupported"
+    action = ("choose an Azure VM size with a local temporary disk for ceVmSku (the default Standard_D2s_v3, or a "
+              "size with 'd' in its features such as Standard_D4ds_v6)")
+
+
+class VmSkuNeedsUefi(CeError):
+    code = "vm_sku_needs_uefi"
+    action = ("the VM size boots Generation 2 (UEFI) only and the image boots BIOS/MBR: convert it first "
+              "(convertToUefi), or choose a size that also runs Generation 1 VMs (e.g. Standard_D2s_v3)")
+
+
 class PartitionTableFailed(GuestError):
     code = "partition_table_failed"
     status = 500

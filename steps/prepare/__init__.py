@@ -19,7 +19,7 @@ from ce.payloads import PayloadStore
 from ce.plan import Planner
 from ce.step import StepContext, StepParams, StepType
 
-from . import components
+from . import components, vmsku
 from .platform import plan_platform
 from .unjoin import plan_unjoin
 from .vda import XdParameter, plan_vda, validated
@@ -38,6 +38,10 @@ class Params(StepParams):
     installPvs: str | None = None
     domainUnjoin: bool = False
     targetPlatform: Literal["azure", "aws", "gcp", "vsphere", "xenserver", "nutanix"] | None = None
+    ceVmSku: str | None = Field(None, max_length=64, description="the Azure VM size the image is prepared for "
+                                "(targetPlatform azure only; default Standard_D2s_v3): sizes without a local "
+                                "temporary disk are refused, Generation-2-only sizes need a UEFI image, NVMe-only "
+                                "sizes get the NVMe driver (stornvme) started at boot")
     md5Hash: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$", description="md5 of the disk's contents "
                                 "(what export's hashDisk reports); checked before anything else, a mismatch fails")
     payloads: str | None = Field(None, description="payload store directory (installers, drivers); default "
@@ -52,6 +56,7 @@ def validate(params: Params) -> None:
                                 f"of ce")
     validated(params.xdReconfigure)
     components.validate(params)
+    vmsku.validate(params.ceVmSku, params.targetPlatform)
 
 
 def payload_store(params: Params):
@@ -74,8 +79,11 @@ def plan_changes(planner: Planner, facts, params: Params) -> None:
     if params.domainUnjoin:
         plan_unjoin(planner, facts)
     if params.targetPlatform:
+        size = vmsku.validate(params.ceVmSku, params.targetPlatform)
+        extra = vmsku.plan_vm_size(planner, facts, size) if size else []
         plan_platform(planner, facts, params.targetPlatform,
-                      lambda: payload_store(params) if params.payloads or os.environ.get("CE_PAYLOADS") else None)
+                      lambda: payload_store(params) if params.payloads or os.environ.get("CE_PAYLOADS") else None,
+                      extra)
 
 
 def check_md5(params: Params, ctx: StepContext) -> None:
@@ -99,7 +107,9 @@ def plan(params: Params, ctx: StepContext) -> Plan:
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    return windows.apply_session(ctx.session, planned, ctx)
+    result = windows.apply_session(ctx.session, planned, ctx)
+    result.facts = {**planned.facts, **result.facts}        # what the plan read (vmSku), then the commits
+    return result
 
 
 STEP = StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix provisioning "

@@ -58,10 +58,12 @@ class PlatformPlan:
         return rf"{self.ccs}\Services\{name}"
 
 
-def plan_platform(planner: Planner, facts, platform: str, store_for) -> None:
+def plan_platform(planner: Planner, facts, platform: str, store_for, extra_drivers: list[dict] = ()) -> None:
     """``store_for()`` opens the payload store, or returns None when none is configured (drivers the image lacks
-    are then missing: an error or a warning per platform)."""
+    are then missing: an error or a warning per platform). ``extra_drivers`` are boot drivers something else
+    needs on this platform (ceVmSku's NVMe driver), each naming who needs it (``needed_by``) and why (``cite``)."""
     ctx = PlatformPlan(planner, facts, platform, store_for)
+    ctx.spec["drivers"] = [*ctx.spec["drivers"], *extra_drivers]
     installed = plan_drivers(ctx)
     if installed:
         plan_driver_packages(ctx, installed)
@@ -82,7 +84,7 @@ def plan_drivers(ctx: PlatformPlan) -> list[tuple[dict, list[Payload]]]:
         key = ctx.service_key(driver["service"])
         has_key = ctx.system.key_exists(key)
         has_file = ctx.planner.guest.exists(driver_file_path(ctx, driver))
-        why = ctx.why(f"{driver['service']} Start={driver['start']}", driver["source"])
+        why = driver_why(ctx, driver)
         if has_key and has_file:
             ctx.planner.set("SYSTEM", key, "Start", RegType.DWORD, driver["start"], reason=why)
         elif driver.get("if_present"):
@@ -95,6 +97,17 @@ def plan_drivers(ctx: PlatformPlan) -> list[tuple[dict, list[Payload]]]:
                 install_driver(ctx, driver, payloads, why)
                 installed.append((driver, payloads))
     return installed
+
+
+def driver_why(ctx: PlatformPlan, driver: dict) -> str:
+    what = f"{driver['service']} Start={driver['start']}"
+    if "needed_by" in driver:
+        return f"{driver['needed_by']}: {what} — {driver['cite']}"
+    return ctx.why(what, driver["source"])
+
+
+def needer(ctx: PlatformPlan, driver: dict) -> str:
+    return driver.get("needed_by", f"targetPlatform {ctx.platform}")
 
 
 def driver_file_path(ctx: PlatformPlan, driver: dict) -> str:
@@ -120,9 +133,9 @@ def driver_payloads(ctx: PlatformPlan, driver: dict) -> list[Payload]:
         lacks = (f"the image has no {driver['service']} driver (System32\\drivers\\{driver['file']} or its "
                  f"service key) and {exc.message}")
         if driver.get("missing") == "error":
-            raise DriverMissing(f"targetPlatform {ctx.platform} boots from {driver['service']}: {lacks}; add "
+            raise DriverMissing(f"{needer(ctx, driver)} boots from {driver['service']}: {lacks}; add "
                                 f"{component} ({arch}) to the payload store") from None
-        ctx.planner.warn("driver_missing", f"targetPlatform {ctx.platform}: {lacks}; the image can still boot, "
+        ctx.planner.warn("driver_missing", f"{needer(ctx, driver)}: {lacks}; the image can still boot, "
                          f"but without {driver['service']}")
         return []
     for payload in files:
