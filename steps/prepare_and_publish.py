@@ -20,7 +20,7 @@ from pydantic import create_model
 
 from ce import diskexport
 from ce.changes import Plan, Result
-from ce.cli.smbargs import FORMAT_NAMES, storage
+from ce.cli.smbargs import FORMAT_NAMES, location_flags, storage
 from ce.step import CliSpec, Part, StepParams, StepType, sequence
 
 NAME = "prepareAndPublish"
@@ -90,6 +90,13 @@ def arguments(p) -> None:
     p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the published disk")
 
 
+FLAGS = {"disk": "DISK", "vDiskName": "--vdisk", "provisioningType": "--provisioning", "targetPlatform": "--platform",
+         "ceVmSku": "--vm-sku", "xdReconfigure": "--controllers / --params", "installMisa": "--install-misa",
+         "installMcsio": "--install-mcsio", "installPvs": "--install-pvs", "domainUnjoin": "--domain-unjoin",
+         "md5Hash": "--md5", "payloads": "--payloads", "root": "--root", "SmbDiskFormat": "--format",
+         "overwriteTargetFile": "--overwrite", "hashDisk": "--hash", **location_flags("outputStorageLocation", "STORE")}
+
+
 def cli_params(args) -> dict:
     raw = json.loads(Path(args.params).read_text()) if args.params else {}
     if not isinstance(raw, dict):
@@ -123,4 +130,4 @@ def build(prepare: StepType, publish: StepType) -> StepType:
          Part(publish, lambda params, done: split(params, publish.Params), weight=2)),
         disk_params=("disk",), validate=validate, describe=lambda document: publish_lines(document, publish.name),
         cli=CliSpec("prepare-and-publish", "prepare a disk, then publish it as a vDisk in a PVS store on SMB",
-                    arguments, cli_params))
+                    arguments, cli_params, flags=FLAGS))

@@ -88,3 +88,14 @@ def test_the_command_line_maps_onto_the_params(tmp_path, monkeypatch):
         [("portnumber", "80"), ("controllers", "ddc1.corp ddc2.corp")]
     assert (params.SmbDiskFormat, params.overwriteTargetFile, params.hashDisk) == ("VhdDiskFormat", True, True)
     assert params.outputStorageLocation.credentials.password.get_secret_value() == "s3cret-canary"
+
+
+def test_command_line_errors_name_the_flags(monkeypatch):
+    monkeypatch.setenv("CE_SMB_USER", "svc")
+    monkeypatch.setenv("CE_SMB_PASSWORD", "s3cret-canary")
+    args = build_parser(TYPES).parse_args(["prepare-and-publish", "disk.qcow2", r"\\pvs\store", "--vdisk", "a.b",
+                                           "--provisioning", "Mcs", "--vm-sku", "Standard_D2s_v3"])
+    assert set(KIND.cli.flags) <= set(KIND.Params.model_fields) | {f for f in KIND.cli.flags if "." in f}
+    with pytest.raises(InvalidParams) as refused:
+        KIND.parse({**args.kind.cli.params(args), "dryRun": True})
+    assert "ceVmSku" in refused.value.message or "--vm-sku" in refused.value.message
