@@ -30,6 +30,7 @@ from .errors import Canceled, DiskUnreadable, InvalidParams
 MiB = 1 << 20
 ALGORITHMS = ("md5", "sha256")
 SLICE = 256 * MiB                        # qemu-img decodes this much per run into the scratch directory
+REMOTE_CHUNK = 8 * MiB                   # a file on a share is read (and hashed) this much at a time
 SCRATCH_DIRS = ("/dev/shm",)             # RAM first; the system temp directory otherwise
 
 Progress = Callable[[int, int], None]    # (bytes hashed, total)
@@ -131,6 +132,18 @@ class ContentHasher:
         for future in self._running:
             future.result()
         self._running = []
+
+
+def hash_remote_file(read_at, size: int, what: str, algorithms=ALGORITHMS, *, progress: Progress | None = None,
+                     cancel=None) -> DiskHash:
+    """Hash the bytes of a file elsewhere (on a share), read through ``read_at(offset, length)``."""
+    algorithms = check_algorithms(algorithms)
+
+    def blocks() -> Iterator[memoryview]:
+        for offset in range(0, size, REMOTE_CHUNK):
+            yield memoryview(read_at(offset, min(REMOTE_CHUNK, size - offset)))
+    hashes = _digest(blocks(), algorithms, size, progress, cancel)
+    return DiskHash(path=what, format="file", size=size, hashes=hashes)
 
 
 # ---------------------------------------------------------------- sources of blocks

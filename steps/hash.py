@@ -2,24 +2,34 @@
 
 The contents hash is the same for a disk whatever its container (raw, VHDX, VHD, VMDK, qcow2): it is what export's
 ``hashDisk`` returns and what prepare's ``md5Hash`` pre-check compares with (ce/hashing.py explains the choice).
+
+The disk may also be a file on an SMB share (``inputStorageLocation`` + ``inputImageFilename``): an export's upload
+checked where it landed. Its contents are read in place, as convert reads a share's image (an NBD export of the
+file under a local overlay: nothing is copied); ``of: "file"`` streams its bytes.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from pydantic import Field
 
-from ce import disks, hashing
+from ce import disks, hashing, nbdexport, staging
 from ce.changes import DiskHash, Plan, Result
-from ce.errors import HashMismatch, InvalidParams
+from ce.cli.smbargs import is_smb, location_flags, split_file, storage
+from ce.errors import HashMismatch, ImageChangedSincePlan, InvalidParams
 from ce.sizes import human_size
+from ce.smb.target import StorageLocation
 from ce.step import CliSpec, StepContext, StepParams, StepType
 
 NAME = "hash"
 
 
 class Params(StepParams):
-    disk: str = Field(description="disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
+    disk: str | None = Field(None, description="disk file (raw, qcow2, vhd, vhdx, vmdk) or block device")
+    inputStorageLocation: StorageLocation | None = Field(None, description="the SMB folder of a file to hash "
+                                                                           "instead of a disk")
+    inputImageFilename: str | None = Field(None, min_length=1, description="the file in inputStorageLocation")
     algorithms: list[Literal["md5", "sha256"]] = Field(default_factory=lambda: list(hashing.ALGORITHMS), min_length=1)
     of: Literal["content", "file"] = Field("content", description="content: the disk's virtual bytes; file: the "
                                                                   "file's own bytes, container included")
@@ -28,6 +38,13 @@ class Params(StepParams):
 
 
 def validate(params: Params) -> None:
+    on_share = (params.inputStorageLocation is not None, params.inputImageFilename is not None)
+    if on_share[0] != on_share[1]:
+        raise InvalidParams("params.inputStorageLocation and params.inputImageFilename go together",
+                            field="inputImageFilename" if on_share[0] else "inputStorageLocation")
+    if bool(params.disk) == on_share[0]:
+        raise InvalidParams("give params.disk, or params.inputStorageLocation with params.inputImageFilename "
+                            "(a file on a share), not both", field="disk")
     if params.format:
         disks.qemu_format(params.format)
     unknown = set(params.expected) - set(params.algorithms)
@@ -36,27 +53,58 @@ def validate(params: Params) -> None:
                             "params.algorithms", field="expected")
 
 
+def where(params: Params) -> str:
+    if params.disk:
+        return params.disk
+    return f"{params.inputStorageLocation.location}\\{params.inputImageFilename}"
+
+
 def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
-    info = disks.info(params.disk, params.format)
-    size = info.virtual_size if params.of == "content" else disks.byte_size(params.disk)
-    change = DiskHash(disk=params.disk, of=params.of, algorithms=params.algorithms, expected=params.expected)
-    return Plan(step=NAME, changes=[change], facts={"disk": params.disk, "of": params.of, "size": size,
+    if params.disk:
+        info = disks.info(params.disk, params.format)
+        file_size = disks.byte_size(params.disk)
+    else:
+        with staging.scratch_dir(NAME) as scratch, \
+                nbdexport.serving(params.inputStorageLocation, params.inputImageFilename, scratch) as export:
+            info = disks.remote_info(export.uri, params.format, where(params), export.reader.read_at, export.size)
+            file_size = export.size
+    size = info.virtual_size if params.of == "content" else file_size
+    change = DiskHash(disk=where(params), of=params.of, algorithms=params.algorithms, expected=params.expected)
+    return Plan(step=NAME, changes=[change], facts={"disk": where(params), "of": params.of, "size": size,
                                                     "format": disks.FORMAT_LABELS[info.format].lower(),
-                                                    "algorithms": params.algorithms})
+                                                    "file_size": file_size, "algorithms": params.algorithms})
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     report = ctx.band(0, 100, f"hashing the {params.of}")
-    if params.of == "content":
+    if params.disk and params.of == "content":
         digest = hashing.hash_disk(params.disk, params.format, params.algorithms, progress=report, cancel=ctx.stop)
-    else:
+    elif params.disk:
         digest = hashing.hash_file(params.disk, params.algorithms, progress=report, cancel=ctx.stop)
+    else:
+        digest = _hash_on_share(params, planned.facts, report, ctx)
     mismatched = {a: v for a, v in params.expected.items() if v.lower() != digest.hashes[a]}
     if mismatched:
-        raise HashMismatch(f"{params.disk} does not have the expected {', '.join(mismatched)}: got "
+        raise HashMismatch(f"{where(params)} does not have the expected {', '.join(mismatched)}: got "
                            + ", ".join(f"{a} {digest.hashes[a]} (expected {v})" for a, v in mismatched.items()))
     return Result.of(planned, facts={**planned.facts, "hashes": digest.hashes, "verified": sorted(params.expected)})
+
+
+def _hash_on_share(params: Params, facts: dict, report, ctx: StepContext) -> hashing.DiskHash:
+    with contextlib.ExitStack() as held:
+        scratch = held.enter_context(staging.scratch_dir(NAME))
+        export = held.enter_context(nbdexport.serving(params.inputStorageLocation, params.inputImageFilename,
+                                                      scratch))
+        if export.size != facts["file_size"]:
+            raise ImageChangedSincePlan(f"{where(params)} changed on the share since the plan: run the step again")
+        if params.of == "file":
+            return hashing.hash_remote_file(export.reader.read_at, export.size, where(params), params.algorithms,
+                                            progress=report, cancel=ctx.stop)
+        overlay = scratch / "source.qcow2"          # qemu-img decodes the image in place through it
+        disks.create_overlay(export.uri, facts["format"], overlay, facts["size"])
+        digest = hashing.hash_disk(overlay, "qcow2", params.algorithms, progress=report, cancel=ctx.stop)
+        return hashing.DiskHash(path=where(params), format=facts["format"], size=digest.size, hashes=digest.hashes)
 
 
 def describe(document: Plan | Result) -> list[str]:
@@ -68,7 +116,7 @@ def describe(document: Plan | Result) -> list[str]:
 # ---------------------------------------------------------------- command line
 
 def arguments(p) -> None:
-    p.add_argument("disk", help="disk file or block device")
+    p.add_argument("disk", help=r"disk file or block device, or a file on SMB: \\host\share\folder\disk.vhdx")
     p.add_argument("-a", "--algorithm", action="append", choices=("md5", "sha256"), type=str.lower,
                    help="repeat for several (default: md5 and sha256)")
     p.add_argument("--file", action="store_true", help="hash the file's own bytes, not the disk's contents")
@@ -84,12 +132,19 @@ def cli_params(args) -> dict:
             raise InvalidParams(f"--expect {item!r}: write ALGORITHM:HEX, e.g. md5:0123...")
         expected[algorithm.lower()] = value
     algorithms = args.algorithm or sorted({"md5", "sha256"} | set(expected))
-    return {"disk": args.disk, "algorithms": algorithms, "of": "file" if args.file else "content",
-            "format": args.source_format, "expected": expected}
+    params = {"algorithms": algorithms, "of": "file" if args.file else "content", "format": args.source_format,
+              "expected": expected}
+    if is_smb(args.disk):
+        folder, name = split_file(args.disk)
+        return {**params, "inputStorageLocation": storage(args, folder), "inputImageFilename": name}
+    return {**params, "disk": args.disk}
 
 
 STEP = StepType(name=NAME, summary="md5 / sha256 of a disk's contents (or of the file)", Params=Params, plan=plan,
-                apply=apply, disk_params=("disk",), error_groups=("disk", "step"), validate=validate, describe=describe,
+                apply=apply, disk_params=("disk",), error_groups=("disk", "smb", "step"), validate=validate,
+                describe=describe,
                 cli=CliSpec("hash", "md5 / sha256 of a disk's contents (or of the file with --file)", arguments,
-                            cli_params, smb=False, flags={"disk": "DISK", "algorithms": "--algorithm", "of": "--file",
-                                                          "format": "--source-format", "expected": "--expect"}))
+                            cli_params, flags={"disk": "DISK", "algorithms": "--algorithm", "of": "--file",
+                                               "format": "--source-format", "expected": "--expect",
+                                               "inputImageFilename": "DISK",
+                                               **location_flags("inputStorageLocation", "DISK")}))

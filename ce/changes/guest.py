@@ -41,6 +41,16 @@ def json_of(value: RegValue | None) -> dict | None:
     return None if value is None else value.to_json()
 
 
+def shown(value) -> str:
+    """A registry value as regedit shows it: a string in quotes with its backslashes as they are (repr would
+    double them: C:\\Windows), a list of strings likewise, anything else as Python prints it."""
+    if isinstance(value, str) and "'" not in value:
+        return f"'{value}'"
+    if isinstance(value, list) and all(isinstance(v, str) and "'" not in v for v in value):
+        return "[" + ", ".join(f"'{v}'" for v in value) + "]"
+    return repr(value)
+
+
 class RegistryChange(BaseModel):
     """A change inside one hive; ``check`` refuses when the hive no longer holds what the plan saw.
 
@@ -69,9 +79,9 @@ class RegistrySet(RegistryChange):
     new: Any                              # JSON form of the new data (bytes as hex)
 
     def describe(self) -> str:
-        old = "absent" if self.old is None else repr(self.old["value"])
+        old = "absent" if self.old is None else shown(self.old["value"])
         name = self.name or "(default)"
-        return f"set    {self.where()}\\{self.key}\\{name} = {self.new!r} ({self.type}, was {old})"
+        return f"set    {self.where()}\\{self.key}\\{name} = {shown(self.new)} ({self.type}, was {old})"
 
     def perform(self, hive: Hive) -> None:
         rtype = type_from_name(self.type)
@@ -84,7 +94,7 @@ class RegistryDeleteValue(RegistryChange):
     old: dict
 
     def describe(self) -> str:
-        return f"delete {self.where()}\\{self.key}\\{self.name} (was {self.old['value']!r})"
+        return f"delete {self.where()}\\{self.key}\\{self.name} (was {shown(self.old['value'])})"
 
     def perform(self, hive: Hive) -> None:
         hive.delete_value(self.key, self.name)

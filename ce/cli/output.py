@@ -95,11 +95,19 @@ def show(kind, document: Plan | Result, error: CeError | None, as_json: bool) ->
     lines = [line for line in describe(document) if not line.startswith("warning [")]
     if kind.describe:
         lines = [line for line in lines if line != "nothing to change"] + kind.describe(document)
-    backups = [c["backup_path"] for c in document.facts.get("commits", []) if c.get("backup_created")]
+    backups = [windows_path(c["backup_path"]) for c in document.facts.get("commits", []) if c.get("backup_created")]
     lines += [f"backup        {path}" for path in backups]
     lines += [f"warning [{w.code}]: {w.message}" for w in document.warnings]
     lines.append(summary(document, len(backups)))
     print("\n".join(lines))
+
+
+def windows_path(guest_path: str) -> str:
+    """/Windows/System32/config/... (the Windows volume, as libguestfs names it) as C:\\Windows\\... like the
+    files a plan writes; a path on another filesystem (the ESP) as it is."""
+    if guest_path.lower().startswith("/windows/"):
+        return "C:" + guest_path.replace("/", "\\")
+    return guest_path
 
 
 def summary(document: Plan | Result, backups: int) -> str:

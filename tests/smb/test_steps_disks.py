@@ -655,6 +655,31 @@ def test_file_hash_and_expected_values(windows_as):
     assert refused.value.code == "hash_mismatch" and md5 in refused.value.message
 
 
+def test_hash_of_a_file_on_a_share_checks_an_export_where_it_landed(samba, image_on_share, windows, scratch):
+    """The contents hash of a VHDX / fixed VHD read in place on the share equals the local disk's; its file hash
+    equals the file's bytes; a wrong expectation fails; the command line takes the UNC path."""
+    expected = content_hashes(windows)
+    for name in ("golden.vhdx", "golden.vhd"):
+        on_share = {"inputStorageLocation": location(samba, folder="reverse-source"), "inputImageFilename": name}
+        result = run("hash", on_share)
+        assert result["hashes"] == expected and result["size"] == disks.info(windows).virtual_size, name
+        data = (image_on_share / name).read_bytes()
+        as_file = run("hash", {**on_share, "of": "file", "algorithms": ["sha256"]})
+        assert as_file["hashes"] == {"sha256": hashlib.sha256(data).hexdigest()} and as_file["size"] == len(data)
+    with pytest.raises(CeError) as refused:
+        run("hash", {**on_share, "algorithms": ["md5"], "expected": {"md5": "0" * 32}})
+    assert refused.value.code == "hash_mismatch" and expected["md5"] in refused.value.message
+    with pytest.raises(CeError) as both:
+        run("hash", {**on_share, "disk": str(windows)})
+    assert both.value.code == "invalid_params"
+    assert list(scratch.iterdir()) == []
+    env = {**os.environ, "CE_SMB_PASSWORD": PASSWORD}
+    cli = subprocess.run([sys.executable, "-m", "ce.cli", "hash", "-q", "-a", "md5", "--user", USER, "--port",
+                          str(samba.port), samba.unc("share", "reverse-source") + "\\golden.vhdx"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0 and f"md5     {expected['md5']}" in cli.stdout, cli.stderr
+
+
 def test_content_hasher_treats_gaps_as_zeros_and_keeps_its_own_copy():
     """What a streamed export feeds it: chunks at increasing offsets, holes skipped, one buffer reused."""
     size = 20 * MiB + 512
