@@ -12,6 +12,8 @@ The stack runs one way, each module importing only the ones above it in this lis
 * ``create``     new images (empty, overlay, differencing child), written under a partial name and read back
 * ``layouts``    where each byte of a raw disk goes inside a container: the streamed export and ``convert``
 * ``conversion`` ``convert`` to a new image and ``write_onto`` an existing disk
+* ``differencing`` VHDX and VHD differencing children written by ce (qemu-img can neither write nor read them) from
+  the changed extents of a merged disk, to any ``write_at`` sink; the parent is only read (its headers)
 
 qemu-img 7.2 facts the stack relies on (measured here; tests/unit/test_disks.py pins them):
 
@@ -28,6 +30,7 @@ from ..errors import (AzureVhdInvalid, ChildDiskFailed, ConversionFailed, Destin
                       UnsupportedFormat)
 from .conversion import convert, write_onto
 from .create import create_child, create_empty, create_overlay, require_destination
+from .differencing import ChildSummary, FileSink, ParentFacts, parent_facts, write_child
 from .extents import byte_size, file_blocks
 from .formats import DISK_FORMATS, FORMAT_LABELS, SUBFORMATS, choose_subformat, qemu_format
 from .headers import header_facts, vhdx_metadata_items
@@ -40,6 +43,7 @@ __all__ = [
     "DiskTooSmall", "DiskUnreadable", "EmptyDisk", "LayoutError", "OutputDirMissing", "QemuImgMissing",
     "UnsupportedFormat",
     "convert", "write_onto", "create_child", "create_empty", "create_overlay", "require_destination",
+    "ChildSummary", "FileSink", "ParentFacts", "parent_facts", "write_child",
     "byte_size", "file_blocks", "DISK_FORMATS", "FORMAT_LABELS", "SUBFORMATS", "choose_subformat", "qemu_format",
     "header_facts", "vhdx_metadata_items", "DiskInfo", "check", "compare", "info", "is_raw_target", "measure",
     "probe_format", "refuse_differencing", "remote_info", "verify_azure_vhd", "CONVERT_FLAGS", "CheckResult",

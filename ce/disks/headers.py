@@ -8,6 +8,7 @@ reads the empty containers qemu-img makes, to place blocks in them.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from typing import NamedTuple
@@ -27,7 +28,12 @@ VHDX_BAT_REGION = uuid.UUID("2DC27766-F623-4200-9D64-115E9BFD4A08").bytes_le
 VHDX_FILE_PARAMETERS = uuid.UUID("CAA16737-FA36-4D43-B3B6-33F0AA44E76B").bytes_le
 VHDX_VIRTUAL_DISK_SIZE = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8").bytes_le
 VHDX_LOGICAL_SECTOR_SIZE = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F").bytes_le
+VHDX_PHYSICAL_SECTOR_SIZE = uuid.UUID("CDA348C7-445D-4471-9CC9-E9885251C556").bytes_le
+VHDX_PAGE83_DATA = uuid.UUID("BECA12AB-B2E6-4523-93EF-C309E000C746").bytes_le
+VHDX_PARENT_LOCATOR = uuid.UUID("A8D35F2D-B30B-454D-ABF7-D3D84834AB0C").bytes_le
 VHDX_LEAVE_BLOCKS_ALLOCATED, VHDX_HAS_PARENT = 1, 2
+VHDX_HEADERS = (64 * 1024, 128 * 1024)     # header 1 and 2, 4 KiB each (MS-VHDX 2.2.2)
+VHDX_HEADER_SIZE = 4096
 
 VMDK_HEADER = struct.Struct("<4sIIQQQQIQQQ")       # magic .. overHead of the SparseExtentHeader (VMDK 1.1, p. 8)
 VMDK_MAGIC = b"KDMV"
@@ -58,7 +64,52 @@ def vhd_dynamic_header(read_at, footer: bytes) -> tuple[int, int, int] | None:
     return bat_offset, entries, block_size
 
 
+def vhd_unique_id(footer: bytes) -> bytes:
+    """The footer's UniqueId (16 raw bytes): what a differencing child records as its parent's identifier."""
+    return footer[68:84]
+
+
 # ---------------------------------------------------------------- VHDX (MS-VHDX 2.2 - 2.6)
+
+def crc32c(data) -> int:
+    """CRC-32C (Castagnoli, reflected 0x82F63B78), the checksum of VHDX headers, region tables and log entries
+    (MS-VHDX 2.2.2); check value ``crc32c(b"123456789") == 0xE3069283``. Pure Python: it only ever covers a few
+    hundred KiB of metadata."""
+    table = _crc32c_table()
+    crc = 0xFFFFFFFF
+    for byte in bytes(data):
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+@functools.lru_cache(maxsize=1)
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for n in range(256):
+        for _ in range(8):
+            n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
+        table.append(n)
+    return tuple(table)
+
+
+def vhdx_current_header(read_at) -> bytes:
+    """The current header (MS-VHDX 2.2.2.1): of the two 4 KiB headers with the ``head`` signature and a valid
+    CRC-32C, the one with the higher SequenceNumber. Its DataWriteGuid (bytes 32-48) is what a child's
+    ``parent_linkage`` names -- qemu-made files carry different DataWriteGuids in the two headers."""
+    valid = []
+    for offset in VHDX_HEADERS:
+        header = bytearray(read_at(offset, VHDX_HEADER_SIZE))
+        if header[:4] != b"head":
+            continue
+        checksum, sequence = struct.unpack_from("<IQ", header, 4)
+        header[4:8] = bytes(4)
+        if crc32c(header) == checksum:
+            header[4:8] = struct.pack("<I", checksum)
+            valid.append((sequence, bytes(header)))
+    if not valid:
+        raise DiskUnreadable("the VHDX has no valid header (signature and CRC-32C) at 64 KiB or 128 KiB")
+    return max(valid)[1]
+
 
 def vhdx_regions(table: bytes) -> dict[bytes, tuple[int, int]] | None:
     """{region GUID (bytes_le): (file offset, length)} from a region table; None when ``table`` is not one."""
