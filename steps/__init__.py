@@ -3,7 +3,7 @@
 ``STEPS`` is the registry, explicit: the CLI and the server find the product's step types through the ``ce.steps``
 entry point (pyproject.toml), which names this tuple. Importing a step module registers nothing.
 """
-from . import convert, export, hash, inspect, prepare, prepare_and_publish, publish, reverse_image
+from . import convert, diagnostics, export, hash, inspect, prepare, prepare_and_publish, publish, reverse_image
 
 STEPS = (inspect.STEP, prepare.STEP, convert.STEP, export.STEP, publish.STEP, reverse_image.STEP, hash.STEP,
-         prepare_and_publish.build(prepare.STEP, publish.STEP))
+         prepare_and_publish.build(prepare.STEP, publish.STEP), diagnostics.STEP)

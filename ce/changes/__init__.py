@@ -1,11 +1,11 @@
 """The one Plan and one Result every step returns, and the change kinds a plan lists.
 
 A plan is what a step will do, from reads only: typed changes (registry values, files, first-boot actions, disks
-read, written or hashed), the facts it read that people need (``facts``: sizes, space, formats) and warnings. A
-dry run returns the plan; a run returns the result: each planned change with its outcome, the facts measured while
-doing it, warnings, the error that stopped it (if one did) and the time taken. A step made of parts (a sequence)
-returns one plan / result holding each part's. Every kind describes itself for people (``describe()``); the CLI
-prints plans and results from that alone.
+read, written or hashed, a bundle of logs written), the facts it read that people need (``facts``: sizes, space,
+formats) and warnings. A dry run returns the plan; a run returns the result: each planned change with its outcome,
+the facts measured while doing it, warnings, the error that stopped it (if one did) and the time taken. A step made
+of parts (a sequence) returns one plan / result holding each part's. Every kind describes itself for people
+(``describe()``); the CLI prints plans and results from that alone.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from ..firstboot import FirstBootAction
-from .disk import DiskHash, DiskRead, DiskWrite
+from .disk import BundleWrite, DiskHash, DiskRead, DiskWrite
 from .guest import REGISTRY_CHANGES, FileWrite, PartitionTableWrite, RegistryDeleteKey, RegistryDeleteValue, \
     RegistrySet
 
 Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction,
-                         PartitionTableWrite, DiskRead, DiskWrite, DiskHash], Field(discriminator="kind")]
+                         PartitionTableWrite, DiskRead, DiskWrite, DiskHash, BundleWrite],
+                   Field(discriminator="kind")]
 
 
 class StepWarning(BaseModel):
@@ -74,6 +75,6 @@ def describe(document: Plan | Result) -> list[str]:
     return lines
 
 
-__all__ = ["Change", "ChangeOutcome", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
+__all__ = ["BundleWrite", "Change", "ChangeOutcome", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
            "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey",
            "RegistryDeleteValue", "RegistrySet", "Result", "StepWarning", "describe"]

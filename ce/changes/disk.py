@@ -63,3 +63,19 @@ class DiskHash(BaseModel):
         check = f", expecting {', '.join(sorted(self.expected))}" if self.expected else ""
         return f"hash   the {what} of {self.disk} ({', '.join(self.algorithms)}{check})"
 
+
+
+class BundleWrite(BaseModel):
+    """A file of logs and data written to a share (the diagnostics zip): what goes in, how big, where."""
+    kind: Literal["bundle_write"] = "bundle_write"
+    target: str                            # \\host\share\folder\file.zip
+    source: str | None = None              # the disk read (read-only), when the image's side is collected
+    files: int                             # members planned, generated ones (summary, manifest, reports) included
+    bytes: int                             # their planned uncompressed size
+    left_out: int = 0                      # sources left out (caps, never collected, not selected)
+    reason: str = ""
+
+    def describe(self) -> str:
+        source = f" from {self.source} (read-only) and ce's own logs" if self.source else " from ce's own logs"
+        left = f", {self.left_out} source(s) left out" if self.left_out else ""
+        return f"write  {self.target} ({self.files} files, {human_size(self.bytes)} before compression){source}{left}"

@@ -1,4 +1,4 @@
-"""Every error ce reports, in one catalogue, grouped: disk, guest, registry, SMB, payload, step, server.
+"""Every error ce reports, in one catalogue, grouped: diagnostics, disk, guest, registry, SMB, payload, step, server.
 
 Each class has a stable ``code`` (the connector and the tests match on it, never on messages), the HTTP
 ``status`` the server answers with when the error refuses a request, and one ``action`` line of what the connector
@@ -6,6 +6,7 @@ should do; ``catalogue()`` lists them all (the README's table of codes is checke
 here: ``from ce.errors import DiskNotFound``.
 """
 from .base import CeError, catalogue, first_problem, naming_field
+from .diagnostics import *   # noqa: F401,F403
 from .disk import *          # noqa: F401,F403
 from .guest import *         # noqa: F401,F403
 from .payload import *       # noqa: F401,F403

@@ -46,6 +46,9 @@ class GuestFiles:
     def listdir(self, path: str) -> list[str]:
         return self.g.ls(path)
 
+    def file_size(self, path: str) -> int:
+        return self.g.filesize(path)
+
     def inode(self, path: str) -> tuple[int, int]:
         """(inode, link count) of ``path`` without following a symlink."""
         st = self.g.lstatns(path)

@@ -25,7 +25,7 @@ from .callback import Notifier
 from .polls import StepPolls, answer
 from .stepdocs import StepBodies, step_doc
 from .steps import step_types
-from .store import Store
+from .store import STORE_FILE, Store
 from .supervisor import CANCEL_GRACE, DEFAULT_TIMEOUT, Supervisor
 
 log = logging.getLogger("ce.server")
@@ -77,7 +77,7 @@ def check_payloads(kind: StepType | None, params: dict, boot: Bootstrap) -> None
 def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, notifier=None,
                default_timeout: int = DEFAULT_TIMEOUT, cancel_grace: float = CANCEL_GRACE) -> Flask:
     types = types if types is not None else step_types()
-    store = Store(boot.state_dir / "ce.sqlite")
+    store = Store(boot.state_dir / STORE_FILE)
     interrupted = store.mark_interrupted()
     if interrupted:
         log.warning("steps interrupted by a restart: %s", ", ".join(row["id"] for row in interrupted))

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import BootstrapInvalid, TlsConfigError, first_problem
 from ..payloads import STORE_ENV
 from ..smb import ports as smb_ports
+from .store import STATE_ENV
 from ..tls import OutboundPolicy, normalize_sha1
 
 MIN_TOKEN = 32
@@ -120,10 +121,11 @@ class Bootstrap(BaseModel):
 
     def step_env(self) -> dict[str, str]:
         """What a step's process learns of this file, through its environment: the payload store (empty: none, and
-        no other directory either) and the SMB ports. Always set, so that the service's own environment never
-        decides either."""
+        no other directory either), the SMB ports and the state directory (the diagnostics step reads the step
+        store there, read-only). Always set, so that the service's own environment never decides any of them."""
         return {STORE_ENV: str(self.payloads or ""),
-                smb_ports.PORTS_ENV: smb_ports.format_ports(self.allowed_smb_ports())}
+                smb_ports.PORTS_ENV: smb_ports.format_ports(self.allowed_smb_ports()),
+                STATE_ENV: str(self.state_dir)}
 
     @property
     def host(self) -> str:

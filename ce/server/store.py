@@ -23,6 +23,8 @@ from pathlib import Path
 from ..errors import BootstrapInvalid, Interrupted
 
 log = logging.getLogger("ce.server")
+STORE_FILE = "ce.sqlite"                # under the bootstrap's state_dir
+STATE_ENV = "CE_STATE_DIR"              # the state_dir, for step processes (Bootstrap.step_env): diagnostics reads it
 ACTIVE = ("pending", "running")
 JSON_COLUMNS = ("params", "disks", "warnings", "error", "result", "worker")
 DIR_MODE, FILE_MODE = 0o700, 0o600
