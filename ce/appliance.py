@@ -20,6 +20,7 @@ from .errors import GuestError, GuestTimeout
 log = logging.getLogger(__name__)
 
 ACCEL_ENV = "CE_GUEST_ACCEL"          # auto (default) | kvm | tcg
+KILL_POLL = 0.2                        # seconds between kills of an appliance whose deadline has passed
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ce"
 
 
@@ -90,16 +91,20 @@ def qemu_children() -> set[int]:
 @contextmanager
 def deadline(seconds: float, what: str, appliance_pids):
     """Kill the appliance (``appliance_pids()``) if ``what`` takes longer than ``seconds``; the blocked libguestfs
-    call then fails and is reported as a timeout."""
-    fired = threading.Event()
+    call then fails and is reported as a timeout. Once the deadline has passed, an appliance that appears later is
+    killed too: on a loaded host libguestfs may not have started qemu yet when the deadline comes (it builds the
+    appliance first), and a single kill then found nothing and let the launch run on past it."""
+    fired, over = threading.Event(), threading.Event()
 
     def kill():
         fired.set()
-        for pid in appliance_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        while not over.is_set():
+            for pid in appliance_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            over.wait(KILL_POLL)
 
     timer = threading.Timer(seconds, kill)
     timer.daemon = True
@@ -112,4 +117,5 @@ def deadline(seconds: float, what: str, appliance_pids):
                                f"raise the step timeout or check the host's load") from exc
         raise
     finally:
+        over.set()
         timer.cancel()

@@ -38,6 +38,18 @@ def test_launch_timeout_stops_the_appliance_and_leaves_no_qemu(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_deadline_that_passes_before_qemu_starts_still_stops_the_launch(tmp_path):
+    """On a loaded host libguestfs may still be building the appliance when the deadline comes: the qemu that
+    starts afterwards is killed too (it used to be missed, and the launch ran on past its deadline)."""
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))
+    before = qemu_children()
+    with pytest.raises(GuestTimeout, match="starting the libguestfs appliance did not finish"):
+        Guest([Drive(str(disk))], launch_timeout=0.01).launch()
+    assert qemu_children() - before == set()
+
+
+@pytest.mark.slow
 def test_deadline_stops_a_slow_call_and_the_session_reports_it(tmp_path):
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(1 << 20))
