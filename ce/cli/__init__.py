@@ -152,7 +152,8 @@ def cmd_steps(args) -> int:
                           for k in args.types.values()}, indent=2))
         return EXIT_OK
     for kind in args.types.values():
-        command = f"ce {kind.cli.command}" if kind.cli else "job file only"
+        command = f"ce {kind.cli.command}" if kind.cli else "ce inspect" if kind.name == "inspect" else \
+            "ce plan/run --job"
         flags = kind.cli.flags if kind.cli else {}
         print(f"{kind.name:<16} {command:<20} {kind.summary}")
         print(f"{'':<16} params: " + ", ".join(f"{name} ({flags[name]})" if name in flags else name
