@@ -32,6 +32,7 @@ from ce.changes import Plan, Result
 from ce.errors import BootstrapInvalid, CeError, PayloadStoreRefused, SmbPortRefused
 from ce.payloads import STORE_ENV, PayloadStore, write_manifest
 from ce.server import bootstrap
+from ce.server.store import STATE_ENV
 from ce.smb import Credentials, SmbLocation, SmbShare, StorageLocation
 from ce.smb.ports import PORTS_ENV
 from ce.step import StepContext, StepParams, StepType
@@ -312,9 +313,9 @@ def test_bootstrap_smb_ports(tmp_path, pki):
     def load(**fields):
         path.write_text(json.dumps({**base, **fields}))
         return bootstrap.load(path)
-    assert load().step_env() == {PORTS_ENV: "445", STORE_ENV: ""}
-    assert load(smb_ports=[8445, 445], payloads="store").step_env() == {PORTS_ENV: "445,8445",
-                                                                       STORE_ENV: str(tmp_path / "store")}
+    assert load().step_env() == {PORTS_ENV: "445", STORE_ENV: "", STATE_ENV: "/var/lib/ce"}
+    assert load(smb_ports=[8445, 445], payloads="store").step_env() == {
+        PORTS_ENV: "445,8445", STORE_ENV: str(tmp_path / "store"), STATE_ENV: "/var/lib/ce"}
     assert load(smb_ports="any").allowed_smb_ports() is None
     for bad in ([], [0], [70000], "all"):
         with pytest.raises(BootstrapInvalid, match="smb_ports"):
