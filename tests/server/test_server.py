@@ -270,10 +270,19 @@ def test_cancel_of_a_step_that_ignores_it_kills_its_processes(server, api, tmp_p
 
 
 @pytest.mark.slow
+def works_for(pid: int, step_id: str) -> bool:
+    """The step process of ``step_id`` (its CE_STEP_ID), not one of another server on this machine."""
+    try:
+        return f"\0CE_STEP_ID={step_id}\0".encode() in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def test_cancel_stops_the_libguestfs_appliance(server, api):
     step_id = new_id()
     post_step(server, api, "inspect", {"disk": str(SAMPLE)}, step_id)
-    workers = wait_until(lambda: processes_with("ce.server.worker"), 30, "the step process")
+    workers = wait_until(lambda: [p for p in processes_with("ce.server.worker") if works_for(p, step_id)], 30,
+                         "the step process")
     assert len(workers) == 1
     worker = workers[0]
     wait_until(lambda: any("qemu" in Path(f"/proc/{p}/comm").read_text() for p in group_members(worker)
