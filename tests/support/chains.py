@@ -3,8 +3,10 @@ NBD server), a qcow2 external data file and VMDK descriptors with extents -- eac
 attached disk. Built with qemu-img itself where it can make them, by hand where it cannot."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -59,3 +61,21 @@ def hostile_images(folder: Path, secret: Path, nbd_port: int | None = None) -> d
 def descriptor(*extents: str, comment: str = "# Disk DescriptorFile\n") -> str:
     return (f'{comment}version=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n'
             + "".join(f"{line}\n" for line in extents))
+
+
+@contextlib.contextmanager
+def listening_socket():
+    """A TCP port on 127.0.0.1 that records whether anything connected (an NBD backing file would)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        yield sock
+
+
+def connected(sock: socket.socket) -> bool:
+    try:
+        sock.accept()[0].close()
+        return True
+    except BlockingIOError:
+        return False

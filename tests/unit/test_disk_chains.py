@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import subprocess
 from pathlib import Path
 
@@ -18,25 +17,14 @@ import pytest
 from ce import disks, hashing
 from ce.disks import chains
 from ce.errors import DiskChainRefused
-from tests.support.chains import MiB, descriptor, hostile_images, md5, qemu_img, secret_file
+from tests.support.chains import (MiB, connected, descriptor, hostile_images, listening_socket, md5, qemu_img,
+                                  secret_file)
 
 
 @pytest.fixture
 def listener():
-    """A TCP port that records whether anything connected (an NBD backing file would)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
+    with listening_socket() as sock:
         yield sock
-
-
-def connected(sock: socket.socket) -> bool:
-    try:
-        sock.accept()[0].close()
-        return True
-    except BlockingIOError:
-        return False
 
 
 @pytest.fixture
