@@ -1,4 +1,5 @@
-"""Every error ce reports, in one catalogue, grouped: diagnostics, disk, guest, registry, SMB, payload, step, server.
+"""Every error ce reports, in one catalogue, grouped: diagnostics, disk, guest, registry, SMB, payload, step, server,
+UEFI conversion.
 
 Each class has a stable ``code`` (the connector and the tests match on it, never on messages), the HTTP
 ``status`` the server answers with when the error refuses a request, and one ``action`` line of what the connector
@@ -14,3 +15,4 @@ from .registry import *      # noqa: F401,F403
 from .server import *        # noqa: F401,F403
 from .smb import *           # noqa: F401,F403
 from .step import *          # noqa: F401,F403
+from .uefi import *          # noqa: F401,F403

@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import catalogue
 from .base import CeError
 
-GROUPS = ("base", "disk", "guest", "registry", "smb", "payload", "diagnostics", "step", "server")
+GROUPS = ("base", "disk", "guest", "registry", "smb", "payload", "diagnostics", "step", "server", "uefi")
 HEADER = ["| code | HTTP status | group | what to do |", "|---|---|---|---|"]
 
 
