@@ -60,6 +60,8 @@ class RemoteStat:
     is_dir: bool
     modified: datetime
     sent: int | None = None  # after an upload: bytes that went over the wire (holes and zero chunks are skipped)
+    reused: int = 0          # ... bytes an earlier attempt had left in NAME.partial, read back and found right
+    checked: int = 0         # ... bytes read back to find them (ce.smb.resume)
 
 
 class ShareSession:
