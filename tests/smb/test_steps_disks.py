@@ -61,8 +61,7 @@ def scratch(tmp_path, monkeypatch) -> Path:
 
 def location(server: SambaServer, share: str = "share", folder: str = "", password: str = PASSWORD,
              user: str = USER) -> dict:
-    return {"Location": server.unc(share, folder), "port": server.port,
-            "credentials": {"username": user, "password": password}}
+    return server.location(share, folder, password, user)
 
 
 def run(step: str, params: dict, ctx: StepContext | None = None) -> dict:

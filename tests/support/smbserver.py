@@ -93,6 +93,11 @@ class SambaServer:
     def unc(self, share: str, folder: str = "") -> str:
         return f"\\\\{self.host}\\{share}" + (f"\\{folder}" if folder else "")
 
+    def location(self, share: str = "share", folder: str = "", password: str = PASSWORD, user: str = USER) -> dict:
+        """A step's storage location params for ``folder`` on ``share`` of this smbd."""
+        return {"Location": self.unc(share, folder), "port": self.port,
+                "credentials": {"username": user, "password": password}}
+
     def start(self) -> "SambaServer":
         if not os.access(SMBD, os.X_OK):
             raise RuntimeError("smbd is not installed: apt-get install samba smbclient (make setup does it)")

@@ -21,6 +21,9 @@ from ce.errors import LayoutError, UnsupportedFormat
 pyvhdi = pytest.importorskip("pyvhdi", reason="python3-libvhdi (debian-packages-test.txt)")
 vhdx_reader = pytest.importorskip("dissect.hypervisor.disk.vhdx", reason="dissect.hypervisor (the test extra)")
 
+from tests.support.vhdreaders import dissect_merged as _dissect, libvhdi_merged as _libvhdi, media as _media, \
+    vhdiinfo as _vhdiinfo  # noqa: E402
+
 KiB, MiB = 1 << 10, 1 << 20
 PARENT_SIZE = 20 * MiB + 3 * 512          # the last 2 MiB child block (and qemu's 8 MiB one) is partial
 
@@ -70,17 +73,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _media(path: Path) -> tuple[int, bytes]:
-    """(virtual size, bytes) of a parent read by libvhdi."""
-    f = pyvhdi.file()
-    f.open(str(path))
-    try:
-        size = f.get_media_size()
-        return size, f.read_buffer_at_offset(size, 0)
-    finally:
-        f.close()
-
-
 # ---------------------------------------------------------------- writing and reading a child
 
 def _write(parent: Path, child: Path, changes: list[tuple[int, bytes]], size: int | None = None, **options):
@@ -107,28 +99,6 @@ def _write(parent: Path, child: Path, changes: list[tuple[int, bytes]], size: in
                               virtual_size=size, **options)
     assert os.path.getsize(child) == summary.file_size
     return summary, bytes(expected), asked
-
-
-def _libvhdi(child: Path, parent: Path, offset: int = 0, length: int | None = None) -> bytes:
-    p, c = pyvhdi.file(), pyvhdi.file()
-    p.open(str(parent))
-    c.open(str(child))
-    try:
-        c.set_parent(p)                  # checks the child's parent identifier against the parent's
-        size = c.get_media_size()
-        return c.read_buffer_at_offset(size - offset if length is None else length, offset)
-    finally:
-        c.close()
-        p.close()
-
-
-def _dissect(child: Path) -> bytes:
-    disk = vhdx_reader.VHDX(child)        # finds the parent by relative_path beside the child
-    return disk.read(disk.size)
-
-
-def _vhdiinfo(child: Path) -> str:
-    return subprocess.run(["vhdiinfo", str(child)], check=True, capture_output=True, text=True).stdout
 
 
 def _bat_states(child: Path) -> list[int]:

@@ -1,0 +1,181 @@
+r"""A vDisk on an SMB share edited without writing it: the edits become a differencing child written beside it.
+
+PVS keeps every version of a vDisk as a differencing child of the one before, and running targets read the
+parent, so the operations on PVS vDisks (convertToUefi, upgradePvs) must not write one byte of it. The parent is
+served read-only from the share over NBD (``ce.nbdexport``: nothing of it is copied locally) and a local qcow2
+overlay of it takes the guest's edits; the overlay may be larger than the parent. Once the edits are done, the
+overlay's own clusters (``qemu-img map``: depth 0 and present, zeros written included) are the changed extents;
+``ce.disks.differencing`` writes them into a VHDX (or VHD) child in scratch space -- only as large as the changes --
+read through qemu-nbd (libnbd), which shows the merged disk. The child then goes to the share as ``NAME.partial``,
+is read back there (its headers must name the parent, its bytes must hash as the local file's) and renamed to
+``NAME``; a failure at any point leaves nothing at ``NAME`` and the parent as it was.
+
+    with opened_parent(location, "base.vhdx", scratch) as parent:
+        overlay = parent.overlay(scratch / "edits.qcow2", parent.facts.virtual_size + grow)
+        ... launch a guest on the overlay (qcow2), edit, close it ...
+        child = parent.write_child(overlay, scratch / "child", "base-uefi.vhdx")
+        parent.upload_child(child, "base-uefi.vhdx", overwrite=False)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import disks, nbdexport
+from .disks import qemuimg
+from .disks.differencing import ChildSummary, FileSink, ParentFacts, parent_facts, write_child
+from .errors import ChildDiskFailed, ConversionFailed
+from .smb import RemoteStat, SmbShare
+
+READ_CHUNK = 8 << 20                     # qemu-nbd serves up to 32 MiB a request; 8 MiB keeps memory small
+CHILD_EXTENSIONS = {"vhdx": (".vhdx", ".avhdx"), "vpc": (".vhd", ".avhd")}
+
+
+@dataclass
+class LocalChild:
+    """A child written in scratch space: its path, what it holds and the sha256 of its bytes."""
+    path: Path
+    summary: ChildSummary
+    sha256: str
+    virtual_size: int
+
+
+class MergedReader:
+    """The merged view of a qcow2 overlay (its clusters, else its backing file), read through qemu-nbd with
+    libnbd: qemu remains the only reader of the parent's format."""
+
+    def __init__(self, overlay: Path):
+        import nbd                                      # python3-libnbd (Debian); only this path needs it
+        self._handle = nbd.NBD()
+        try:
+            self._handle.connect_systemd_socket_activation(
+                ["qemu-nbd", "--read-only", "--format=qcow2", os.fspath(overlay)])
+        except nbd.Error as exc:
+            raise ConversionFailed(f"cannot read the edited disk {overlay.name} through qemu-nbd: {exc}") from None
+        self.size = self._handle.get_size()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ConversionFailed(f"read of {length} bytes at {offset} is outside the {self.size}-byte disk")
+        parts = []
+        for start in range(offset, offset + length, READ_CHUNK):
+            parts.append(self._handle.pread(min(READ_CHUNK, offset + length - start), start))
+        return b"".join(parts)
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.shutdown()
+
+    def __enter__(self) -> "MergedReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def changed_extents(overlay: Path) -> list[tuple[int, int]]:
+    """The byte ranges the overlay holds itself: every cluster written since it was made, data or zeros."""
+    out = qemuimg.run("map", "--output=json", "-f", "qcow2", os.fspath(overlay), fails_as=ConversionFailed,
+                      doing=f"cannot list the changed extents of {overlay.name}")
+    extents = []
+    for entry in json.loads(str(out)):
+        if entry.get("depth") == 0 and entry.get("present", entry.get("data") or entry.get("zero")):
+            start, length = int(entry["start"]), int(entry["length"])
+            if extents and extents[-1][0] + extents[-1][1] == start:
+                extents[-1] = (extents[-1][0], extents[-1][1] + length)
+            else:
+                extents.append((start, length))
+    return extents
+
+
+@dataclass
+class ShareParent:
+    """A vDisk on a share, served read-only over NBD while the block that opened it runs."""
+    share: SmbShare
+    name: str
+    stat: RemoteStat
+    facts: ParentFacts
+    export: nbdexport.ShareExport
+
+    @property
+    def absolute_path(self) -> str:
+        r"""The parent as Windows names it on the share: ``\\?\UNC\host\share\folder\name``."""
+        where = self.share.location
+        return "\\".join(p for p in (r"\\?\UNC", where.host, where.share, where.folder, self.name) if p)
+
+    def overlay(self, path: Path, size: int) -> Path:
+        """A local qcow2 of ``size`` bytes (at least the parent's) over the served parent: the guest edits it."""
+        if size < self.facts.virtual_size:
+            raise ChildDiskFailed(f"the edited disk ({size} bytes) cannot be smaller than {self.name} "
+                                  f"({self.facts.virtual_size} bytes)")
+        disks.create_overlay(self.export.uri, self.facts.format, path, size)
+        return path
+
+    def write_child(self, overlay: Path, path: Path, child_name: str) -> LocalChild:
+        """The overlay's changes as a differencing child of this parent, written to ``path`` in scratch space."""
+        require_child_name(self.facts.format, child_name)
+        with self.export.raising_share_errors(), MergedReader(overlay) as merged, open(path, "wb") as f:
+            summary = write_child(self.facts, changed_extents(overlay), merged.read_at, FileSink(f),
+                                  parent_name=self.name, parent_absolute=self.absolute_path,
+                                  virtual_size=merged.size if self.facts.format == "vhdx" else None)
+            f.flush()
+            os.fsync(f.fileno())
+            size = merged.size
+        return LocalChild(path, summary, file_sha256(path), size)
+
+    def upload_child(self, child: LocalChild, name: str, *, overwrite: bool, progress=None,
+                     cancel=None) -> RemoteStat:
+        """``child`` to ``name`` beside the parent, through ``NAME.partial``: read back on the share (a child of
+        this parent, of the planned size, the same bytes) before it is renamed."""
+        def verify(reader) -> None:
+            fmt, kind, virtual = disks.header_facts(reader.read_at, reader.size)
+            if (fmt, kind, virtual) != (self.facts.format, "differencing", child.virtual_size):
+                raise ChildDiskFailed(f"{name} reads back on the share as a {fmt} {kind} disk of {virtual} bytes, "
+                                      f"not the {self.facts.format} child of {child.virtual_size} bytes written")
+            digest = hashlib.sha256()
+            for offset in range(0, reader.size, READ_CHUNK):
+                digest.update(reader.read_at(offset, min(READ_CHUNK, reader.size - offset)))
+            if digest.hexdigest() != child.sha256:
+                raise ChildDiskFailed(f"{name} reads back on the share with other bytes than were written")
+        return self.share.upload(child.path, name, overwrite=overwrite, progress=progress, cancel=cancel,
+                                 verify=verify)
+
+    def unchanged(self) -> bool:
+        """The parent still has the size, time and identifier it had when opened (nothing wrote it meanwhile)."""
+        now = self.share.stat(self.name)
+        return (now.size, now.modified) == (self.stat.size, self.stat.modified)
+
+
+@contextmanager
+def opened_parent(location, name: str, scratch: Path) -> Iterator[ShareParent]:
+    """Open ``name`` in ``location`` (a ce.smb StorageLocation) as a parent: its facts read from its headers
+    (a parent that is itself a child is refused), served read-only over NBD until the block ends."""
+    with location.share() as share:
+        stat = share.stat(name)
+        with share.open_read(name) as reader, nbdexport.ShareExport(reader, scratch) as export, \
+                export.raising_share_errors():
+            facts = parent_facts(reader.read_at, stat.size, mtime=stat.modified.timestamp())
+            yield ShareParent(share, name, stat, facts, export)
+
+
+def require_child_name(fmt: str, name: str) -> None:
+    """A VHDX parent gets a .vhdx / .avhdx child, a VHD parent a .vhd / .avhd one (the child's format follows
+    its parent's: Windows opens a chain of one format only)."""
+    if not name.lower().endswith(CHILD_EXTENSIONS[fmt]):
+        raise ChildDiskFailed(f"the child of a {disks.FORMAT_LABELS[fmt]} parent is a "
+                              f"{disks.FORMAT_LABELS[fmt]} too: name it {' or '.join(CHILD_EXTENSIONS[fmt])}, "
+                              f"not {name!r}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(READ_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
