@@ -50,7 +50,8 @@ def decode_device(blob: bytes) -> dict:
     if len(blob) < _HEADER.size:
         return {"kind": "malformed", "problem": f"{len(blob)} bytes, shorter than a device header ({_HEADER.size})"}
     options, device_type, flags, size, _ = _HEADER.unpack_from(blob)
-    result = {"device_type": DEVICE_TYPES.get(device_type, f"0x{device_type:x}"), "flags": flags, "length": len(blob)}
+    name = DEVICE_TYPES.get(device_type, f"0x{device_type:x}")
+    result = {"device_type": name, "flags": flags, "length": len(blob)}
     if any(options):
         result["options"] = "{" + str(uuid.UUID(bytes_le=options)) + "}"
     if device_type in (PARTITION_DEVICE, LEGACY_PARTITION_DEVICE):
