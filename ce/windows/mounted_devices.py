@@ -33,10 +33,10 @@ def mounted_devices_problems(values: dict[str, bytes], disk_signature: int,
     for name, data in values.items():
         if not isinstance(data, (bytes, bytearray)):
             problems.append(f"{name}: not binary data ({type(data).__name__})")
-        elif len(data) < MBR_FORM.size:
-            problems.append(f"{name}: {len(data)} bytes, too short for a device id")
         elif bytes(data).startswith(GPT_PREFIX) and len(data) != GPT_FORM_SIZE:
             problems.append(f"{name}: a GPT-form id of {len(data)} bytes ({GPT_FORM_SIZE} expected)")
+        elif len(data) < MBR_FORM.size:
+            problems.append(f"{name}: {len(data)} bytes, too short for a device id")
         elif (located := _mbr_location(data)) and located[0] == disk_signature \
                 and located[1] not in partition_guid_by_offset:
             problems.append(f"{name}: names offset {located[1]} of this disk, where no partition starts")
