@@ -14,14 +14,14 @@ from pydantic import BaseModel
 
 from ce.errors import (
     AlreadyUefi, DynamicDisk, ExtendedPartitions, InvalidPartitionTable, NoRoomForGpt, NoSystemPartition,
-    TooManyPartitions, UefiConversionRefused, UnknownPartitionType,
+    TooManyPartitions, UefiConversionRefused, UefiUnsupportedWindows, UnknownPartitionType,
 )
 from ce.guest import ESP_GUID
 from ce.guest.partitions import PartitionEntry, PartitionTable
 
 from .mounted_devices import mounted_devices_problems, mounted_devices_to_gpt
 
-__all__ = ["GptLayout", "check", "esp_min_bytes", "gpt_reserved_sectors", "mounted_devices_problems",
+__all__ = ["GptLayout", "check", "check_windows", "esp_min_bytes", "gpt_reserved_sectors", "mounted_devices_problems",
            "mounted_devices_to_gpt", "plan_layout"]
 
 MIB = 1 << 20
@@ -35,6 +35,7 @@ KNOWN_MBR_TYPES = {0x01, 0x04, 0x06, 0x07, 0x0B, 0x0C, 0x0E, MBR_WINRE}
 GPT_ENTRY_ARRAY = 128 * 128                  # 128 entries of 128 bytes
 MAX_PRIMARY = 3
 ESP_NAME, BASIC_NAME, WINRE_NAME = "EFI system partition", "Basic data partition", "Recovery"
+MIN_WINDOWS_BUILD = 10240                    # Windows 10 1507, the oldest MBR2GPT converts (Server 2016 is 14393)
 
 
 class GptLayout(BaseModel):
@@ -89,6 +90,17 @@ def check(table: PartitionTable, *, sector_size: int, disk_sectors: int, can_gro
         raise NoSystemPartition(f"the MBR has {len(active)} active partitions; exactly one (the system partition, "
                                 "which holds bootmgr) is needed")
     _check_room(table.partitions, sector_size, disk_sectors, can_grow)
+
+
+def check_windows(*, arch: str, build: int, product_name: str = "Windows") -> None:
+    """Refuse a Windows that cannot boot UEFI from this conversion: 32-bit (no x64 UEFI loader) or older than
+    Windows 10 / Server 2016. (BitLocker and no Windows are refused by their own codes before this.)"""
+    if arch != "x86_64":
+        raise UefiUnsupportedWindows(f"{product_name} is {arch}: only 64-bit Windows boots from the x64 UEFI "
+                                     "files convertToUefi installs; nothing was written")
+    if build < MIN_WINDOWS_BUILD:
+        raise UefiUnsupportedWindows(f"{product_name} (build {build}) is older than Windows 10 / Server 2016, the "
+                                     "oldest MBR2GPT converts; nothing was written")
 
 
 def plan_layout(table: PartitionTable, *, sector_size: int, disk_sectors: int, windows_partition: int,

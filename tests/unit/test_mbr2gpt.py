@@ -14,10 +14,10 @@ import sh
 
 from ce.errors import (
     AlreadyUefi, DynamicDisk, ExtendedPartitions, InvalidPartitionTable, NoRoomForGpt, NoSystemPartition,
-    TooManyPartitions, UnknownPartitionType,
+    TooManyPartitions, UefiUnsupportedWindows, UnknownPartitionType,
 )
 from ce.guest.partitions import PartitionEntry, PartitionTable
-from ce.windows.mbr2gpt import check, mounted_devices_problems, mounted_devices_to_gpt, plan_layout
+from ce.windows.mbr2gpt import check, check_windows, mounted_devices_problems, mounted_devices_to_gpt, plan_layout
 
 MIB = 1 << 20
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -161,6 +161,18 @@ def test_no_room_when_the_disk_may_not_grow():
 def test_unknown_windows_partition_number_is_refused():
     with pytest.raises(InvalidPartitionTable):
         plan_layout(system_reserved(SECTORS), sector_size=512, disk_sectors=SECTORS, windows_partition=3)
+
+
+@pytest.mark.parametrize("arch, build", [("i386", 19045), ("x86_64", 9600), ("x86_64", 7601)])
+def test_windows_refusals(arch, build):
+    with pytest.raises(UefiUnsupportedWindows) as refused:
+        check_windows(arch=arch, build=build, product_name="Windows 8.1")
+    assert refused.value.code == "uefi_unsupported_windows"
+
+
+def test_supported_windows_pass():
+    for build in (10240, 14393, 17763, 20348, 26100):
+        check_windows(arch="x86_64", build=build)
 
 
 # ---------------------------------------------------------------- MountedDevices
