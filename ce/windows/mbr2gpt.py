@@ -117,30 +117,34 @@ def plan_layout(table: PartitionTable, *, sector_size: int, disk_sectors: int, w
         raise InvalidPartitionTable(f"partition {windows_partition} (Windows) is not in the table ({numbers})")
     guids = {n: g.upper() for n, g in (partition_guids or {}).items()}
     reused = _reusable_system_partition(table, sector_size, windows_partition, system_partition_reusable)
-    entries, attributes = [], {}
-    for old in sorted(table.partitions, key=lambda p: p.number):
-        gpt_type, name = _gpt_type(old, reused, type_map or {})
-        entries.append(PartitionEntry(number=old.number, start=old.start, end=old.end, type=gpt_type, name=name,
-                                      guid=guids.get(old.number) or _new_guid()))
-        if gpt_type == WINRE_GUID:
-            attributes[old.number] = WINRE_ATTRIBUTES
     grow = _grow_bytes(table, sector_size, disk_sectors, new_esp=reused is None)
     if grow and not can_grow:
         raise NoRoomForGpt(f"the EFI system partition ({esp_min_bytes(sector_size) // MIB} MiB) and the backup GPT "
                            f"need {grow // MIB} MiB more at the end of the disk, and the disk may not grow")
-    new_sectors = disk_sectors + grow // sector_size
+    entries, attributes = _converted_entries(table, reused, guids, type_map or {})
+    esp_number = reused.number if reused else max(numbers) + 1
     if reused is None:
-        number = max(numbers) + 1
         start, end = _new_esp_extent(table, sector_size)
-        entries.append(PartitionEntry(number=number, start=start, end=end, type=ESP_GUID, name=ESP_NAME,
-                                      guid=guids.get(number) or _new_guid()))
+        entries.append(PartitionEntry(number=esp_number, start=start, end=end, type=ESP_GUID, name=ESP_NAME,
+                                      guid=guids.get(esp_number) or _new_guid()))
     gpt = PartitionTable(label="gpt", partitions=entries, disk_guid=(disk_guid or _new_guid()).upper())
-    return GptLayout(table=gpt, attributes=attributes, sector_size=sector_size,
-                     esp_number=reused.number if reused else max(numbers) + 1, esp_reused=reused is not None,
-                     windows_partition=windows_partition, old_disk_sectors=disk_sectors, disk_sectors=new_sectors,
-                     grow_bytes=(new_sectors - disk_sectors) * sector_size,
-                     partition_guid_by_offset={p.start * sector_size: p.guid for p in entries
-                                               if p.number in numbers})
+    return GptLayout(table=gpt, attributes=attributes, sector_size=sector_size, esp_number=esp_number,
+                     esp_reused=reused is not None, windows_partition=windows_partition,
+                     old_disk_sectors=disk_sectors, disk_sectors=disk_sectors + grow // sector_size, grow_bytes=grow,
+                     partition_guid_by_offset={p.start * sector_size: p.guid for p in entries if p.number in numbers})
+
+
+def _converted_entries(table: PartitionTable, esp: PartitionEntry | None, guids: dict[int, str],
+                       type_map: dict[int, str]) -> tuple[list[PartitionEntry], dict[int, int]]:
+    """The old partitions as GPT entries (same number, start and end) and the WinRE attribute bits."""
+    entries, attributes = [], {}
+    for old in sorted(table.partitions, key=lambda p: p.number):
+        gpt_type, name = _gpt_type(old, esp, type_map)
+        entries.append(PartitionEntry(number=old.number, start=old.start, end=old.end, type=gpt_type, name=name,
+                                      guid=guids.get(old.number) or _new_guid()))
+        if gpt_type == WINRE_GUID:
+            attributes[old.number] = WINRE_ATTRIBUTES
+    return entries, attributes
 
 
 def _mbr_type(entry: PartitionEntry) -> int:
