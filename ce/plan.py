@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import firstboot, ntfs, registry, staging
-from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, PartitionTableWrite, Plan, RegistryDeleteKey, \
-    RegistryDeleteValue, RegistrySet, Result, StepWarning
+from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, FilesystemCreate, GptConversion, \
+    PartitionTableWrite, Plan, RegistryDeleteKey, RegistryDeleteValue, RegistrySet, Result, StepWarning
 from .changes.guest import json_of
 from .errors import CeError, PlanConflict, RegistryHiveUnknown
 from .firstboot import FirstBootAction
@@ -51,6 +51,7 @@ class Planner:
         self.guest, self.root, self.workdir = guest, root, workdir
         self._hives: dict[tuple[str | None, str], Hive] = {}
         self._first_boot: list[FirstBootAction] = []
+        self._new_filesystems: set[str] = set()
 
     def hive(self, name: str, filesystem: str | None = None) -> Hive:
         """A Windows hive (SYSTEM, SOFTWARE, ...), or with ``filesystem`` the hive file at path ``name`` on that
@@ -105,9 +106,12 @@ class Planner:
             if planned[0].sha256 != digest:
                 raise PlanConflict(f"{path} is planned twice with different contents")
             return
-        with self.guest.on_filesystem(filesystem):
-            guest_path = self.guest.win_path(path)
-            old = self.guest.checksum(guest_path) if self.guest.is_file(guest_path) else None
+        if filesystem in self._new_filesystems:
+            old = None                              # the filesystem is made by this plan: it holds nothing yet
+        else:
+            with self.guest.on_filesystem(filesystem):
+                guest_path = self.guest.win_path(path)
+                old = self.guest.checksum(guest_path) if self.guest.is_file(guest_path) else None
         if old != digest:
             self.plan.changes.append(FileWrite(path=path, sha256=digest, size=size, old_sha256=old,
                                                source=str(source), reason=reason, filesystem=filesystem))
@@ -117,9 +121,27 @@ class Planner:
         old = partitions.read_table(self.guest, device)
         if old == new:
             return
+        self.plan.changes.append(PartitionTableWrite(device=device, old=old, new=new, backup=self._table_backup(device),
+                                                     reason=reason))
+
+    def _table_backup(self, device: str) -> str:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        backup = f"{self.root.systemroot}/ce-backup/partition-table-{device.rsplit('/', 1)[-1]}.{stamp}"
-        self.plan.changes.append(PartitionTableWrite(device=device, old=old, new=new, backup=backup, reason=reason))
+        return f"{self.root.systemroot}/ce-backup/partition-table-{device.rsplit('/', 1)[-1]}.{stamp}"
+
+    def create_filesystem(self, device: str, label: str, *, old: str | None, reason: str = "") -> None:
+        """Plan a new, empty FAT32 filesystem on ``device`` (a partition the plan's table has, or will have); files
+        planned on it afterwards are new files."""
+        self._new_filesystems.add(device)
+        self.plan.changes.append(FilesystemCreate(device=device, label=label, old=old, reason=reason))
+
+    def convert_to_gpt(self, device: str, new: partitions.PartitionTable, *, attributes: dict[int, int],
+                       sector_size: int, disk_sectors: int, reason: str = "") -> None:
+        """Plan ``device``'s MBR table to become the GPT ``new`` (same partition extents) on a disk of
+        ``disk_sectors``."""
+        old = partitions.read_table(self.guest, device)
+        self.plan.changes.append(GptConversion(device=device, old=old, new=new, attributes=attributes,
+                                               sector_size=sector_size, disk_sectors=disk_sectors,
+                                               backup=self._table_backup(device), reason=reason))
 
     def write_bytes(self, path: str, data: bytes, reason: str = "") -> None:
         """write_file for content made by the step itself (scripts, parameter files)."""
@@ -182,9 +204,14 @@ def apply(guest: Guest, root: WindowsRoot, plan: Plan, *, stamp: str | None = No
     try:
         with staging.scratch_dir("apply") as tmp:      # hive copies; a killed run's are removed by the next step
             for change in plan.changes:                 # the partitions' places first: files and hives live in them
-                if isinstance(change, PartitionTableWrite):
+                if isinstance(change, (PartitionTableWrite, GptConversion)):
                     status[id(change)] = "failed"
                     change.apply(guest, Path(tmp))
+                    status[id(change)] = "applied"
+            for change in plan.changes:                 # new filesystems before the files that go on them
+                if isinstance(change, FilesystemCreate):
+                    status[id(change)] = "failed"
+                    change.apply(guest)
                     status[id(change)] = "applied"
             for filesystem, files in grouped(plan, (FileWrite,), lambda c: c.filesystem).items():
                 with guest.on_filesystem(filesystem):

@@ -117,16 +117,22 @@ class ShareParent:
         disks.create_overlay(self.export.uri, self.facts.format, path, size)
         return path
 
-    def write_child(self, overlay: Path, path: Path, child_name: str) -> LocalChild:
-        """The overlay's changes as a differencing child of this parent, written to ``path`` in scratch space."""
+    def write_child(self, overlay: Path, path: Path, child_name: str, *, virtual_size: int | None = None) -> LocalChild:
+        """The overlay's changes as a differencing child of this parent, written to ``path`` in scratch space; the
+        child's disk is ``virtual_size`` bytes (default: the overlay's), and nothing may have changed past it."""
         require_child_name(self.facts.format, child_name)
         with self.export.raising_share_errors(), MergedReader(overlay) as merged, open(path, "wb") as f:
-            summary = write_child(self.facts, changed_extents(overlay), merged.read_at, FileSink(f),
-                                  parent_name=self.name, parent_absolute=self.absolute_path,
-                                  virtual_size=merged.size if self.facts.format == "vhdx" else None)
+            size = merged.size if virtual_size is None else virtual_size
+            extents = changed_extents(overlay)
+            beyond = [e for e in extents if e[0] + e[1] > size]
+            if size > merged.size or beyond:
+                raise ChildDiskFailed(f"the edits reach past the child's {size} bytes (at {beyond[:1]}) or the "
+                                      f"child is larger than the edited disk ({merged.size} bytes)")
+            summary = write_child(self.facts, extents, merged.read_at, FileSink(f), parent_name=self.name,
+                                  parent_absolute=self.absolute_path,
+                                  virtual_size=size if self.facts.format == "vhdx" else None)
             f.flush()
             os.fsync(f.fileno())
-            size = merged.size
         return LocalChild(path, summary, file_sha256(path), size)
 
     def upload_child(self, child: LocalChild, name: str, *, overwrite: bool, progress=None,

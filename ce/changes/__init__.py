@@ -15,11 +15,11 @@ from pydantic import BaseModel, Field
 
 from ..firstboot import FirstBootAction
 from .disk import BundleWrite, DiskHash, DiskRead, DiskWrite
-from .guest import REGISTRY_CHANGES, FileWrite, PartitionTableWrite, RegistryDeleteKey, RegistryDeleteValue, \
-    RegistrySet
+from .guest import REGISTRY_CHANGES, FileWrite, FilesystemCreate, GptConversion, PartitionTableWrite, RegistryDeleteKey, \
+    RegistryDeleteValue, RegistrySet
 
 Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, FileWrite, FirstBootAction,
-                         PartitionTableWrite, DiskRead, DiskWrite, DiskHash, BundleWrite],
+                         PartitionTableWrite, GptConversion, FilesystemCreate, DiskRead, DiskWrite, DiskHash, BundleWrite],
                    Field(discriminator="kind")]
 
 
@@ -76,5 +76,5 @@ def describe(document: Plan | Result) -> list[str]:
 
 
 __all__ = ["BundleWrite", "Change", "ChangeOutcome", "DiskHash", "DiskRead", "DiskWrite", "FileWrite",
-           "FirstBootAction", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES", "RegistryDeleteKey",
-           "RegistryDeleteValue", "RegistrySet", "Result", "StepWarning", "describe"]
+           "FilesystemCreate", "FirstBootAction", "GptConversion", "PartitionTableWrite", "Plan", "REGISTRY_CHANGES",
+           "RegistryDeleteKey", "RegistryDeleteValue", "RegistrySet", "Result", "StepWarning", "describe"]

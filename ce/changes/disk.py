@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from ..sizes import human_size
 
 WRITE_METHODS = {"stream": "by streaming into the container", "convert": "with qemu-img",
-                 "convert_then_upload": "converted locally, then uploaded", "write": "block by block"}
+                 "convert_then_upload": "converted locally, then uploaded", "write": "block by block",
+                 "differencing_child": "as a differencing child (its changes only; the parent is never written)"}
 
 
 class DiskChange(BaseModel):
@@ -42,7 +43,7 @@ class DiskWrite(DiskChange):
     kind: Literal["disk_write"] = "disk_write"
     target: str                            # a local path, or \\host\share\folder\file
     source: str
-    method: Literal["stream", "convert", "convert_then_upload", "write"]
+    method: Literal["stream", "convert", "convert_then_upload", "write", "differencing_child"]
     replaces_existing: bool = False
 
     def describe(self) -> str:

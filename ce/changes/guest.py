@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ..errors import FileWriteFailed, ImageChangedSincePlan, RegistryTypeUnknown
-from ..guest import partitions
+from ..guest import fat, gpt, partitions
 from ..guest.partitions import PartitionTable
 from ..registry import Hive, RegType, RegValue
 
@@ -172,8 +172,61 @@ class PartitionTableWrite(BaseModel):
     def apply(self, guest, local_dir) -> None:
         with guest.unmounted():
             saved = partitions.replace_table(guest, self.device, self.old, self.new)
-        local = local_dir / "partition-table.bin"
-        local.write_bytes(saved.head + saved.tail)
-        guest.make_dirs(posixpath.dirname(self.backup))
-        guest.upload(local, self.backup + STAGED_SUFFIX)
-        guest.move(self.backup + STAGED_SUFFIX, self.backup)
+        keep_backup(guest, local_dir, saved.head + saved.tail, self.backup)
+
+
+class GptConversion(BaseModel):
+    """Convert a disk's MBR partition table to GPT in place, as MBR2GPT does: every partition keeps its start and
+    end (its bytes are not touched), ``new`` adds the EFI system partition where the plan put it. The GPT describes
+    a disk of ``disk_sectors`` (a grown differencing child may be larger than its parent). Checked against the MBR
+    the plan saw, read back, the old sectors put back if anything fails and kept in the image (``backup``)."""
+    kind: Literal["gpt_conversion"] = "gpt_conversion"
+    device: str
+    old: PartitionTable
+    new: PartitionTable
+    attributes: dict[int, int] = {}       # GPT attribute bits by partition number (WinRE's)
+    sector_size: int
+    disk_sectors: int
+    backup: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return (f"convert {self.device}'s partition table from {self.old.describe()} to {self.new.describe()} "
+                f"(same partition extents; a disk of {self.disk_sectors} sectors)")
+
+    def apply(self, guest, local_dir) -> None:
+        sectors = gpt.encode(self.new, sector_size=self.sector_size, disk_sectors=self.disk_sectors,
+                             attributes=self.attributes)
+        with guest.unmounted():
+            saved = gpt.write_converted(guest, self.device, self.old, sectors, (self.new, self.attributes))
+        keep_backup(guest, local_dir, saved.head + saved.tail, self.backup)
+
+
+def keep_backup(guest, local_dir, data: bytes, backup: str) -> None:
+    """The sectors a table replaced, kept in the image at ``backup`` (staged, then renamed)."""
+    local = local_dir / "partition-table.bin"
+    local.write_bytes(data)
+    guest.make_dirs(posixpath.dirname(backup))
+    guest.upload(local, backup + STAGED_SUFFIX)
+    guest.move(backup + STAGED_SUFFIX, backup)
+
+
+# ---------------------------------------------------------------- filesystems
+
+class FilesystemCreate(BaseModel):
+    """Put a new, empty FAT32 filesystem (an EFI system partition) on a partition, after the partition tables are
+    written and before any file is: whatever the partition held before (``old``, as the plan saw it) is gone."""
+    kind: Literal["filesystem_create"] = "filesystem_create"
+    device: str
+    fstype: Literal["vfat"] = "vfat"
+    label: str = Field(max_length=11)
+    old: str | None = None                # e.g. "ntfs 'System Reserved'"; None: a partition this plan adds
+    reason: str = ""
+
+    def describe(self) -> str:
+        was = f", replacing {self.old}" if self.old else ""
+        return f"format {self.device} as FAT32 {self.label!r}{was}"
+
+    def apply(self, guest) -> None:
+        with guest.unmounted():
+            fat.format_fat32(guest, self.device, label=self.label)
