@@ -7,6 +7,11 @@ of its size is written locally. Any other source format is first converted into 
 then uploaded with its holes skipped. Either way the share sees ``NAME.partial``, renamed to ``NAME`` once its
 size is verified (and, for a streamed container, once qemu-img has read it back over NBD).
 
+An earlier attempt of the same job that lost its connection or its process leaves ``NAME.partial`` and its
+record (``ce.smb.resume``): unless ``resume`` is off, the next attempt reads back what is there as it streams and
+sends only what is missing or different. The plan says whether it will, and how much is there; the result counts
+the bytes sent and the bytes reused.
+
 Checked before any work, in this order: the disk is readable; the share accepts the account; the name is free (or
 ``overwrite``); the share has at least twice the disk's virtual size free (the service's rule; a stale
 ``NAME.partial`` of an earlier attempt counts as free); the local scratch directory can hold what the method needs.
@@ -24,6 +29,7 @@ from .changes import DiskWrite, Plan, Result
 from .errors import RemoteExists, ShareFull
 from .sizes import human_size, mib
 from .smb import RemoteStat, SmbShare
+from .smb.resume import ResumeKey, job_key, key_for
 from .smb.target import StorageLocation
 from .step import StepContext
 
@@ -44,6 +50,11 @@ class Export:
     hash: bool
     overwrite_field: str               # the param a user sets to replace an existing file
     name_field: str                    # the param naming the file
+    resume: bool = True                # reuse what an earlier attempt of the same job left in NAME.partial
+
+    def resume_key(self, source_format: str) -> ResumeKey:
+        job = job_key(self.disk, str(self.location.location), self.name, self.format, self.subformat)
+        return key_for(self.disk, source_format, f"{self.format} {self.subformat}", job)
 
 
 def plan(job: Export) -> tuple[DiskWrite, dict]:
@@ -54,6 +65,7 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
         existing = _existing(share, job)
         free, total = share.free_space()
         stale = share.stale_partial(job.name)
+        recorded = share.resumable(job.name, job.resume_key(source_facts(source)["format"]))
     required = SPACE_FACTOR * source.virtual_size
     if free + (existing or 0) + stale < required:
         raise ShareFull(f"{job.location.location} has {mib(free)} free but exporting a {mib(source.virtual_size)} "
@@ -71,6 +83,7 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
                         "format": job.format, "subformat": job.subformat, "virtual_size": source.virtual_size,
                         "replaces_existing": existing is not None, "method": write.method},
              "space": {"share_free": free, "share_total": total, "required": required},
+             "resume": _resume_facts(job, stale, recorded),
              "scratch": scratch,
              "hash": list(hashing.ALGORITHMS) if job.hash else None}
     return write, facts
@@ -87,6 +100,16 @@ def _existing(share: SmbShare, job: Export) -> int | None:
         raise RemoteExists(f"{share.location}\\{job.name} already exists: set {job.overwrite_field} to replace it or "
                            f"choose another {job.name_field}")
     return found.allocated
+
+
+def _resume_facts(job: Export, there: int, recorded: bool) -> dict:
+    """Whether the write will resume an earlier attempt's NAME.partial, and how much of it is there."""
+    if not there and not recorded:
+        earlier = "none"
+    else:
+        earlier = "same job and source" if recorded else "another job or source"
+    return {"enabled": job.resume, "earlier": earlier, "partial_allocated": there,
+            "resumes": job.resume and recorded}
 
 
 def source_facts(source: disks.DiskInfo) -> dict:
@@ -110,16 +133,22 @@ def write(job: Export, write: DiskWrite, facts: dict, ctx: StepContext) -> dict:
             hashes, start = digest.hashes, 30.0
         with staging.scratch_dir("export") as scratch:
             if streaming:
-                stored = _stream(job, scratch, write, ctx, hasher)
+                stored = _stream(job, scratch, write, ctx, hasher, _resume(job, facts))
             else:
-                stored = _convert_and_upload(job, scratch, write, ctx, start)
+                stored = _convert_and_upload(job, scratch, write, ctx, start, _resume(job, facts))
         if hasher is not None:
             hashes = hasher.finish().hashes
     return {**facts, "target": {**facts["target"], "file_size": stored.size, "allocated_on_share": stored.allocated},
-            "bytes_sent": stored.sent, "hashes": hashes}
+            "bytes_sent": stored.sent, "bytes_reused": stored.reused, "bytes_checked": stored.checked,
+            "hashes": hashes}
 
 
-def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hasher) -> RemoteStat:
+def _resume(job: Export, facts: dict) -> dict:
+    """upload()'s resume arguments: the key of this attempt, and whether to ignore an earlier one."""
+    return {"resume": job.resume_key(facts["source"]["format"]), "start_over": not job.resume}
+
+
+def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hasher, resuming: dict) -> RemoteStat:
     fmt = FORMATS[job.format]
     layout = layouts.make(fmt, job.subformat, write.virtual_size, scratch)
     doing = f"streaming the disk into {job.name}" + (" and hashing it" if hasher else "")
@@ -128,17 +157,18 @@ def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hash
                             tap=hasher.feed if hasher else None,
                             verify=functools.partial(nbdexport.verify, scratch, fmt, job.subformat,
                                                      write.virtual_size, write.target),
-                            progress=ctx.band(0, 100, doing))
+                            progress=ctx.band(0, 100, doing), **resuming)
 
 
-def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, start: float) -> RemoteStat:
+def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, start: float,
+                        resuming: dict) -> RemoteStat:
     upload_from = start + (100 - start) * 0.35
     local = scratch / "disk"
     disks.convert(job.disk, local, job.format, subformat=job.subformat, durable=False, cancel=ctx.stop,
                   progress=ctx.band(start, upload_from, f"converting to {job.format.upper()}"))
     with job.location.share() as share:
         return share.upload(local, job.name, overwrite=job.overwrite, cancel=ctx.stop,
-                            progress=ctx.band(upload_from, 100, f"uploading {job.name}"))
+                            progress=ctx.band(upload_from, 100, f"uploading {job.name}"), **resuming)
 
 
 def describe(document: Plan | Result) -> list[str]:
@@ -146,9 +176,23 @@ def describe(document: Plan | Result) -> list[str]:
     facts = document.facts
     if isinstance(document, Plan):
         return [f"share free {human_size(facts['space']['share_free'])}, needs "
-                f"{human_size(facts['space']['required'])}; scratch {facts['scratch']['directory']}"]
-    lines = [f"file {human_size(facts['target']['file_size'])}, {human_size(facts['bytes_sent'] or 0)} sent in "
-             f"{document.seconds:.1f} s"]
+                f"{human_size(facts['space']['required'])}; scratch {facts['scratch']['directory']}",
+                *_resume_lines(facts)]
+    reused = f" ({human_size(facts['bytes_reused'])} already there, reused)" if facts.get("bytes_reused") else ""
+    lines = [f"file {human_size(facts['target']['file_size'])}, {human_size(facts['bytes_sent'] or 0)} sent{reused} "
+             f"in {document.seconds:.1f} s"]
     if facts["target"].get("pvp"):
         lines.append(f"PVS properties (.pvp): {facts['target']['pvp']}")
     return lines + [f"{algorithm:<7} {value}" for algorithm, value in (facts.get("hashes") or {}).items()]
+
+
+def _resume_lines(facts: dict) -> list[str]:
+    found = facts.get("resume") or {"earlier": "none"}
+    partial = f"{facts['target']['name']}.partial"
+    there = human_size(found.get("partial_allocated") or 0)
+    if found["earlier"] == "none":
+        return []
+    if found["resumes"]:
+        return [f"resumes {partial} of an earlier attempt: {there} there, read back and checked as the rest is sent"]
+    why = "resume is off" if not found["enabled"] else "it is not this job's or this source's"
+    return [f"starts over: {partial} ({there}) is replaced ({why})"]

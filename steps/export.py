@@ -32,6 +32,9 @@ class Params(StepParams):
     SmbDiskSubformat: Literal["dynamic", "fixed"] = Field("dynamic", description="dynamic (sparse) or fixed")
     overwriteTargetFile: bool = False
     hashDisk: bool = Field(False, description="return the md5 and sha256 of the disk's contents in the result")
+    resume: bool = Field(True, description="continue what an earlier attempt of the same job and disk left in "
+                                           "NAME.partial on the share (read back and checked; only what is missing "
+                                           "or different is sent); false starts over")
 
 
 def file_name(params: Params) -> str:
@@ -60,7 +63,7 @@ def job(params: Params) -> diskexport.Export:
     return diskexport.Export(disk=params.disk, location=params.outputStorageLocation, name=file_name(params),
                              format=FORMATS[params.SmbDiskFormat][0], subformat=params.SmbDiskSubformat,
                              overwrite=params.overwriteTargetFile, hash=params.hashDisk,
-                             overwrite_field="overwriteTargetFile", name_field="SmbDiskName")
+                             overwrite_field="overwriteTargetFile", resume=params.resume, name_field="SmbDiskName")
 
 
 def plan(params: Params, ctx: StepContext) -> Plan:
@@ -82,6 +85,8 @@ def arguments(p) -> None:
     p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx", type=str.lower, help="the file's format")
     p.add_argument("--fixed", action="store_true", help="a fixed (fully allocated) VHD(X) instead of dynamic")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file (overwriteTargetFile)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if an earlier attempt left NAME.partial (resume: false)")
     p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the disk (hashDisk)")
 
 
@@ -89,7 +94,8 @@ def cli_params(args) -> dict:
     name = args.name or os.path.splitext(os.path.basename(args.disk.rstrip("/")))[0]
     return {"disk": args.disk, "outputStorageLocation": storage(args, args.location), "SmbDiskName": name,
             "SmbDiskFormat": FORMAT_NAMES[args.format], "SmbDiskSubformat": "fixed" if args.fixed else "dynamic",
-            "overwriteTargetFile": args.overwrite, "hashDisk": args.hash}
+            "overwriteTargetFile": args.overwrite, "hashDisk": args.hash,
+            "resume": not args.no_resume}
 
 
 STEP = StepType(name=NAME, summary="export the attached disk to a VHDX or VHD file on an SMB share", Params=Params,
@@ -98,4 +104,5 @@ STEP = StepType(name=NAME, summary="export the attached disk to a VHDX or VHD fi
                 cli=CliSpec("export", "export a disk to a VHDX (or VHD) file on an SMB share", arguments, cli_params,
                             flags={"disk": "DISK", "SmbDiskName": "--name", "SmbDiskFormat": "--format",
                                    "SmbDiskSubformat": "--fixed", "overwriteTargetFile": "--overwrite",
-                                   "hashDisk": "--hash", **location_flags("outputStorageLocation", "LOCATION")}))
+                                   "hashDisk": "--hash", "resume": "--no-resume",
+                                   **location_flags("outputStorageLocation", "LOCATION")}))

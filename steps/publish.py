@@ -40,6 +40,9 @@ class Params(StepParams):
     SmbDiskFormat: Literal["VhdxDiskFormat", "VhdDiskFormat"] = "VhdxDiskFormat"
     overwriteTargetFile: bool = False
     hashDisk: bool = False
+    resume: bool = Field(True, description="continue what an earlier attempt of the same job and disk left in "
+                                           "NAME.partial on the share (read back and checked; only what is missing "
+                                           "or different is sent); false starts over")
 
 
 def validate(params: Params) -> None:
@@ -54,7 +57,7 @@ def job(params: Params) -> diskexport.Export:
     return diskexport.Export(disk=params.disk, location=params.outputStorageLocation,
                              name=params.vDiskName + extension, format=fmt, subformat="dynamic",
                              overwrite=params.overwriteTargetFile, hash=params.hashDisk,
-                             overwrite_field="overwriteTargetFile", name_field="vDiskName")
+                             overwrite_field="overwriteTargetFile", resume=params.resume, name_field="vDiskName")
 
 
 def plan(params: Params, ctx: StepContext) -> Plan:
@@ -95,12 +98,15 @@ def arguments(p) -> None:
     p.add_argument("--vdisk", required=True, help="vDisk name (no extension)")
     p.add_argument("--format", choices=tuple(FORMAT_NAMES), default="vhdx", type=str.lower, help="the file's format")
     p.add_argument("--overwrite", action="store_true", help="replace an existing vDisk file")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if an earlier attempt left NAME.partial (resume: false)")
     p.add_argument("--hash", action="store_true", help="also return the md5 and sha256 of the disk")
 
 
 def cli_params(args) -> dict:
     return {"disk": args.disk, "outputStorageLocation": storage(args, args.store), "vDiskName": args.vdisk,
-            "SmbDiskFormat": FORMAT_NAMES[args.format], "overwriteTargetFile": args.overwrite, "hashDisk": args.hash}
+            "SmbDiskFormat": FORMAT_NAMES[args.format], "overwriteTargetFile": args.overwrite, "hashDisk": args.hash,
+            "resume": not args.no_resume}
 
 
 STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
@@ -110,4 +116,5 @@ STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or 
                 cli=CliSpec("publish", "publish a prepared disk as a vDisk in a PVS store on SMB", arguments,
                             cli_params, flags={"disk": "DISK", "vDiskName": "--vdisk", "SmbDiskFormat": "--format",
                                                "overwriteTargetFile": "--overwrite", "hashDisk": "--hash",
+                                               "resume": "--no-resume",
                                                **location_flags("outputStorageLocation", "STORE")}))

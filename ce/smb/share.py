@@ -5,6 +5,9 @@
   failure or a cancel deletes the partial file. The share's free space is checked before the first byte is sent.
 * Uploads skip the holes of sparse local files (SEEK_DATA / SEEK_HOLE) and all-zero chunks, and mark the remote
   file sparse, so a half-empty disk does not send (or store) its empty half.
+* An upload given a ``ResumeKey`` keeps ``NAME.partial.ce-resume`` beside its partial file and, when it finds the
+  record of the same key, keeps the partial file of that earlier attempt and sends only what is not already there
+  (``ce.smb.resume``: pieces read back and compared before they are sent, the rest of the old file zeroed).
 * Downloads are written to ``PATH.partial`` and renamed when complete; all-zero chunks become holes.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import struct
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import FileDispositionInformation, FileFsFullSizeInformation, FileStandardInformation
@@ -19,18 +23,23 @@ from smbprotocol.ioctl import CtlCode, IOCTLFlags, SMB2IOCTLRequest, SMB2IOCTLRe
 from smbprotocol.open import CreateDisposition, CreateOptions, Open
 
 from ..errors import DestinationExists, RemoteExists, RemoteNotFound, ShareFull, TransferFailed
-from ..disks.extents import chunks, data_extents
+from ..disks.extents import chunks, data_extents, zeros
 from ..disks.layouts import Identity
 from .pipeline import MiB, Pipeline, Progress, check_written, report, stop_if_canceled, store_read
-from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, READ_ATTRIBUTES, SPARSE_UNSUPPORTED, close_quietly,
-                       end_of_file, reason)
+from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, NOT_FOUND_STATUSES, READ_ATTRIBUTES,
+                       SPARSE_UNSUPPORTED, close_quietly, end_of_file, reason)
 from .reader import RemoteReader
+from .resume import MAX_RECORD, EarlierAttempt, ResumeKey, merged, record_name
 from .session import RemoteStat, ShareSession
 from .wire import writer_for
 
 log = logging.getLogger("ce.smb")
 
 PARTIAL_SUFFIX = ".partial"
+FSCTL_QUERY_ALLOCATED_RANGES = 0x000940CF
+FSCTL_SET_ZERO_DATA = 0x000980C8
+RANGE = struct.Struct("<qq")                # FILE_ALLOCATED_RANGE_BUFFER, FILE_ZERO_DATA_INFORMATION
+RANGES_PER_QUERY = 4096
 
 
 class SmbShare(ShareSession):
@@ -93,7 +102,8 @@ class SmbShare(ShareSession):
         return RemoteReader(handle, path, self._chunk, self._failures, self._send)
 
     def upload(self, local_path, remote_name: str, progress: Progress | None = None, cancel=None,
-               overwrite: bool = False, layout=None, tap=None, verify=None) -> RemoteStat:
+               overwrite: bool = False, layout=None, tap=None, verify=None, resume: ResumeKey | None = None,
+               start_over: bool = False) -> RemoteStat:
         """Copy a local file (or block device) to ``remote_name``; returns the stored file's stat.
 
         ``layout`` (ce.disks.layouts) places the local bytes inside a VHD / VHDX container and supplies the
@@ -102,7 +112,9 @@ class SmbShare(ShareSession):
         ``cancel`` is a threading.Event or a callable polled between chunks. ``tap(offset, data)`` sees every chunk
         read from the local file, in order, zero ones included (holes are not read: a tap treats gaps as zeros).
         ``verify(reader)`` gets a RemoteReader on the complete ``NAME.partial`` and raises to refuse it (the file is
-        then removed) before it is renamed to ``NAME``."""
+        then removed) before it is renamed to ``NAME``. ``resume`` (the key of this upload, ``ce.smb.resume``)
+        reuses what an earlier attempt with the same key left in ``NAME.partial`` once checked, unless
+        ``start_over``; either way the key is recorded beside the partial file for the next attempt."""
         final = self._full(remote_name)
         with self._failures(f"uploading {remote_name!r}", remote_name), open(local_path, "rb") as src:
             fd = src.fileno()
@@ -117,12 +129,14 @@ class SmbShare(ShareSession):
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
             self._require_space(data_bytes + layout.overhead, remote_name)
-            sent = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout, tap,
-                                           verify)
-        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, file of %d bytes)",
-                 os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, layout.size)
+            sent, earlier = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout,
+                                                    tap, verify, resume, start_over)
+        reused = earlier.reused if earlier else 0
+        log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, %d reused, file of %d bytes)",
+                 os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, reused, layout.size)
         stored = self.stat(remote_name)
-        stored.sent = sent
+        stored.sent, stored.reused = sent, reused
+        stored.checked = earlier.checked if earlier else 0
         return stored
 
     def download(self, remote_name: str, local_path, progress: Progress | None = None, cancel=None,
@@ -167,50 +181,188 @@ class SmbShare(ShareSession):
             return 0
         return 0 if found.is_dir else found.allocated
 
-    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap,
-                           verify) -> int:
-        handle = self._open(final + PARTIAL_SUFFIX, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
-                            options=CreateOptions.FILE_NON_DIRECTORY_FILE)
+    def resumable(self, remote_name: str, key: ResumeKey) -> bool:
+        """Whether an upload of ``remote_name`` with ``key`` would resume an earlier attempt (its record is there
+        with the same key); what it will reuse is known only once read back."""
+        return self._recorded_key(record_name(self._full(remote_name) + PARTIAL_SUFFIX)) == key
+
+    def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap, verify,
+                           resume, start_over) -> tuple[int, EarlierAttempt | None]:
+        partial = final + PARTIAL_SUFFIX
+        record = record_name(partial)
+        reusing = resume is not None and not start_over and self._recorded_key(record) == resume
+        if resume is not None and not reusing:
+            self._forget(record)                # before the old partial is truncated: never a record over new bytes
+        handle = self._open(partial, FILE_WRITE, options=CreateOptions.FILE_NON_DIRECTORY_FILE,
+                            disposition=CreateDisposition.FILE_OPEN_IF if reusing
+                            else CreateDisposition.FILE_OVERWRITE_IF)
+        earlier = None
         try:
             self._mark_sparse(handle)
-            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap)
+            if reusing:
+                earlier = self._earlier_attempt(handle)
+                log.info("resuming %s: %d bytes of an earlier attempt are there", partial, earlier.there)
+            elif resume is not None:
+                self._write_record(record, resume)
+            sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap, earlier)
             self._set_info(handle, end_of_file(layout.size))
             self._verify_size(handle, layout.size)
             if verify is not None:
-                verify(RemoteReader(handle, final + PARTIAL_SUFFIX, self._chunk, self._failures, self._send,
+                verify(RemoteReader(handle, partial, self._chunk, self._failures, self._send,
                                     size=layout.size, owns_handle=False))
             self._rename_handle(handle, final, overwrite)
         except BaseException:
-            self._discard(handle)
+            if self._discard(handle) and resume is not None:
+                self._forget(record)
             raise
         finally:
             close_quietly(handle)
+        if resume is not None:
+            self._forget(record)
         report(progress, size, size)
-        return sent
+        return sent, earlier
+
+    def _fsctl(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> bytes:
+        request = SMB2IOCTLRequest()
+        request["ctl_code"] = code
+        request["file_id"] = handle.file_id
+        request["max_output_response"] = output
+        request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
+        request["buffer"] = data
+        return self._call(request, SMB2IOCTLResponse)["buffer"].get_value()
 
     def _mark_sparse(self, handle: Open) -> None:
         """Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with zeros."""
-        request = SMB2IOCTLRequest()
-        request["ctl_code"] = CtlCode.FSCTL_SET_SPARSE
-        request["file_id"] = handle.file_id
-        request["max_output_response"] = 0
-        request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
-        request["buffer"] = b""
         try:
-            self._call(request, SMB2IOCTLResponse)
+            self._fsctl(handle, CtlCode.FSCTL_SET_SPARSE)
         except SMBResponseException as exc:
             if exc.status not in SPARSE_UNSUPPORTED:
                 raise
             log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
 
-    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap) -> int:
-        """Write the non-zero chunks of the data extents where the layout places them, then the layout's
-        metadata; returns the bytes sent."""
+    # ------------------------------------------------ resuming (ce.smb.resume)
+
+    def _recorded_key(self, record: str) -> ResumeKey | None:
+        """The key in an earlier attempt's record (None when there is none, or it is not one)."""
+        try:
+            with self._failures("reading the resume record", record), \
+                    self._opened(record, FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
+                length = min(handle.end_of_file, MAX_RECORD)
+                data = handle.read(0, length) if length else b""
+        except RemoteNotFound:
+            return None
+        return ResumeKey.from_record(data)
+
+    def _write_record(self, record: str, key: ResumeKey) -> None:
+        """Whole or absent: written to ``.new``, then renamed over the record."""
+        with self._failures("writing the resume record", record), \
+                self._opened(record + ".new", FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
+                             options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
+            handle.write(key.record(), 0)
+            self._rename_handle(handle, record, overwrite=True)
+
+    def _forget(self, record: str) -> None:
+        try:
+            with self._opened(record, DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE):
+                pass
+        except SMBResponseException as exc:
+            if exc.status not in NOT_FOUND_STATUSES:
+                log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+        except (SMBException, OSError, ValueError) as exc:
+            log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+
+    def _earlier_attempt(self, handle: Open) -> EarlierAttempt:
+        size = handle.end_of_file
+        ranges = [(start, min(start + length, size)) for start, length in self._allocated_ranges(handle, size)]
+        return EarlierAttempt(merged(ranges), size)
+
+    def _allocated_ranges(self, handle: Open, size: int) -> list[tuple[int, int]]:
+        """(offset, length) of the file's data, from the server; all of it when the server cannot say."""
+        found, start = [], 0
+        while start < size:
+            try:
+                data = self._fsctl(handle, FSCTL_QUERY_ALLOCATED_RANGES, RANGE.pack(start, size - start),
+                                   RANGES_PER_QUERY * RANGE.size)
+            except SMBResponseException as exc:
+                log.info("%s cannot list a file's allocated ranges (%s): all of it is checked", self.where,
+                         reason(exc))
+                return [(0, size)]
+            ranges = [RANGE.unpack_from(data, at) for at in range(0, len(data) - RANGE.size + 1, RANGE.size)]
+            found += ranges
+            if len(ranges) < RANGES_PER_QUERY:
+                break
+            start = ranges[-1][0] + ranges[-1][1]
+        return found
+
+    def _zero(self, handle: Open, start: int, end: int) -> bool:
+        """Make ``start..end`` read as zeros without sending them; False when the server cannot."""
+        try:
+            self._fsctl(handle, FSCTL_SET_ZERO_DATA, RANGE.pack(start, end))
+        except SMBResponseException as exc:
+            if exc.status not in SPARSE_UNSUPPORTED:
+                raise
+            return False
+        return True
+
+    def _check_pieces(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, offset: int,
+                      at: int, length: int) -> None:
+        """Read back what the earlier attempt left where the chunk goes, piece by piece; ``earlier.compare``
+        judges each piece when its READ completes, and pieces outside its data are queued to be written."""
+        payload = writer.payload(length)
+        for start in range(0, length, self._chunk):
+            piece = min(self._chunk, length - start)
+            if not earlier.checkable(at + start, piece):
+                earlier.rewrites.append((offset + start, at + start, piece))
+                continue
+            expected = bytes(payload[start:start + piece])          # the frame is reused before the READ is back
+            pipeline.make_room(piece)
+            request, _ = handle.read(at + start, piece, send=False)
+            pipeline.add(self._send(request), offset + start + piece,
+                         functools.partial(earlier.compare, offset + start, at + start, piece, expected))
+
+    def _rewrite(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, fd: int, position: int) -> int:
+        """Send the pieces found missing or different so far; returns the bytes sent."""
+        sent = 0
+        while earlier.rewrites:
+            source_offset, at, length = earlier.rewrites.popleft()
+            if writer.read(fd, source_offset, length) != length:
+                raise TransferFailed(f"the local file shrank while uploading it (short read at {source_offset})")
+            pipeline.make_room(length)
+            pipeline.add(writer.send(at, length), position, functools.partial(check_written, at, length))
+            earlier.wrote(at, length)
+            sent += length
+        return sent
+
+    def _settle(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, fd: int, size: int,
+                file_size: int) -> int:
+        """After the last chunk: every check completed, every piece that failed one written, and the earlier
+        attempt's data that this one did not write zeroed. Returns the bytes sent."""
+        sent = 0
+        pipeline.drain()
+        while earlier.rewrites:
+            sent += self._rewrite(earlier, writer, pipeline, fd, size)
+            pipeline.drain()
+        for start, end in earlier.stale(file_size):
+            if self._zero(handle, start, end):
+                continue
+            for at, length in chunks([(start, end - start)], self._write_chunk):
+                writer.load(zeros(length))
+                pipeline.make_room(length)
+                pipeline.add(writer.send(at, length), size, functools.partial(check_written, at, length))
+                sent += length
+        return sent
+
+    def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap,
+                      earlier: EarlierAttempt | None = None) -> int:
+        """Write the non-zero chunks of the data extents where the layout places them (checking first what an
+        ``earlier`` attempt left there), then the layout's metadata; returns the bytes sent."""
         pipeline = Pipeline(self._connection, progress, size, cancel)
         writer = writer_for(handle, self._write_chunk)
         sent = 0
         for offset, length in chunks(extents, self._write_chunk, layout.block_size):
             stop_if_canceled(cancel)
+            if earlier is not None and earlier.rewrites:
+                sent += self._rewrite(earlier, writer, pipeline, fd, offset)
             if writer.read(fd, offset, length) != length:
                 raise TransferFailed(f"the local file shrank while uploading it (short read at {offset})")
             if tap is not None:
@@ -219,9 +371,16 @@ class SmbShare(ShareSession):
                 pipeline.add(None, offset + length)
                 continue
             at = layout.place(offset, length)
+            if earlier is not None and earlier.overlaps(at, length):
+                self._check_pieces(earlier, writer, pipeline, handle, offset, at, length)
+                continue
             pipeline.make_room(length)
             pipeline.add(writer.send(at, length), offset + length, functools.partial(check_written, at, length))
+            if earlier is not None:
+                earlier.wrote(at, length)
             sent += length
+        if earlier is not None:
+            sent += self._settle(earlier, writer, pipeline, handle, fd, size, layout.size)
         for at, data in layout.metadata():
             for start in range(0, len(data), self._write_chunk):
                 piece = data[start:start + self._write_chunk]
@@ -238,8 +397,8 @@ class SmbShare(ShareSession):
         if stored != size:
             raise TransferFailed(f"the share stored {stored} bytes instead of {size}; the upload was discarded")
 
-    def _discard(self, handle: Open) -> None:
-        """Delete the partial file (best effort: a dead connection cannot delete anything)."""
+    def _discard(self, handle: Open) -> bool:
+        """Delete the partial file (best effort: a dead connection cannot delete anything); True when deleted."""
         try:
             info = FileDispositionInformation()
             info["delete_pending"] = True
@@ -247,6 +406,8 @@ class SmbShare(ShareSession):
         except (SMBException, OSError, ValueError) as exc:
             log.warning("could not remove the partial file %s on %s: %s", handle.file_name, self.where,
                         reason(exc))
+            return False
+        return True
 
     # ------------------------------------------------ download internals
 

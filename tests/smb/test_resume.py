@@ -1,0 +1,283 @@
+"""Resuming an export / publish that an earlier attempt left as NAME.partial (ce.smb.resume), against a real smbd.
+
+An attempt is interrupted at half of the disk's data, the way it happens: the ``ce`` process group SIGKILLed, or
+the connection dropped (the smbd process serving it SIGKILLed). The next attempt must send at most 55 % of the
+data, and its file must be the file an uninterrupted export writes: byte for byte, except the identifiers
+qemu-img makes fresh for every container (VHDX file / data write GUIDs and their header checksums, the virtual
+disk id), which two uninterrupted exports do not share either. Anything that does not check out -- a partial of
+another source, an extent corrupted on the share, a source changed between its first and last MiB -- is rewritten,
+and ``resume: false`` starts over.
+
+``pytest tests/smb/test_resume.py -s -k killed`` prints the figures the README quotes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ce import disks, staging
+from ce.disks.headers import (VHDX_HEADERS, VHDX_METADATA_REGION, VHDX_PAGE83_DATA, VHDX_REGION_TABLE,
+                              vhdx_metadata_items, vhdx_regions)
+from ce.errors import SmbUnreachable
+from ce.smb.resume import ResumeKey, merged, minus
+from ce.step import StepContext, execute, step_types
+from tests.support.files import write_extents
+from tests.support.server_harness import wait_until
+from tests.support.smbserver import PASSWORD, USER
+
+MiB = 1 << 20
+VIRTUAL = 384 * MiB
+REGIONS = [(0, 96 * MiB), (128 * MiB, 64 * MiB), (224 * MiB, 96 * MiB)]     # 256 MiB of random data, holes between
+DATA = sum(length for _, length in REGIONS)
+HALF_AT = 160 * MiB                     # the source offset where half of the data is behind
+STEPS = step_types()
+CE_ENV = {**os.environ, "CE_SMB_USER": USER, "CE_SMB_PASSWORD": PASSWORD}
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return write_extents(tmp_path_factory.mktemp("resume") / "golden.raw", VIRTUAL, REGIONS)
+
+
+@pytest.fixture(scope="module")
+def reference(samba, source) -> dict:
+    """An uninterrupted export of ``source`` -- its file, checked by qemu-img, and its facts -- that each resumed
+    export is compared with."""
+    folder = samba.share_dir("share") / "reference"
+    folder.mkdir()
+    started = time.monotonic()
+    done = subprocess.run(ce_export(samba, folder, source), env=CE_ENV, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)["facts"]
+    path = folder / "golden.vhdx"
+    assert disks.compare(source, path, fmt_b="vhdx"), "qemu-img reads other contents"
+    checked = subprocess.run(["qemu-img", "check", "-f", "vhdx", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return {"path": path, "size": path.stat().st_size, "digest": without_ids(path), "facts": facts,
+            "seconds": seconds}
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "scratch"
+    path.mkdir()
+    monkeypatch.setenv(staging.SCRATCH_ENV, str(path))
+    return path
+
+
+def ce_export(samba, folder: Path, disk: Path) -> list[str]:
+    url = f"smb://{samba.host}:{samba.port}/share/{folder.name}"
+    return [sys.executable, "-m", "ce.cli", "export", str(disk), url, "--name", "golden", "--json"]
+
+
+def export_params(samba, folder: Path, disk: Path, **extra) -> dict:
+    return {"disk": str(disk), "outputStorageLocation": samba.location(folder=folder.name), "SmbDiskName": "golden",
+            **extra}
+
+
+def run(step: str, params: dict, ctx: StepContext | None = None, dry_run: bool = False) -> dict:
+    kind = STEPS[step]
+    document = execute(kind, kind.parse({**params, "dryRun": dry_run}), ctx or StepContext())
+    return {**json.loads(document.model_dump_json())["facts"], "lines": kind.describe(document)}
+
+
+def smbd_children(samba) -> set[int]:
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == samba.proc.pid:
+                found.add(int(pid))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+class DropConnection(StepContext):
+    """Kills the smbd process serving the step's upload once the stream passes ``offset`` of the source: the
+    connection drops as a network failure drops it, and the step cannot clean anything up."""
+
+    def __init__(self, samba, offset: int):
+        super().__init__()
+        self.samba, self.percent = samba, 100 * offset / VIRTUAL
+        self.others = smbd_children(samba)              # smbd's own helpers, and connections not of this step
+        self.dropped: list[int] = []
+
+    def progress(self, percent: float, message: str = "") -> None:
+        if message.startswith("streaming") and percent >= self.percent and not self.dropped:
+            self.dropped = sorted(smbd_children(self.samba) - self.others)
+            for pid in self.dropped:
+                os.kill(pid, signal.SIGKILL)
+
+
+def interrupted(samba, step: str, params: dict, folder: Path, name: str = "golden.vhdx") -> int:
+    """Run ``step`` until half of the data is sent and drop its connection; returns the partial's data bytes."""
+    ctx = DropConnection(samba, HALF_AT)
+    with pytest.raises(SmbUnreachable):
+        run(step, params, ctx)
+    assert ctx.dropped, "the stream never reached the drop point"
+    assert sorted(os.listdir(folder)) == [f"{name}.partial", f"{name}.partial.ce-resume"]
+    return (folder / f"{name}.partial").stat().st_blocks * 512
+
+
+def without_ids(path: Path) -> str:
+    """sha256 of a VHDX with what qemu-img makes fresh for each container zeroed: each header's checksum,
+    sequence number and file / data / log GUIDs, and the virtual disk id (Page 83 data)."""
+    data = bytearray(path.read_bytes())
+    for header in VHDX_HEADERS:
+        data[header + 4:header + 64] = bytes(60)
+    read_at = lambda offset, length: bytes(data[offset:offset + length])      # noqa: E731
+    metadata, _ = vhdx_regions(read_at(VHDX_REGION_TABLE, 64 * 1024))[VHDX_METADATA_REGION]
+    page83 = vhdx_metadata_items(read_at, metadata)[VHDX_PAGE83_DATA]
+    data[page83:page83 + 16] = bytes(16)
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_same_file(output: Path, reference: dict) -> None:
+    assert output.stat().st_size == reference["size"]
+    assert without_ids(output) == reference["digest"]
+
+
+# ---------------------------------------------------------------- interrupted, then resumed
+
+def test_a_killed_export_resumes_and_sends_only_the_rest(samba, folder, source, reference, scratch):
+    """`ce export` SIGKILLed (the whole process group) at half of the data; the same command again."""
+    argv, env = ce_export(samba, folder, source), CE_ENV
+    head = reference["size"] - DATA                   # the container's metadata, written last
+    partial = folder / "golden.vhdx.partial"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    wait_until(lambda: proc.poll() is not None or partial.exists() and partial.stat().st_size >= head + DATA // 2,
+               120, "half of the data on the share", 0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    there = partial.stat().st_blocks * 512
+    assert DATA // 2 <= there < DATA, f"killed at {there} of {DATA} bytes"
+
+    started = time.monotonic()
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert again.returncode == 0, again.stderr
+    facts = json.loads(again.stdout)["facts"]
+    assert facts["bytes_sent"] <= 0.55 * DATA
+    assert facts["bytes_reused"] >= DATA // 2 - 16 * MiB
+    assert sorted(os.listdir(folder)) == ["golden.vhdx"]           # no partial, no record
+    assert_same_file(folder / "golden.vhdx", reference)
+    full = reference["facts"]
+    print(f"\nresume after SIGKILL at {there / DATA:.0%} of {DATA // MiB} MiB of data "
+          f"({VIRTUAL // MiB} MiB disk -> dynamic VHDX, `ce export`, process start included): uninterrupted export sent {full['bytes_sent'] / MiB:.0f} MiB "
+          f"in {reference['seconds']:.1f} s; the resumed one sent {facts['bytes_sent'] / MiB:.0f} MiB "
+          f"({facts['bytes_sent'] / DATA:.0%} of the data), reused {facts['bytes_reused'] / MiB:.0f} MiB read back "
+          f"over the share, in {seconds:.1f} s")
+
+
+def test_a_dropped_publish_resumes_and_its_plan_says_so(samba, folder, source, reference, scratch):
+    params = {"disk": str(source), "outputStorageLocation": samba.location(folder=folder.name),
+              "vDiskName": "golden"}
+    there = interrupted(samba, "publish", params, folder)
+    plan = run("publish", params, dry_run=True)
+    assert plan["resume"] == {"enabled": True, "earlier": "same job and source", "partial_allocated": there,
+                              "resumes": True}
+    assert any(line.startswith("resumes golden.vhdx.partial") for line in plan["lines"]), plan["lines"]
+    facts = run("publish", params)
+    assert facts["bytes_sent"] <= 0.55 * DATA
+    assert facts["bytes_reused"] == facts["bytes_checked"] > 0            # nothing found wrong
+    assert sorted(os.listdir(folder)) == ["golden.vhdx"]
+    assert_same_file(folder / "golden.vhdx", reference)
+
+
+def test_a_partial_of_another_source_is_replaced(samba, folder, source, tmp_path, scratch):
+    other = write_extents(tmp_path / "other.raw", VIRTUAL, REGIONS)        # same size and shape, other bytes
+    interrupted(samba, "export", export_params(samba, folder, source), folder)
+    params = export_params(samba, folder, other)
+    plan = run("export", params, dry_run=True)
+    assert plan["resume"]["earlier"] == "another job or source" and not plan["resume"]["resumes"]
+    facts = run("export", params)
+    assert facts["bytes_reused"] == facts["bytes_checked"] == 0
+    assert facts["bytes_sent"] >= DATA
+    assert sorted(os.listdir(folder)) == ["golden.vhdx"]
+    assert disks.compare(other, folder / "golden.vhdx", fmt_b="vhdx")
+
+
+def test_a_corrupted_extent_is_rewritten(samba, folder, source, reference, scratch):
+    params = export_params(samba, folder, source)
+    interrupted(samba, "export", params, folder)
+    with open(folder / "golden.vhdx.partial", "r+b") as partial:    # 1 MiB of the data there, changed on the server
+        partial.seek(reference["size"] - DATA + 40 * MiB)
+        partial.write(os.urandom(MiB))
+    facts = run("export", params)
+    assert facts["bytes_checked"] - facts["bytes_reused"] == MiB          # that MiB, and nothing else
+    assert_same_file(folder / "golden.vhdx", reference)
+
+
+def test_a_source_changed_between_its_ends_is_caught_by_the_read_back(samba, folder, source, tmp_path, scratch):
+    """The attached disk changed between the attempts but kept its size and its first and last MiB (the same key):
+    what is there is compared, not trusted -- changed pieces are rewritten, a chunk that is zero now is zeroed on
+    the share."""
+    disk = tmp_path / "attached.raw"
+    shutil.copyfile(source, disk)
+    params = export_params(samba, folder, disk)
+    interrupted(samba, "export", params, folder)
+    with open(disk, "r+b") as f:
+        f.seek(16 * MiB)
+        f.write(bytes(8 * MiB))                  # inside the half already on the share
+        f.seek(40 * MiB)
+        f.write(os.urandom(MiB))
+    assert run("export", params, dry_run=True)["resume"]["resumes"]
+    facts = run("export", params)
+    assert 0 < facts["bytes_reused"] <= facts["bytes_checked"] - MiB
+    assert disks.compare(disk, folder / "golden.vhdx", fmt_b="vhdx")
+    checked = subprocess.run(["qemu-img", "check", "-f", "vhdx", str(folder / "golden.vhdx")], capture_output=True)
+    assert checked.returncode == 0
+
+
+def test_resume_false_starts_over(samba, folder, source, reference, scratch):
+    params = export_params(samba, folder, source)
+    interrupted(samba, "export", params, folder)
+    plan = run("export", {**params, "resume": False}, dry_run=True)
+    assert plan["resume"]["earlier"] == "same job and source" and not plan["resume"]["resumes"]
+    assert any("starts over" in line and "resume is off" in line for line in plan["lines"]), plan["lines"]
+    facts = run("export", {**params, "resume": False})
+    assert facts["bytes_reused"] == facts["bytes_checked"] == 0
+    assert facts["bytes_sent"] == reference["facts"]["bytes_sent"]
+    assert_same_file(folder / "golden.vhdx", reference)
+
+
+def test_a_cancel_still_leaves_nothing(samba, folder, source, scratch):
+    """A failure ce can clean up after removes the partial file and its record, as before resuming existed."""
+    class CancelHalfway(StepContext):
+        def progress(self, percent: float, message: str = "") -> None:
+            if message.startswith("streaming") and percent >= 100 * HALF_AT / VIRTUAL:
+                self.cancel_event.set()
+    with pytest.raises(Exception) as stopped:
+        run("export", export_params(samba, folder, source), CancelHalfway())
+    assert getattr(stopped.value, "code", None) == "canceled"
+    assert os.listdir(folder) == []
+
+
+# ---------------------------------------------------------------- the pieces
+
+def test_ranges_merge_and_subtract():
+    assert merged([(10, 20), (0, 5), (5, 8), (15, 30), (40, 40)]) == [(0, 8), (10, 30)]
+    assert minus([(0, 100)], [(10, 20), (30, 40)]) == [(0, 10), (20, 30), (40, 100)]
+    assert minus([(0, 10), (20, 30)], [(5, 25)]) == [(0, 5), (25, 30)]
+    assert minus([(0, 10)], []) == [(0, 10)] and minus([(0, 10)], [(0, 10)]) == []
+
+
+def test_a_record_that_is_not_one_is_no_key():
+    key = ResumeKey(job="j", source_size=1, source_format="raw", first="a", last="b", container="vhdx dynamic")
+    assert ResumeKey.from_record(key.record()) == key
+    assert b"golden" not in key.record()
+    for junk in (b"", b"{", b"[]", b'{"ceResume": 2}', b'{"ceResume": 1, "job": "j"}', struct.pack("<Q", 7)):
+        assert ResumeKey.from_record(junk) is None
