@@ -25,8 +25,10 @@ import sh
 
 from ce import disks, ntfs
 from ce.guest import ESP_GUID, Drive, Guest
-from ce.registry import Hive, create_empty_hive, header_checksum
+from ce.registry import Hive, RegType, create_empty_hive, header_checksum
+from ce.windows.bcd.store import build_uefi_store
 
+from . import bcd
 from .content import GuestContent, pe_stub, windows_content
 from .spec import BUILD_DIR, Spec, cache_key, load_all
 
@@ -50,6 +52,7 @@ class Partition:
     gpt_type: str = BASIC_DATA_GUID
     label: str = ""
     start: int = 0            # byte offset, filled in when laid out
+    guid: str = ""            # GPT unique partition GUID, filled in when laid out
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Job:
     raw: Path
     partitions: list[Partition] = field(default_factory=list)
     volumes: dict[str, dict[str, bytes]] = field(default_factory=dict)   # role -> {path: bytes}
+    disk_signature: int = 0   # MBR: the u32 at offset 440, filled in when laid out
+    disk_guid: str = ""       # GPT: the header's disk GUID, filled in when laid out
 
 
 def build(names: list[str] | None = None, *, force: bool = False, say=print) -> list[Spec]:
@@ -107,10 +112,18 @@ def plan_job(spec: Spec, tmp: Path) -> Job:
         job.volumes = {"esp": {"EFI/debian/grubx64.efi": pe_stub("grub")}, "linux": linux_files()}
         return job
     content = windows_content(spec)
+    content.registry["SYSTEM"] += mounted_devices(job, "system")
     job.volumes["system"] = system_volume(spec, content, tmp / spec.name / "system")
-    job.volumes["esp" if spec.firmware == "uefi" else "boot"] = boot_volume(spec, content, tmp / spec.name)
+    boot_files = boot_volume(job, content, tmp / spec.name)
+    if spec.firmware == "uefi":
+        job.volumes["esp"] = boot_files
+    elif has_role(job, "boot"):
+        job.volumes["boot"] = boot_files
+    else:
+        job.volumes["system"].update(boot_files)          # no System Reserved: C: holds bootmgr and \Boot
     if spec.second_root:
         second = windows_content(spec, hostname=spec.windows["hostname"][:-1] + "B")
+        second.registry["SYSTEM"] += mounted_devices(job, "system2")
         job.volumes["system2"] = system_volume(spec, second, tmp / spec.name / "system2")
     return job
 
@@ -119,7 +132,10 @@ def partition_plan(spec: Spec) -> list[Partition]:
     if spec.kind == "linux":
         return [Partition("esp", "vfat", 32, ESP_GUID, "EFI"), Partition("linux", "ext4", None, LINUX_GUID, "root")]
     if spec.firmware == "bios":
-        return [Partition("boot", "ntfs", 32, label="System Reserved"), Partition("system", "ntfs", None)]
+        windows = Partition("system", "ntfs", None)
+        if not spec.system_reserved_mib:
+            return [windows]
+        return [Partition("boot", "ntfs", spec.system_reserved_mib, label="System Reserved"), windows]
     parts = [Partition("esp", "vfat", 32, ESP_GUID, "SYSTEM"), Partition("msr", None, 16, MSR_GUID)]
     if spec.second_root:
         parts.append(Partition("system", "ntfs", spec.size_mib - 48, label="Windows"))
@@ -140,12 +156,61 @@ def system_volume(spec: Spec, content: GuestContent, workdir: Path) -> dict[str,
         files[f"Windows/System32/config/{hive_name}"] = data
     if spec.hibernated:
         files["hiberfil.sys"] = b"HIBR" + bytes(4092)
+    files["Windows/System32/config/BCD-Template"] = make_hive(workdir / "BCD-Template", bcd.ROOT_NAME,
+                                                               bcd.template_values())
     return files
 
 
-def boot_volume(spec: Spec, content: GuestContent, workdir: Path) -> dict[str, bytes]:
-    bcd_path = "EFI/Microsoft/Boot/BCD" if spec.firmware == "uefi" else "Boot/BCD"
-    return {**content.boot_files, bcd_path: make_hive(workdir / "BCD", "BCD00000000", [])}
+def boot_volume(job: Job, content: GuestContent, workdir: Path) -> dict[str, bytes]:
+    """The boot partition's files with the BCD bcdboot would write there for the (first) Windows partition: on the
+    ESP from the image's BCD-Template (``workdir/system``), on a BIOS boot volume the sample store of images.bcd."""
+    windows = role_partition(job, "system")
+    loader, description = stable_guid(job.spec.name, "osloader"), loader_description(job.spec.windows)
+    if job.spec.firmware == "uefi":
+        build_uefi_store(workdir / "system" / "BCD-Template", workdir / "BCD",
+                         esp_partition_guid=role_partition(job, "esp").guid, windows_partition_guid=windows.guid,
+                         disk_guid=job.disk_guid, loader_guid=loader, description=description)
+        return {**content.boot_files, "EFI/Microsoft/Boot/BCD": (workdir / "BCD").read_bytes()}
+    boot = role_partition(job, "boot") if has_role(job, "boot") else windows
+    values = bcd.bios_store_values(job.disk_signature, windows.start, boot.start, loader_guid=loader,
+                                   description=description)
+    return {**content.boot_files, "Boot/BCD": make_hive(workdir / "BCD", bcd.ROOT_NAME, values)}
+
+
+def loader_description(win: dict) -> str:
+    """The OS loader's name in the boot menu as Windows Setup writes it."""
+    if win["installation_type"].startswith("Server"):
+        return "Windows Server"
+    return "Windows 11" if win["build"] >= 22000 else "Windows 10"
+
+
+def mounted_devices(job: Job, windows_role: str) -> list[tuple[str, str, RegType, bytes]]:
+    """SYSTEM\\MountedDevices as Windows keeps it: ``\\DosDevices\\C:`` for this Windows' own partition and a
+    ``\\??\\Volume{GUID}`` for every volume (System Reserved and the ESP get no letter), each naming its partition
+    the way the partition manager does (``device_id``)."""
+    windows = role_partition(job, windows_role)
+    values = [("MountedDevices", r"\DosDevices\C:", RegType.BINARY, device_id(job, windows))]
+    for part in job.partitions:
+        if part.fstype:
+            name = rf"\??\Volume{{{stable_guid(job.spec.name, 'volume', part.role).lower()}}}"
+            values.append(("MountedDevices", name, RegType.BINARY, device_id(job, part)))
+    return values
+
+
+def device_id(job: Job, part: Partition) -> bytes:
+    """MBR: the disk signature (u32) and the partition's byte offset (u64), 12 bytes; GPT: ``DMIO:ID:`` and the
+    partition's unique GUID in its on-disk (bytes_le) order, 24 bytes."""
+    if job.spec.partition_table == "gpt":
+        return b"DMIO:ID:" + uuid.UUID(part.guid).bytes_le
+    return struct.pack("<IQ", job.disk_signature, part.start)
+
+
+def role_partition(job: Job, role: str) -> Partition:
+    return next(p for p in job.partitions if p.role == role)
+
+
+def has_role(job: Job, role: str) -> bool:
+    return any(p.role == role for p in job.partitions)
 
 
 def linux_files() -> dict[str, bytes]:
@@ -201,15 +266,18 @@ def partition(job: Job) -> None:
     spec = job.spec
     gpt = spec.partition_table == "gpt"
     total = os.path.getsize(job.raw) // SECTOR
+    job.disk_signature = 0 if gpt else stable_id(spec.name)
+    job.disk_guid = stable_guid(spec.name, "disk") if gpt else ""
     lines = ["label: gpt" if gpt else "label: dos", "unit: sectors",
-             f"label-id: {stable_guid(spec.name, 'disk')}" if gpt else f"label-id: 0x{stable_id(spec.name):08x}"]
+             f"label-id: {job.disk_guid}" if gpt else f"label-id: 0x{job.disk_signature:08x}"]
     start = MIB // SECTOR
+    end = total - (0 if spec.fill_disk else MIB // SECTOR)
     for n, part in enumerate(job.partitions, 1):
-        size = (total - MIB // SECTOR - start) if part.size_mib is None else part.size_mib * MIB // SECTOR
+        size = (end - start) if part.size_mib is None else part.size_mib * MIB // SECTOR
         part.start = start * SECTOR
         if gpt:
-            lines.append(f"start={start}, size={size}, type={part.gpt_type}, "
-                         f"uuid={stable_guid(spec.name, part.role)}")
+            part.guid = stable_guid(spec.name, part.role)
+            lines.append(f"start={start}, size={size}, type={part.gpt_type}, uuid={part.guid}")
         else:
             lines.append(f"start={start}, size={size}, type=7" + (", bootable" if n == 1 else ""))
         start += size

@@ -33,6 +33,8 @@ INBOX_SERVICES = [
     ("Tcpip", 1, 0, r"System32\drivers\tcpip.sys", "PNP_TDI"),
 ]
 INBOX_WIN32_SERVICES = [("Netlogon", 3), ("TermService", 3), ("Dhcp", 2), ("W32Time", 3)]
+BOOTMGR = b"BOOTMGR stub"
+BOOT_FONT = b"\x00\x01\x00\x00" + b"\0" * 8 + b"wgl4_boot stub"     # a TrueType version-1.0 tag, then a stub
 
 
 @dataclass
@@ -176,12 +178,34 @@ def add_system_files(c: GuestContent, spec: Spec) -> None:
     for log in ("SYSTEM.LOG1", "SYSTEM.LOG2", "SOFTWARE.LOG1", "SOFTWARE.LOG2"):
         c.files[f"Windows/System32/config/{log}"] = b""
     c.files["Users/Public/Desktop/desktop.ini"] = "[.ShellClassInfo]\r\n".encode("utf-16")
+    c.files.update({f"Windows/Boot/{name}": data for name, data in windows_boot_files().items()})
     if spec.firmware == "uefi":
-        c.boot_files["EFI/Microsoft/Boot/bootmgfw.efi"] = pe_stub("bootmgfw")
-        c.boot_files["EFI/Boot/bootx64.efi"] = pe_stub("bootmgfw")
+        c.boot_files.update(esp_files())
     else:
-        c.boot_files["bootmgr"] = b"BOOTMGR stub"
-        c.boot_files["Boot/BCD.LOG"] = b""
+        c.boot_files.update(bios_boot_files())
+
+
+def windows_boot_files() -> dict[str, bytes]:
+    """``Windows\\Boot``: the boot managers and tools bcdboot copies to a boot partition (EFI, PCAT) and the font."""
+    return {"EFI/bootmgfw.efi": pe_stub("bootmgfw"), "EFI/bootmgr.efi": pe_stub("bootmgr.efi"),
+            "EFI/memtest.efi": pe_stub("memtest.efi"), "EFI/en-US/bootmgfw.efi.mui": pe_stub("bootmgfw.efi.mui"),
+            "PCAT/bootmgr": BOOTMGR, "PCAT/memtest.exe": pe_stub("memtest.exe"), "Fonts/wgl4_boot.ttf": BOOT_FONT}
+
+
+def esp_files() -> dict[str, bytes]:
+    """An ESP as bcdboot leaves it (the BCD is added by the builder): copies of ``Windows\\Boot\\EFI`` and fonts."""
+    boot = windows_boot_files()
+    files = {f"EFI/Microsoft/Boot/{name[4:]}": data for name, data in boot.items() if name.startswith("EFI/")}
+    files["EFI/Microsoft/Boot/Fonts/wgl4_boot.ttf"] = boot["Fonts/wgl4_boot.ttf"]
+    files["EFI/Boot/bootx64.efi"] = boot["EFI/bootmgfw.efi"]
+    return files
+
+
+def bios_boot_files() -> dict[str, bytes]:
+    """A BIOS boot volume's files (System Reserved, or C: without one; the BCD is added by the builder)."""
+    boot = windows_boot_files()
+    return {"bootmgr": boot["PCAT/bootmgr"], "Boot/BCD.LOG": b"", "Boot/memtest.exe": boot["PCAT/memtest.exe"],
+            "Boot/Fonts/wgl4_boot.ttf": boot["Fonts/wgl4_boot.ttf"]}
 
 
 def add_vda(c: GuestContent, ccs: str, vda: dict) -> None:

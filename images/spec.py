@@ -37,6 +37,8 @@ class Spec:
     corrupt_hive: str = ""
     dirty_hive: str = ""
     truncate_percent: int = 0
+    system_reserved_mib: int = 32     # BIOS only: the System Reserved (boot) partition; 0 = none (Windows boots itself)
+    fill_disk: bool = False           # the last partition ends at the disk's last sector (no MiB left free)
     raw_text: str = field(default="", repr=False)
 
     @property
@@ -46,7 +48,6 @@ class Spec:
     @property
     def partition_table(self) -> str:
         return "gpt" if self.firmware == "uefi" else "mbr"
-
 
 
 def load(path: Path) -> Spec:
@@ -64,10 +65,15 @@ def load(path: Path) -> Spec:
     if kind == "windows" and "windows" not in data:
         raise ValueError(f"{path.name}: a Windows spec needs a [windows] table")
     known = {"description", "windows", "vda", "pvs", "tools", "truth", "size_mib", "hibernated", "bitlocker",
-             "second_root", "dirty_ntfs", "corrupt_hive", "dirty_hive", "truncate_percent"}
+             "second_root", "dirty_ntfs", "corrupt_hive", "dirty_hive", "truncate_percent", "system_reserved_mib",
+             "fill_disk"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{path.name}: unknown keys {sorted(unknown)}")
+    if "system_reserved_mib" in data and firmware != "bios":
+        raise ValueError(f"{path.name}: system_reserved_mib is for BIOS disks (a UEFI disk boots from its ESP)")
+    if data.get("fill_disk") and firmware != "bios":
+        raise ValueError(f"{path.name}: fill_disk is for MBR disks (GPT keeps its backup table in the last sectors)")
     return Spec(name=path.stem, kind=kind, firmware=firmware, format=fmt, raw_text=text,
                 description=data.pop("description"), windows=data.pop("windows", {}), vda=data.pop("vda", {}),
                 pvs=data.pop("pvs", {}), tools=data.pop("tools", {}), truth=data.pop("truth", {}), **data)
@@ -83,7 +89,7 @@ def builder_fingerprint() -> str:
     ce_dir = Path(__file__).parents[1] / "ce"
     writers = ("values", "header", "hive", "empty")        # what images/build uses of ce.registry (not its commit)
     sources = [*sorted(Path(__file__).parent.glob("*.py")), *(ce_dir / "registry" / f"{m}.py" for m in writers),
-               ce_dir / "ntfs.py"]
+               ce_dir / "ntfs.py", *(ce_dir / "windows" / "bcd" / f"{m}.py" for m in ("elements", "device", "store"))]
     for src in sources:
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     return h.hexdigest()
