@@ -22,16 +22,19 @@ import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import disks, hashing, nbdexport, staging
 from .disks import layouts
 from .changes import DiskWrite, Plan, Result
 from .errors import RemoteExists, ShareFull
 from .sizes import human_size, mib
-from .smb import RemoteStat, SmbShare
-from .smb.resume import ResumeKey, job_key, key_for
 from .smb.target import StorageLocation
 from .step import StepContext
+
+if TYPE_CHECKING:                        # the SMB byte path is imported when a write starts, not with the step types
+    from .smb import RemoteStat, SmbShare
+    from .smb.resume import ResumeKey
 
 STREAM_SCRATCH = 16 << 20              # the empty container (fixed ones are sparse files)
 SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
@@ -53,6 +56,7 @@ class Export:
     resume: bool = True                # reuse what an earlier attempt of the same job left in NAME.partial
 
     def resume_key(self, source_format: str) -> ResumeKey:
+        from .smb.resume import job_key, key_for
         job = job_key(self.disk, str(self.location.location), self.name, self.format, self.subformat)
         return key_for(self.disk, source_format, f"{self.format} {self.subformat}", job)
 

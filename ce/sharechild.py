@@ -24,13 +24,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import disks, nbdexport
 from .disks import qemuimg
 from .disks.differencing import ChildSummary, FileSink, ParentFacts, parent_facts, write_child
 from .errors import ChildDiskFailed, ConversionFailed
-from .smb import RemoteStat, SmbShare
+
+if TYPE_CHECKING:                        # annotations only: the SMB byte path is imported when a share is opened
+    from .smb import RemoteStat, SmbShare
 
 READ_CHUNK = 8 << 20                     # qemu-nbd serves up to 32 MiB a request; 8 MiB keeps memory small
 CHILD_EXTENSIONS = {"vhdx": (".vhdx", ".avhdx"), "vpc": (".vhd", ".avhd")}

@@ -16,8 +16,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import guestfs
-
 from .. import faults, ntfs
 from ..appliance import ACCEL_ENV, choose_accel, deadline, qemu_children
 from .files import GuestFiles
@@ -107,6 +105,7 @@ class Guest(GuestFiles):
         self.close()
 
     def launch(self) -> None:
+        import guestfs
         g = guestfs.GuestFS(python_return_dict=True)
         g.set_backend(os.environ.get("LIBGUESTFS_BACKEND", "direct"))
         self.accel = choose_accel()

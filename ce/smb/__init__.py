@@ -28,15 +28,27 @@ re-exported here.
 """
 from __future__ import annotations
 
+import importlib
+
 from ..errors import (RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed, SmbError,
                       SmbPathRefused, SmbPortRefused, SmbUnreachable, TransferFailed)
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
-from .pipeline import Progress
-from .reader import RemoteReader
-from .session import CONNECT_TIMEOUT, DEFAULT_PORT, RemoteStat
-from .share import PARTIAL_SUFFIX, SmbShare
 from .target import SmbCredentials, StorageLocation
+
+# the byte path (smbprotocol, cryptography) is imported on first use: a command that only parses its params does
+# not pay for it (ce --help)
+_ON_FIRST_USE = {"Progress": "pipeline", "RemoteReader": "reader", "CONNECT_TIMEOUT": "session",
+                 "DEFAULT_PORT": "session", "RemoteStat": "session", "PARTIAL_SUFFIX": "share", "SmbShare": "share"}
+
+
+def __getattr__(name: str):
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_ON_FIRST_USE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["CONNECT_TIMEOUT", "DEFAULT_PORT", "PARTIAL_SUFFIX", "Credentials", "Progress", "RemoteExists",
            "RemoteNotFound", "RemoteReader", "RemoteStat", "ShareFull", "ShareNotFound", "SmbAccessDenied",

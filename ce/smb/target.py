@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from ..errors import SmbError
 from .ports import refusal as port_refusal
 from .location import Credentials, SmbLocation
-from .share import SmbShare
 
 
 class SmbCredentials(BaseModel):
@@ -67,6 +66,7 @@ class StorageLocation(BaseModel):
 
     def share(self) -> SmbShare:
         """The share folder, not yet connected: ``with target.share() as share: ...`` signs in and out."""
+        from .share import SmbShare
         return SmbShare(self.location, self.credentials.unwrap(), port=self.port, encrypt=self.encrypt)
 
     def describe(self, name: str | None = None) -> str:
