@@ -14,8 +14,6 @@ import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 
-import sh
-
 from ..errors import Canceled, ConversionFailed, DiskError, DiskUnreadable, QemuImgMissing
 from .formats import FORMAT_LABELS
 
@@ -114,6 +112,7 @@ def convert(args: list[str], *, progress, cancel, doing: str, canceled_message: 
 
 @functools.cache
 def _qemu_img() -> sh.Command:
+    import sh                            # (and asyncio with it) when a disk is first read, not with the step types
     try:
         return sh.Command("qemu-img").bake(_tty_out=False, _decode_errors="replace")
     except sh.CommandNotFound:
@@ -122,6 +121,7 @@ def _qemu_img() -> sh.Command:
 
 def run(*args: str, ok=(0,), fails_as: type[DiskError], doing: str):
     """Run qemu-img to the end; an exit code outside ``ok`` raises ``fails_as("doing: qemu-img's reason")``."""
+    import sh
     log.debug("qemu-img %s", " ".join(args))
     try:
         return _qemu_img()(*args, _ok_code=list(ok), _return_cmd=True)
@@ -131,6 +131,7 @@ def run(*args: str, ok=(0,), fails_as: type[DiskError], doing: str):
 
 def run_watched(args: list[str], *, progress, cancel, doing: str, canceled_message: str | None = None) -> None:
     """Run a long qemu-img command, reporting its -p progress; kill it on cancel or when ``progress`` raises."""
+    import sh
     log.debug("qemu-img %s", " ".join(args))
     meter = ProgressMeter(progress)
     proc = _qemu_img()(*args, _bg=True, _bg_exc=False, _out=meter.feed, _out_bufsize=0, _return_cmd=True)
