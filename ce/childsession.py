@@ -30,6 +30,7 @@ from .step import StepContext, StepParams
 FORMATS = {"VhdxDiskFormat": "vhdx", "VhdDiskFormat": "vpc"}
 BY_EXTENSION = {ext: fmt for fmt, exts in CHILD_EXTENSIONS.items() for ext in exts}
 OVERLAY_NAME = "edits.qcow2"
+MiB = 1 << 20
 
 
 class ChildParams(StepParams):
@@ -71,6 +72,7 @@ class ChildSession:
     overlay: Path
     scratch: Path
     windows: windows.WindowsSession
+    overlay_size: int
 
     @property
     def sector_size(self) -> int:
@@ -82,10 +84,11 @@ class ChildSession:
         return self.parent.facts.format == "vhdx"
 
 
-def open_child_session(params: ChildParams, ctx: StepContext, *, name: str, extra_bytes: int) -> ChildSession:
+def open_child_session(params: ChildParams, ctx: StepContext, *, name: str, extra_bytes: int = 0,
+                       size: int | None = None) -> ChildSession:
     """Open the parent on the share, refuse an existing output (unless ``overwriteOutput``), make the overlay --
-    ``extra_bytes`` larger than the parent when the format allows -- and launch the guest on it (writable unless
-    a dry run), all held open for the apply."""
+    ``size`` bytes, or ``extra_bytes`` larger than the parent when the format allows -- and launch the guest on it
+    (writable unless a dry run), all held open for the apply."""
     fmt = validate_names(params)
     scratch = Path(ctx.held.enter_context(staging.scratch_dir(name)))
     ctx.progress(1, "opening the vDisk on the share")
@@ -95,11 +98,25 @@ def open_child_session(params: ChildParams, ctx: StepContext, *, name: str, extr
     if not params.overwriteOutput and parent.share.exists(params.outputImageFilename):
         raise RemoteExists(f"{params.outputImageFilename!r} already exists in {parent.share.location}: set "
                            "overwriteOutput or choose another outputImageFilename")
-    size = parent.facts.virtual_size + (extra_bytes if parent.facts.format == "vhdx" else 0)
+    size = overlay_size(parent, extra_bytes, size)
     overlay = parent.overlay(scratch / OVERLAY_NAME, size)
     session = windows.open_session(os.fspath(overlay), root=None, timeout=params.timeout, dry_run=params.dryRun,
                                    name=name, ctx=ctx, held=ctx.held)
-    return ChildSession(params, parent, overlay, scratch, session)
+    return ChildSession(params, parent, overlay, scratch, session, size)
+
+
+def overlay_size(parent: ShareParent, extra_bytes: int, size: int | None) -> int:
+    virtual = parent.facts.virtual_size
+    if size is None:
+        return virtual + (extra_bytes if parent.facts.format == "vhdx" else 0)
+    if size < virtual or (parent.facts.format == "vpc" and size != virtual):
+        raise InvalidParams(f"params.outputSizeMb ({size >> 20} MiB) must be at least the vDisk's size "
+                            f"({-(-virtual // MiB)} MiB)" + (" and, for a VHD, equal to it" if parent.facts.format
+                                                              == "vpc" else ""), field="outputSizeMb")
+    if size % parent.facts.logical_sector:
+        raise InvalidParams(f"params.outputSizeMb gives {size} bytes, not a whole number of "
+                            f"{parent.facts.logical_sector}-byte sectors", field="outputSizeMb")
+    return size
 
 
 def child_write(session: ChildSession, virtual_size: int) -> DiskWrite:

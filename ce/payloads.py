@@ -53,6 +53,20 @@ def confined_store(requested: str | Path) -> None:
         confine(requested, os.environ[STORE_ENV])
 
 
+def open_store(requested: str | None, needed_by: str) -> "PayloadStore":
+    """The store a step uses: ``requested`` (params.payloads) or ``$CE_PAYLOADS``; a requested directory that is
+    not the configured store is refused, and so is having neither."""
+    configured = os.environ.get(STORE_ENV)
+    if configured and requested and os.path.realpath(requested) != os.path.realpath(configured):
+        raise PayloadStoreInvalid(f"params.{PARAM} names another directory than the payload store this service is "
+                                  "configured with; leave it out")
+    root = requested or configured
+    if not root:
+        raise PayloadStoreInvalid(f"{needed_by} needs installers from a payload store: give params.{PARAM} (a "
+                                  f"directory with manifest.json) or set {STORE_ENV}")
+    return PayloadStore(root)
+
+
 @dataclass(frozen=True)
 class Payload:
     component: str

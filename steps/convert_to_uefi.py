@@ -37,7 +37,6 @@ from ce.windows.bcd import build_uefi_store, read_boot_entries
 from ce.windows.mounted_devices import mounted_devices_to_gpt
 
 NAME = "convertToUefi"
-MIN_BUILD = 10240                      # Windows 10 1507; Server 2016 is 14393: MBR2GPT converts these offline
 ESP_LABEL = "SYSTEM"
 EFI_BOOT = "\\EFI\\Microsoft\\Boot"
 WORST_GROWTH = mbr2gpt.esp_min_bytes(4096) + (2 << 20)      # a 4Kn ESP, the backup GPT and alignment
@@ -62,17 +61,8 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     return planned
 
 
-def require_convertible(facts) -> None:
-    if facts.os.arch != "x86_64":
-        raise UefiUnsupportedWindows(f"{facts.os.product_name} is {facts.os.arch}: UEFI conversion needs 64-bit "
-                                     "Windows (x86-64 UEFI firmware loads 64-bit boot files only)")
-    if facts.os.build < MIN_BUILD:
-        raise UefiUnsupportedWindows(f"{facts.os.product_name} (build {facts.os.build}) is older than Windows 10 / "
-                                     "Server 2016: MBR2GPT does not convert it offline, and ce follows MBR2GPT")
-
-
 def plan_conversion(planner, facts, session) -> None:
-    require_convertible(facts)
+    mbr2gpt.check_windows(arch=facts.os.arch, build=facts.os.build, product_name=facts.os.product_name)
     guest, sector = session.windows.guest, session.sector_size
     device = partition_parent(facts.os.root_device)
     table = partitions.read_table(guest, device)

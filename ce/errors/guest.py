@@ -73,6 +73,11 @@ class VdaMissing(CeError):
     action = "install the Citrix VDA in the image first, or leave out installMisa / installMcsio"
 
 
+class PvsDowngradeRefused(CeError):
+    code = "pvs_downgrade_refused"
+    action = "ask for the installed Citrix Provisioning target device version or a newer one: ce never downgrades it"
+
+
 class DriverMissing(CeError):
     code = "driver_missing"
     action = "add the driver the message names (driver/<service>, the image's architecture) to the payload store"

@@ -14,8 +14,8 @@ from pydantic import Field
 
 from ce import hashing, windows
 from ce.changes import Plan, Result
-from ce.errors import Md5Mismatch, NotImplementedYet, PayloadStoreInvalid
-from ce.payloads import PayloadStore
+from ce.errors import Md5Mismatch, NotImplementedYet
+from ce.payloads import open_store
 from ce.plan import Planner
 from ce.step import StepContext, StepParams, StepType
 
@@ -61,15 +61,7 @@ def validate(params: Params) -> None:
 
 def payload_store(params: Params):
     """The store, opened only when an option needs a payload."""
-    configured = os.environ.get("CE_PAYLOADS")          # the server sets it from its bootstrap
-    if configured and params.payloads and os.path.realpath(params.payloads) != os.path.realpath(configured):
-        raise PayloadStoreInvalid("params.payloads names another directory than the payload store this service is "
-                                  "configured with; leave it out")
-    root = params.payloads or configured
-    if not root:
-        raise PayloadStoreInvalid("this prepare needs installers from a payload store: give params.payloads "
-                                  "(a directory with manifest.json) or set CE_PAYLOADS")
-    return PayloadStore(root)
+    return open_store(params.payloads, "this prepare")
 
 
 def plan_changes(planner: Planner, facts, params: Params) -> None:

@@ -6,31 +6,13 @@ from ``ce/data/pvs_support.json``. Nothing is staged for a component that is alr
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
-
-from ce import firstboot
-from ce.errors import InvalidParams, PayloadStoreInvalid, VdaMissing
+from ce.errors import InvalidParams, VdaMissing
+from ce.installers import plan_pvs, pvs_build, stage_payload
 from ce.payloads import PayloadStore
 from ce.plan import Planner
 
 VDA_COMPONENTS = {"installMisa": ("misa", "Machine Identity Service"),
                   "installMcsio": ("mcsio", "Citrix MCS IODriver")}
-
-
-def pvs_versions() -> dict[str, str]:
-    return json.loads(resources.files("ce").joinpath("data/pvs_support.json").read_text())["versions"]
-
-
-def pvs_build(requested: str) -> str:
-    """The payload version for an installPvs value given as a release name or as the build itself."""
-    table = pvs_versions()
-    if requested in table:
-        return table[requested]
-    if requested in table.values():
-        return requested
-    raise InvalidParams(f"installPvs {requested!r} is not a supported Citrix Provisioning version; supported: "
-                        f"{', '.join(table)} (or their builds {', '.join(table.values())})", field="installPvs")
 
 
 def validate(params) -> None:
@@ -42,19 +24,6 @@ def validate(params) -> None:
             raise InvalidParams(f"installPvs needs provisioningType Pvs (it is {params.provisioningType}); "
                                 f"an MCS image must not carry the PVS target device", field="installPvs")
         pvs_build(params.installPvs)
-
-
-def stage_payload(planner: Planner, store: PayloadStore, component: str, version: str) -> str:
-    """Copy a verified installer into the first-boot folder; returns its file name."""
-    found = store.find(component, version=version)
-    if len(found) != 1:
-        raise PayloadStoreInvalid(f"payload store lists {len(found)} files for {component} {version}; expected "
-                                  f"one installer")
-    payload = found[0]
-    target = f"{firstboot.folder(planner.root.systemroot)}\\payloads\\{payload.file}"
-    planner.write_file(target, store.verified(payload), reason=f"installer {payload.describe()} "
-                       f"(sha256 {payload.sha256[:12]}… checked against the payload manifest)")
-    return payload.file
 
 
 def plan_components(planner: Planner, facts, params, store_for) -> None:
@@ -82,15 +51,3 @@ def plan_vda_components(planner: Planner, facts, names: list[str], store: Payloa
     planner.first_boot("vda-add-components", "vda-add-components.ps1",
                        {"installer": installer, "components": names}, retries=2, required=True, timeout=3600,
                        reason=f"add {', '.join(names)} with the VDA {facts.vda.version} installer")
-
-
-def plan_pvs(planner: Planner, facts, build: str, store_for) -> None:
-    present = facts.components.get("pvs")
-    if present and present.version.startswith(build):
-        planner.warn("pvs_present", f"Citrix Provisioning target device {present.version} is already installed")
-        return
-    installer = stage_payload(planner, store_for(), "pvs-target-device", build)
-    action = "upgrade" if present else "install"
-    planner.first_boot("pvs-install", "pvs-install.ps1", {"installer": installer}, retries=2, required=True,
-                       timeout=3600, reason=f"{action} the Citrix Provisioning target device {build}"
-                       + (f" (found {present.version})" if present else ""))

@@ -1,0 +1,13 @@
+# ce first-boot action: grow the Windows volume into the space ce added at the end of the disk (upgradePvs's
+# outputSizeMb). Windows resizes its own NTFS while running; the partition table (MBR or GPT, whose backup header
+# Windows moves to the new end of the disk) is updated by the same call. Static text; no parameters are used.
+param([Parameter(Mandatory = $true)][string]$ParamsFile)
+$ErrorActionPreference = 'Stop'
+Update-HostStorageCache
+$letter = $env:SystemDrive.TrimEnd(':')
+$supported = Get-PartitionSupportedSize -DriveLetter $letter
+$current = (Get-Partition -DriveLetter $letter).Size
+if ($supported.SizeMax -le $current) { Write-Output "volume $letter already uses all the space ($current bytes)"; exit 0 }
+Resize-Partition -DriveLetter $letter -Size $supported.SizeMax
+Write-Output ("volume " + $letter + " grown from " + $current + " to " + $supported.SizeMax + " bytes")
+exit 0
