@@ -1,4 +1,6 @@
-"""Resuming an upload that an earlier attempt left as ``NAME.partial`` instead of starting it again.
+"""Resuming an upload that an earlier attempt left as ``NAME.partial`` instead of starting it again: the record
+(``ResumeKey``), the ranges arithmetic, ``EarlierAttempt`` (what is there and what became of it) and
+``ResumingShare``, the requests ``SmbShare.upload`` makes for it.
 
 An upload that may be resumed writes a small record beside its partial file before its first byte,
 ``NAME.partial.ce-resume`` (JSON, written to ``.new`` and renamed over, so it is whole or absent): the ``ResumeKey``
@@ -11,7 +13,7 @@ asks the server which ranges of the file hold data (FSCTL_QUERY_ALLOCATED_RANGES
 as it always does, every piece it would write into one of those ranges (a read-sized piece, 1 MiB) is first read
 back over the share and compared with the local bytes it would send: a piece that matches is not sent (``reused``),
 any other is written. The comparison is of the bytes themselves, not of digests: it is exact, and a memcmp where
-sha256 of both sides cost more than the read itself on the test machine (256 MiB: 0.9 s of a 4 s resume). A
+sha256 of both sides took 0.9 s of a 4.0 s resume that found 128 MiB in place (profiled on the test machine). A
 piece of the old file that this attempt does not write at all (a chunk that is zero now, a block placed elsewhere)
 is zeroed on the server (FSCTL_SET_ZERO_DATA: no bytes on the wire), so nothing of the earlier attempt survives
 unchecked: the record only decides whether checking is worth it, the comparison decides what is kept.
@@ -23,20 +25,36 @@ leaves behind is what the next attempt resumes.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
+import logging
 import os
+import struct
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
-from smbprotocol.open import SMB2ReadResponse
+from smbprotocol.exceptions import SMBException, SMBResponseException
+from smbprotocol.ioctl import IOCTLFlags, SMB2IOCTLRequest, SMB2IOCTLResponse
+from smbprotocol.open import CreateDisposition, CreateOptions, Open, SMB2ReadResponse
 
-from .protocol import unpack
+from ..disks.extents import chunks, zeros
+from ..errors import RemoteNotFound, TransferFailed
+from .pipeline import Pipeline, check_written
+from .protocol import DELETE, FILE_READ, FILE_WRITE, NOT_FOUND_STATUSES, SPARSE_UNSUPPORTED, reason, unpack
+from .session import ShareSession
+
+log = logging.getLogger("ce.smb")
 
 RECORD_SUFFIX = ".ce-resume"          # NAME.partial.ce-resume
 RECORD_VERSION = 1
 FINGERPRINT = 1 << 20                  # the first and the last MiB of the source
 MAX_RECORD = 64 * 1024
+PARTIAL_SUFFIX = ".partial"
+FSCTL_QUERY_ALLOCATED_RANGES = 0x000940CF
+FSCTL_SET_ZERO_DATA = 0x000980C8
+RANGE = struct.Struct("<qq")                # FILE_ALLOCATED_RANGE_BUFFER, FILE_ZERO_DATA_INFORMATION
+RANGES_PER_QUERY = 4096
 
 
 def job_key(*parts: str) -> str:
@@ -127,8 +145,9 @@ class EarlierAttempt:
 
     ``allocated``: the file's data ranges when this attempt began (merged, within its end of file). A piece this
     attempt would write is checked when it lies inside the file and overlaps them; ``compare`` completes the READ of
-    one piece against the bytes it would write, counting it as reused or queueing it in ``rewrites`` (source offset, file offset, length), which the
-    uploader sends as it goes. ``covered`` collects every range this attempt wrote or found in place."""
+    one piece against the bytes it would write, counting it as reused or queueing it in ``rewrites`` (source offset,
+    file offset, length), which the uploader sends as it goes. ``covered`` collects every range this attempt wrote
+    or found in place."""
     allocated: list[tuple[int, int]]
     end_of_file: int
     rewrites: deque = field(default_factory=deque)
@@ -162,3 +181,134 @@ class EarlierAttempt:
     def stale(self, size: int) -> list[tuple[int, int]]:
         """The old data this attempt neither wrote nor found in place, within the new file's ``size``."""
         return minus([(s, min(e, size)) for s, e in self.allocated if s < size], merged(self.covered))
+
+
+# ---------------------------------------------------------------- the share's side
+
+class ResumingShare(ShareSession):
+    """The requests resuming needs (``SmbShare`` is one): the record, the data ranges of the partial file, and the
+    pieces checked, rewritten and zeroed while an upload streams."""
+
+    def resumable(self, remote_name: str, key: ResumeKey) -> bool:
+        """Whether an upload of ``remote_name`` with ``key`` would resume an earlier attempt (its record is there
+        with the same key); what it will reuse is known only once read back."""
+        return self._recorded_key(record_name(self._full(remote_name) + PARTIAL_SUFFIX)) == key
+
+    def _fsctl(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> bytes:
+        request = SMB2IOCTLRequest()
+        request["ctl_code"] = code
+        request["file_id"] = handle.file_id
+        request["max_output_response"] = output
+        request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
+        request["buffer"] = data
+        return self._call(request, SMB2IOCTLResponse)["buffer"].get_value()
+
+    def _recorded_key(self, record: str) -> ResumeKey | None:
+        """The key in an earlier attempt's record (None when there is none, or it is not one)."""
+        try:
+            with self._failures("reading the resume record", record), \
+                    self._opened(record, FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
+                length = min(handle.end_of_file, MAX_RECORD)
+                data = handle.read(0, length) if length else b""
+        except RemoteNotFound:
+            return None
+        return ResumeKey.from_record(data)
+
+    def _write_record(self, record: str, key: ResumeKey) -> None:
+        """Whole or absent: written to ``.new``, then renamed over the record."""
+        with self._failures("writing the resume record", record), \
+                self._opened(record + ".new", FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
+                             options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
+            handle.write(key.record(), 0)
+            self._rename_handle(handle, record, overwrite=True)
+
+    def _forget(self, record: str) -> None:
+        try:
+            with self._opened(record, DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE):
+                pass
+        except SMBResponseException as exc:
+            if exc.status not in NOT_FOUND_STATUSES:
+                log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+        except (SMBException, OSError, ValueError) as exc:
+            log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+
+    def _earlier_attempt(self, handle: Open) -> EarlierAttempt:
+        size = handle.end_of_file
+        ranges = [(start, min(start + length, size)) for start, length in self._allocated_ranges(handle, size)]
+        return EarlierAttempt(merged(ranges), size)
+
+    def _allocated_ranges(self, handle: Open, size: int) -> list[tuple[int, int]]:
+        """(offset, length) of the file's data, from the server; all of it when the server cannot say."""
+        found, start = [], 0
+        while start < size:
+            try:
+                data = self._fsctl(handle, FSCTL_QUERY_ALLOCATED_RANGES, RANGE.pack(start, size - start),
+                                   RANGES_PER_QUERY * RANGE.size)
+            except SMBResponseException as exc:
+                log.info("%s cannot list a file's allocated ranges (%s): all of it is checked", self.where,
+                         reason(exc))
+                return [(0, size)]
+            ranges = [RANGE.unpack_from(data, at) for at in range(0, len(data) - RANGE.size + 1, RANGE.size)]
+            found += ranges
+            if len(ranges) < RANGES_PER_QUERY:
+                break
+            start = ranges[-1][0] + ranges[-1][1]
+        return found
+
+    def _zero(self, handle: Open, start: int, end: int) -> bool:
+        """Make ``start..end`` read as zeros without sending them; False when the server cannot."""
+        try:
+            self._fsctl(handle, FSCTL_SET_ZERO_DATA, RANGE.pack(start, end))
+        except SMBResponseException as exc:
+            if exc.status not in SPARSE_UNSUPPORTED:
+                raise
+            return False
+        return True
+
+    def _check_pieces(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, offset: int,
+                      at: int, length: int) -> None:
+        """Read back what the earlier attempt left where the chunk goes, piece by piece; ``earlier.compare``
+        judges each piece when its READ completes, and pieces outside its data are queued to be written."""
+        payload = writer.payload(length)
+        for start in range(0, length, self._chunk):
+            piece = min(self._chunk, length - start)
+            if not earlier.checkable(at + start, piece):
+                earlier.rewrites.append((offset + start, at + start, piece))
+                continue
+            expected = bytes(payload[start:start + piece])          # the frame is reused before the READ is back
+            pipeline.make_room(piece)
+            request, _ = handle.read(at + start, piece, send=False)
+            pipeline.add(self._send(request), offset + start + piece,
+                         functools.partial(earlier.compare, offset + start, at + start, piece, expected))
+
+    def _rewrite(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, fd: int, position: int) -> int:
+        """Send the pieces found missing or different so far; returns the bytes sent."""
+        sent = 0
+        while earlier.rewrites:
+            source_offset, at, length = earlier.rewrites.popleft()
+            if writer.read(fd, source_offset, length) != length:
+                raise TransferFailed(f"the local file shrank while uploading it (short read at {source_offset})")
+            pipeline.make_room(length)
+            pipeline.add(writer.send(at, length), position, functools.partial(check_written, at, length))
+            earlier.wrote(at, length)
+            sent += length
+        return sent
+
+    def _settle(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, fd: int, size: int,
+                file_size: int) -> int:
+        """After the last chunk: every check completed, every piece that failed one written, and the earlier
+        attempt's data that this one did not write zeroed. Returns the bytes sent."""
+        sent = 0
+        pipeline.drain()
+        while earlier.rewrites:
+            sent += self._rewrite(earlier, writer, pipeline, fd, size)
+            pipeline.drain()
+        for start, end in earlier.stale(file_size):
+            if self._zero(handle, start, end):
+                continue
+            for at, length in chunks([(start, end - start)], self._write_chunk):
+                writer.load(zeros(length))
+                pipeline.make_room(length)
+                pipeline.add(writer.send(at, length), size, functools.partial(check_written, at, length))
+                sent += length
+        return sent

@@ -15,34 +15,28 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import struct
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import FileDispositionInformation, FileFsFullSizeInformation, FileStandardInformation
-from smbprotocol.ioctl import CtlCode, IOCTLFlags, SMB2IOCTLRequest, SMB2IOCTLResponse
+from smbprotocol.ioctl import CtlCode
 from smbprotocol.open import CreateDisposition, CreateOptions, Open
 
 from ..errors import DestinationExists, RemoteExists, RemoteNotFound, ShareFull, TransferFailed
-from ..disks.extents import chunks, data_extents, zeros
+from ..disks.extents import chunks, data_extents
 from ..disks.layouts import Identity
 from .pipeline import MiB, Pipeline, Progress, check_written, report, stop_if_canceled, store_read
-from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, NOT_FOUND_STATUSES, READ_ATTRIBUTES,
-                       SPARSE_UNSUPPORTED, close_quietly, end_of_file, reason)
+from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, READ_ATTRIBUTES, SPARSE_UNSUPPORTED, close_quietly,
+                       end_of_file, reason)
 from .reader import RemoteReader
-from .resume import MAX_RECORD, EarlierAttempt, ResumeKey, merged, record_name
-from .session import RemoteStat, ShareSession
+from .resume import PARTIAL_SUFFIX, EarlierAttempt, ResumeKey, ResumingShare, record_name
+from .session import RemoteStat
 from .wire import writer_for
 
 log = logging.getLogger("ce.smb")
 
-PARTIAL_SUFFIX = ".partial"
-FSCTL_QUERY_ALLOCATED_RANGES = 0x000940CF
-FSCTL_SET_ZERO_DATA = 0x000980C8
-RANGE = struct.Struct("<qq")                # FILE_ALLOCATED_RANGE_BUFFER, FILE_ZERO_DATA_INFORMATION
-RANGES_PER_QUERY = 4096
 
 
-class SmbShare(ShareSession):
+class SmbShare(ResumingShare):
     """One authenticated connection to one share folder; use as a context manager."""
 
     # ------------------------------------------------ queries
@@ -181,11 +175,6 @@ class SmbShare(ShareSession):
             return 0
         return 0 if found.is_dir else found.allocated
 
-    def resumable(self, remote_name: str, key: ResumeKey) -> bool:
-        """Whether an upload of ``remote_name`` with ``key`` would resume an earlier attempt (its record is there
-        with the same key); what it will reuse is known only once read back."""
-        return self._recorded_key(record_name(self._full(remote_name) + PARTIAL_SUFFIX)) == key
-
     def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap, verify,
                            resume, start_over) -> tuple[int, EarlierAttempt | None]:
         partial = final + PARTIAL_SUFFIX
@@ -222,15 +211,6 @@ class SmbShare(ShareSession):
         report(progress, size, size)
         return sent, earlier
 
-    def _fsctl(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> bytes:
-        request = SMB2IOCTLRequest()
-        request["ctl_code"] = code
-        request["file_id"] = handle.file_id
-        request["max_output_response"] = output
-        request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
-        request["buffer"] = data
-        return self._call(request, SMB2IOCTLResponse)["buffer"].get_value()
-
     def _mark_sparse(self, handle: Open) -> None:
         """Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with zeros."""
         try:
@@ -239,118 +219,6 @@ class SmbShare(ShareSession):
             if exc.status not in SPARSE_UNSUPPORTED:
                 raise
             log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
-
-    # ------------------------------------------------ resuming (ce.smb.resume)
-
-    def _recorded_key(self, record: str) -> ResumeKey | None:
-        """The key in an earlier attempt's record (None when there is none, or it is not one)."""
-        try:
-            with self._failures("reading the resume record", record), \
-                    self._opened(record, FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
-                length = min(handle.end_of_file, MAX_RECORD)
-                data = handle.read(0, length) if length else b""
-        except RemoteNotFound:
-            return None
-        return ResumeKey.from_record(data)
-
-    def _write_record(self, record: str, key: ResumeKey) -> None:
-        """Whole or absent: written to ``.new``, then renamed over the record."""
-        with self._failures("writing the resume record", record), \
-                self._opened(record + ".new", FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
-                             options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
-            handle.write(key.record(), 0)
-            self._rename_handle(handle, record, overwrite=True)
-
-    def _forget(self, record: str) -> None:
-        try:
-            with self._opened(record, DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE):
-                pass
-        except SMBResponseException as exc:
-            if exc.status not in NOT_FOUND_STATUSES:
-                log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
-        except (SMBException, OSError, ValueError) as exc:
-            log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
-
-    def _earlier_attempt(self, handle: Open) -> EarlierAttempt:
-        size = handle.end_of_file
-        ranges = [(start, min(start + length, size)) for start, length in self._allocated_ranges(handle, size)]
-        return EarlierAttempt(merged(ranges), size)
-
-    def _allocated_ranges(self, handle: Open, size: int) -> list[tuple[int, int]]:
-        """(offset, length) of the file's data, from the server; all of it when the server cannot say."""
-        found, start = [], 0
-        while start < size:
-            try:
-                data = self._fsctl(handle, FSCTL_QUERY_ALLOCATED_RANGES, RANGE.pack(start, size - start),
-                                   RANGES_PER_QUERY * RANGE.size)
-            except SMBResponseException as exc:
-                log.info("%s cannot list a file's allocated ranges (%s): all of it is checked", self.where,
-                         reason(exc))
-                return [(0, size)]
-            ranges = [RANGE.unpack_from(data, at) for at in range(0, len(data) - RANGE.size + 1, RANGE.size)]
-            found += ranges
-            if len(ranges) < RANGES_PER_QUERY:
-                break
-            start = ranges[-1][0] + ranges[-1][1]
-        return found
-
-    def _zero(self, handle: Open, start: int, end: int) -> bool:
-        """Make ``start..end`` read as zeros without sending them; False when the server cannot."""
-        try:
-            self._fsctl(handle, FSCTL_SET_ZERO_DATA, RANGE.pack(start, end))
-        except SMBResponseException as exc:
-            if exc.status not in SPARSE_UNSUPPORTED:
-                raise
-            return False
-        return True
-
-    def _check_pieces(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, offset: int,
-                      at: int, length: int) -> None:
-        """Read back what the earlier attempt left where the chunk goes, piece by piece; ``earlier.compare``
-        judges each piece when its READ completes, and pieces outside its data are queued to be written."""
-        payload = writer.payload(length)
-        for start in range(0, length, self._chunk):
-            piece = min(self._chunk, length - start)
-            if not earlier.checkable(at + start, piece):
-                earlier.rewrites.append((offset + start, at + start, piece))
-                continue
-            expected = bytes(payload[start:start + piece])          # the frame is reused before the READ is back
-            pipeline.make_room(piece)
-            request, _ = handle.read(at + start, piece, send=False)
-            pipeline.add(self._send(request), offset + start + piece,
-                         functools.partial(earlier.compare, offset + start, at + start, piece, expected))
-
-    def _rewrite(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, fd: int, position: int) -> int:
-        """Send the pieces found missing or different so far; returns the bytes sent."""
-        sent = 0
-        while earlier.rewrites:
-            source_offset, at, length = earlier.rewrites.popleft()
-            if writer.read(fd, source_offset, length) != length:
-                raise TransferFailed(f"the local file shrank while uploading it (short read at {source_offset})")
-            pipeline.make_room(length)
-            pipeline.add(writer.send(at, length), position, functools.partial(check_written, at, length))
-            earlier.wrote(at, length)
-            sent += length
-        return sent
-
-    def _settle(self, earlier: EarlierAttempt, writer, pipeline: Pipeline, handle: Open, fd: int, size: int,
-                file_size: int) -> int:
-        """After the last chunk: every check completed, every piece that failed one written, and the earlier
-        attempt's data that this one did not write zeroed. Returns the bytes sent."""
-        sent = 0
-        pipeline.drain()
-        while earlier.rewrites:
-            sent += self._rewrite(earlier, writer, pipeline, fd, size)
-            pipeline.drain()
-        for start, end in earlier.stale(file_size):
-            if self._zero(handle, start, end):
-                continue
-            for at, length in chunks([(start, end - start)], self._write_chunk):
-                writer.load(zeros(length))
-                pipeline.make_room(length)
-                pipeline.add(writer.send(at, length), size, functools.partial(check_written, at, length))
-                sent += length
-        return sent
 
     def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap,
                       earlier: EarlierAttempt | None = None) -> int:
