@@ -262,11 +262,12 @@ def test_a_corrupted_extent_is_rewritten(samba, folder, small, small_reference, 
 
 def test_a_disk_changed_between_its_ends_is_caught_by_the_read_back(samba, folder, small, tmp_path, scratch):
     """The attached disk changed between the attempts but kept its size and its first and last MiB (the same key):
-    what is there is compared, not trusted -- changed pieces are rewritten, a chunk that is zero now is zeroed on
-    the share."""
+    what is there is compared, not trusted -- changed pieces are rewritten, and a chunk that is zero now, which is
+    not written, is zeroed on the share. A fixed VHDX, where every block has its place: in a dynamic one a block
+    that is zero now moves the blocks after it, which are then rewritten."""
     disk = tmp_path / "attached.raw"
     shutil.copyfile(small, disk)
-    params = export_params(samba, folder, disk)
+    params = export_params(samba, folder, disk, SmbDiskSubformat="fixed")
     interrupted(samba, "export", params, folder, SMALL)
     with open(disk, "r+b") as f:                 # inside the half already on the share
         f.seek(2 * MiB)
