@@ -285,9 +285,13 @@ def test_a_disk_changed_between_its_ends_is_caught_by_the_read_back(samba, folde
 def test_resume_false_starts_over(samba, folder, small, small_reference, scratch):
     params = export_params(samba, folder, small)
     interrupted(samba, "export", params, folder, SMALL)
-    plan = run("export", {**params, "resume": False}, dry_run=True)
-    assert plan["resume"]["earlier"] == "same job and source" and not plan["resume"]["resumes"]
-    assert any("starts over" in line and "resume is off" in line for line in plan["lines"]), plan["lines"]
+    planned = subprocess.run([*ce_export(samba, folder, small), "--no-resume", "--dry-run"], env=CE_ENV,
+                             capture_output=True, text=True, timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)["facts"]["resume"]
+    assert plan["earlier"] == "same job and source" and not plan["enabled"] and not plan["resumes"]
+    lines = run("export", {**params, "resume": False}, dry_run=True)["lines"]
+    assert any("starts over" in line and "resume is off" in line for line in lines), lines
     facts = run("export", {**params, "resume": False})
     assert facts["bytes_reused"] == facts["bytes_checked"] == 0
     assert facts["bytes_sent"] == small_reference["facts"]["bytes_sent"]
