@@ -1,6 +1,7 @@
 """Copying a disk's contents into another image: ``convert`` to a new file in any format ce writes, ``write_onto``
-an existing disk. A raw source going to a container with a layout is streamed by ce (ce.disks.layouts); everything
-else is ``qemu-img convert``, watched for progress and cancel."""
+an existing disk. A raw source going to a container with a layout may be filled by ce (ce.disks.layouts) or
+converted by qemu-img, whichever was faster for that pair here (FILL_LOCALLY); everything else is ``qemu-img
+convert``, watched for progress and cancel."""
 from __future__ import annotations
 
 import functools
@@ -8,7 +9,7 @@ import os
 from dataclasses import replace
 
 from ..errors import DiskTooSmall
-from .create import create_empty, partial_output, require_destination, verify_output
+from .create import partial_output, require_destination, verify_output
 from .extents import round_up
 from .formats import FORMAT_LABELS, choose_subformat, create_options, qemu_format
 from .layouts import fill as fill_container, streamable
@@ -16,17 +17,25 @@ from .probe import DiskInfo, info, is_raw_target, refuse_differencing, verify_az
 from .qemuimg import convert as qemu_convert, create as qemu_create, stop_if_canceled
 
 MiB = 1 << 20
+METHODS = ("fill", "qemu-img")
+# (format, subformat) of a raw disk's container -> whether ce fills it itself rather than run qemu-img convert:
+# the faster of the two per pair in bench/disks.py's interleaved whole runs (README, "Speed"). Both write the same
+# disk (tests/unit/test_conversion_methods.py); on a share only the fill can write in place (ce.smb upload).
+FILL_LOCALLY = {("vhdx", "dynamic"): True, ("vhdx", "fixed"): True, ("vpc", "dynamic"): True,
+                ("vpc", "fixed"): True, ("vmdk", "monolithicSparse"): True}
 
 
 def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: str | None = None,
             progress=None, cancel=None, azure_fixed: bool = False, overwrite: bool = False,
-            durable: bool = True) -> DiskInfo:
+            durable: bool = True, method: str | None = None) -> DiskInfo:
     """Convert ``src`` to ``dst`` in ``dst_fmt`` ("vhd" or "vpc", "vhdx", "vmdk", "qcow2", "raw").
 
     ``progress(percent)`` is called with increasing values ending at 100; ``cancel`` is a threading.Event or a
     callable polled while qemu-img runs. ``azure_fixed`` writes a fixed VHD whose virtual size is rounded up to a
     whole MiB (the padding reads as zeros; the source is never modified). ``durable=False`` skips flushing the
     output to stable storage, for scratch files that do not outlive the step (a flush of a 1 GiB file costs seconds).
+    ``method`` "fill" or "qemu-img" overrides FILL_LOCALLY for a raw disk going to a container ce can fill (to
+    measure and test both); any other pair is always qemu-img's.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     fmt = qemu_format(dst_fmt)
@@ -39,8 +48,8 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
     doing = f"converting {src} to {FORMAT_LABELS[fmt]} failed"
     with partial_output(dst, overwrite, durable) as partial:
         options = create_options(fmt, subformat)
-        if not azure_fixed and streamable(source, fmt, subformat):
-            create_empty(partial, fmt, size, subformat, doing)
+        if not azure_fixed and fills(source, fmt, subformat, method):
+            qemu_create(partial, fmt, size, "-o", options, doing=doing)     # read back once, filled, below
             fill_container(src, partial, fmt, subformat, progress=progress,
                          cancel=functools.partial(stop_if_canceled, cancel))
         else:
@@ -57,6 +66,15 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
         if azure_fixed:
             verify_azure_vhd(partial)
     return replace(result, path=dst)
+
+
+def fills(source: DiskInfo, fmt: str, subformat: str | None, method: str | None = None) -> bool:
+    """Whether ce fills the container itself (a raw source, a container with a layout, the faster method)."""
+    if method not in (None, *METHODS):
+        raise ValueError(f"unknown conversion method {method!r}: use one of {', '.join(METHODS)}")
+    if not streamable(source, fmt, subformat):
+        return False
+    return method == "fill" if method else FILL_LOCALLY.get((fmt, subformat), False)
 
 
 def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel=None,

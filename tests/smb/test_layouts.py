@@ -173,7 +173,7 @@ def test_a_local_conversion_of_a_raw_disk_fills_the_container(tmp_path, fmt, sub
     source = awkward_source(tmp_path / "source.raw")
     out = tmp_path / f"out.{fmt}"
     seen: list[float] = []
-    converted = disks.convert(source, out, fmt, subformat=subformat, progress=seen.append)
+    converted = disks.convert(source, out, fmt, subformat=subformat, progress=seen.append, method="fill")
     assert converted.subformat == subformat
     assert_same_disk(source, out, fmt, subformat)
     assert seen[-1] == 100 and seen == sorted(set(seen))
