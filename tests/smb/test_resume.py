@@ -8,7 +8,9 @@ disk id), which two uninterrupted exports do not share either. Anything that doe
 another source, an extent corrupted on the share, a source changed between its first and last MiB -- is rewritten,
 and ``resume: false`` starts over.
 
-``pytest tests/smb/test_resume.py -s -k killed`` prints the figures the README quotes.
+``pytest tests/smb/test_resume.py -s -k killed`` prints the figures the README quotes; with
+``CE_RESUME_DELAY_MS=15`` the two `ce export` runs it times (uninterrupted and resumed) go through bench/wanproxy.py
+with that delay each way (a 30 ms round trip).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.wanproxy import DelayProxy
 from ce import disks, staging
 from ce.disks.headers import (VHDX_HEADERS, VHDX_METADATA_REGION, VHDX_PAGE83_DATA, VHDX_REGION_TABLE,
                               vhdx_metadata_items, vhdx_regions)
@@ -73,12 +76,24 @@ def small(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(samba, source) -> dict:
+def port(samba):
+    """The port the timed `ce export` runs reach smbd on: its own, or a delay proxy's (CE_RESUME_DELAY_MS)."""
+    delay = float(os.environ.get("CE_RESUME_DELAY_MS", "0"))
+    if not delay:
+        yield samba.port
+        return
+    with DelayProxy((samba.host, samba.port), delay / 1000) as proxy:
+        yield proxy.port
+
+
+@pytest.fixture(scope="module")
+def reference(samba, port, source) -> dict:
     """An uninterrupted `ce export` of ``source`` (timed, process included), that resumed exports are compared with."""
     folder = samba.share_dir("share") / "reference"
     folder.mkdir()
     started = time.monotonic()
-    done = subprocess.run(ce_export(samba, folder, source), env=CE_ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(ce_export(samba, folder, source, port), env=CE_ENV, capture_output=True, text=True,
+                          timeout=300)
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     return {**checked_file(folder / "golden.vhdx", source), "facts": json.loads(done.stdout)["facts"],
@@ -109,8 +124,8 @@ def scratch(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def ce_export(samba, folder: Path, disk: Path) -> list[str]:
-    url = f"smb://{samba.host}:{samba.port}/share/{folder.name}"
+def ce_export(samba, folder: Path, disk: Path, port: int | None = None) -> list[str]:
+    url = f"smb://{samba.host}:{port or samba.port}/share/{folder.name}"
     return [sys.executable, "-m", "ce.cli", "export", str(disk), url, "--name", "golden", "--json"]
 
 
@@ -191,9 +206,9 @@ def assert_same_file(output: Path, reference: dict) -> None:
 
 # ---------------------------------------------------------------- interrupted, then resumed
 
-def test_a_killed_export_resumes_and_sends_only_the_rest(samba, folder, source, reference, scratch):
+def test_a_killed_export_resumes_and_sends_only_the_rest(samba, port, folder, source, reference, scratch):
     """`ce export` SIGKILLed (the whole process group) at half of the data; the same command again."""
-    argv, env = ce_export(samba, folder, source), CE_ENV
+    argv, env = ce_export(samba, folder, source, port), CE_ENV
     partial = folder / "golden.vhdx.partial"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     wait_until(lambda: proc.poll() is not None or allocated(partial) >= DATA // 2, 120, "half of the data on the share",
@@ -213,8 +228,9 @@ def test_a_killed_export_resumes_and_sends_only_the_rest(samba, folder, source, 
     assert sorted(os.listdir(folder)) == ["golden.vhdx"]           # no partial, no record
     assert_same_file(folder / "golden.vhdx", reference)
     full = reference["facts"]
+    delay = os.environ.get("CE_RESUME_DELAY_MS", "0")
     print(f"\nresume after SIGKILL at {there / DATA:.0%} of {DATA // MiB} MiB of data ({LARGE.virtual // MiB} MiB "
-          f"disk -> dynamic VHDX, `ce export`, process start included): uninterrupted export sent "
+          f"disk -> dynamic VHDX, `ce export`, process start included, {delay} ms each way): uninterrupted export sent "
           f"{full['bytes_sent'] / MiB:.0f} MiB in {reference['seconds']:.1f} s; the resumed one sent "
           f"{facts['bytes_sent'] / MiB:.0f} MiB ({facts['bytes_sent'] / DATA:.0%} of the data), reused "
           f"{facts['bytes_reused'] / MiB:.0f} MiB read back over the share, in {seconds:.1f} s")
