@@ -10,7 +10,8 @@ Rules this package enforces:
   control characters, alternate data streams, wildcards and reserved device names are refused (``SmbPathRefused``).
 * Uploads go to ``NAME.partial`` and are renamed to ``NAME`` only after the size on the share was verified; a
   failure or a cancel (``ce.errors.Canceled``) deletes the partial file. The share's free space is checked before
-  the first byte is sent.
+  the first byte is sent. What a lost connection or a killed process leaves is resumed by the next upload with the
+  same ``ResumeKey`` (``resume``: what is there is read back and compared, only the rest is sent).
 * Uploads skip the holes of sparse local files (SEEK_DATA / SEEK_HOLE) and all-zero chunks, and mark the remote
   file sparse, so a half-empty disk does not send (or store) its empty half.
 * Neither the user name nor the password ever appears in an error message or a log line.
@@ -21,7 +22,7 @@ Rules this package enforces:
 Modules, from the job's view down to the wire: ``target`` (``StorageLocation``, the location as a job gives it),
 ``location`` (``SmbLocation``, ``Credentials``), ``ports`` (the ports a step may connect to), ``paths``
 (``normalize_path`` and Windows' name rules), ``share`` (``SmbShare``: queries, changes, uploads, downloads),
-``reader`` (``RemoteReader``), ``session`` (connection, sign-in, credits, request plumbing, error mapping),
+``resume`` (``NAME.partial.ce-resume``, reusing an earlier attempt), ``reader`` (``RemoteReader``), ``session`` (connection, sign-in, credits, request plumbing, error mapping),
 ``pipeline`` (requests in flight, chunk sizes), ``protocol`` (NTSTATUS groups, access masks) and ``wire`` (WRITE
 requests framed and signed in one buffer). The errors live in ``ce.errors`` (``ce/errors/smb.py``) and are
 re-exported here.
