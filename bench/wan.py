@@ -1,7 +1,7 @@
 """ce's SMB export and upload over a link with a WAN's round trip, against ``smbclient put`` over the same link.
 
     python bench/wan.py [--size-mb 1024] [--repeat 3] [--delays 0,10,30] [--dir DIR]
-                        [--windows 4x8,8x8,...]
+                        [--windows 32x8,64x8,...]
 
 A throwaway smbd on 127.0.0.1 sits behind ``bench/wanproxy.py`` (a separate process), which delays every byte by
 the one-way delay in each direction: 0, 10 and 30 ms, a round trip of 0, 20 and 60 ms added to loopback's. The
@@ -16,8 +16,8 @@ shared:
 
 Ratio = smbclient's time / ce's (above 1: ce is faster). Target: >= 1.5 at 30 ms.
 
-``--windows`` tunes instead: the upload alone with each window IN_FLIGHTxWRITE_MIB (requests in flight x MiB per
-WRITE; ce.smb's constants patched for the run) against smbclient put, at each delay.
+``--windows`` tunes instead: the upload alone with each WINDOW_MIBxWRITE_MIB (MiB on the wire x MiB per WRITE;
+ce.smb's constants patched for the run) against smbclient put, at each delay.
 """
 from __future__ import annotations
 
@@ -79,28 +79,28 @@ def remove(*paths: Path):
 
 
 class Window:
-    """ce.smb's in-flight window for the duration of a ``with``: requests in flight and bytes per WRITE."""
+    """ce.smb's window for the duration of a ``with``: bytes on the wire and bytes per WRITE."""
 
-    def __init__(self, in_flight: int, write_mib: int):
-        self.in_flight, self.write = in_flight, write_mib * MiB
+    def __init__(self, window_mib: int, write_mib: int):
+        self.window, self.write = window_mib * MiB, write_mib * MiB
         self._saved = None
 
     @classmethod
     def parse(cls, text: str) -> "Window":
-        in_flight, _, write_mib = text.partition("x")
-        return cls(int(in_flight), int(write_mib))
+        window_mib, _, write_mib = text.partition("x")
+        return cls(int(window_mib), int(write_mib))
 
     def __str__(self) -> str:
-        return f"{self.in_flight} x {self.write // MiB} MiB"
+        return f"{self.window // MiB} MiB / {self.write // MiB}"
 
     def __enter__(self) -> "Window":
-        self._saved = pipeline.IN_FLIGHT, pipeline.WRITE_CHUNK
-        pipeline.IN_FLIGHT = session.IN_FLIGHT = self.in_flight
+        self._saved = pipeline.WINDOW, pipeline.WRITE_CHUNK
+        pipeline.WINDOW = session.WINDOW = self.window
         pipeline.WRITE_CHUNK = session.WRITE_CHUNK = self.write
         return self
 
     def __exit__(self, *exc) -> None:
-        pipeline.IN_FLIGHT = session.IN_FLIGHT = self._saved[0]
+        pipeline.WINDOW = session.WINDOW = self._saved[0]
         pipeline.WRITE_CHUNK = session.WRITE_CHUNK = self._saved[1]
 
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--delays", default="0,10,30", help="one-way delays in ms, comma-separated")
     parser.add_argument("--dir", help="where the disk and the share live (default: /dev/shm when it has room)")
-    parser.add_argument("--windows", help="tune: IN_FLIGHTxWRITE_MIB,... (upload alone vs smbclient put)")
+    parser.add_argument("--windows", help="tune: WINDOW_MIBxWRITE_MIB,... (upload alone vs smbclient put)")
     args = parser.parse_args(argv)
     for tool in ("smbclient", "qemu-img"):
         if not shutil.which(tool):
@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="ce-wan-", dir=args.dir or default_dir(args.size_mb)) as tmp, \
             Bench(Path(tmp), args.size_mb) as bench:
         print(f"WAN: a {args.size_mb} MiB random disk to smbd on 127.0.0.1 through bench/wanproxy.py (delay each "
-              f"way); ce {bench.protection(bench.samba.port)}, window {pipeline.IN_FLIGHT} x "
-              f"{pipeline.WRITE_CHUNK // MiB} MiB; smbclient -m SMB3 --client-protection=sign; medians of "
+              f"way); ce {bench.protection(bench.samba.port)}, window {pipeline.WINDOW // MiB} MiB on the wire "
+              f"in {pipeline.WRITE_CHUNK // MiB} MiB writes; smbclient -m SMB3 --client-protection=sign; medians of "
               f"{args.repeat} interleaved rounds (min..max); load average {load()}", flush=True)
         if args.windows:
             tune(bench, delays, args.repeat, [Window.parse(w) for w in args.windows.split(",")])

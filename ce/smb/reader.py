@@ -65,7 +65,7 @@ class RemoteReader(io.RawIOBase):
         return bytes(buffer)
 
     def read_exactly(self, offset: int, into: memoryview) -> None:
-        """Fill ``into`` from ``offset`` with up to IN_FLIGHT reads on the wire; the range must be in the file."""
+        """Fill ``into`` from ``offset`` with up to WINDOW bytes of reads on the wire; the range must be in the file."""
         if offset + len(into) > self.size:
             raise TransferFailed(f"{self.path!r} holds {self.size} bytes: cannot read {len(into)} at {offset}")
         pipeline = Pipeline(self._handle.connection, None, len(into))

@@ -35,7 +35,7 @@ from ..errors import (CeError, RemoteExists, RemoteNotFound, ShareFull, ShareNot
 from .ports import DEFAULT_PORT, refusal as port_refusal
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
-from .pipeline import IN_FLIGHT, READ_CHUNK, WRITE_CHUNK
+from .pipeline import READ_CHUNK, WINDOW, WRITE_CHUNK
 from .protocol import (AUTH_STATUSES, FULL_STATUSES, NOT_FOUND_STATUSES, READ_ATTRIBUTES, SHARE_ALL, close_quietly,
                        disconnect_quietly, reason, status_name, unpack)
 from .wire import CREDIT_BYTES, credit_charge, credits, signer, signing_algorithm_name
@@ -180,7 +180,7 @@ class ShareSession:
         return tree
 
     def _reserve_credits(self, session: Session) -> tuple[int, int]:
-        """Ask for enough credits to keep IN_FLIGHT writes on the wire; returns the (read, write) chunk sizes.
+        """Ask for enough credits to keep WINDOW bytes on the wire; returns the (read, write) chunk sizes.
 
         A session starts with a few credits and smbprotocol fails a request it has no credits for rather than
         waiting, so an echo asks for more up front. Samba grants what is asked; a server that grants less gets
@@ -188,7 +188,7 @@ class ShareSession:
         connection = self._connection
         read_chunk = min(READ_CHUNK, connection.max_read_size)
         write_chunk = min(WRITE_CHUNK, connection.max_write_size)
-        wanted = (IN_FLIGHT + 1) * credit_charge(connection, write_chunk)
+        wanted = credit_charge(connection, WINDOW) + credit_charge(connection, write_chunk)
         if credits(connection) < wanted:
             with self._failures("asking the server for I/O credits", ""):
                 connection.echo(sid=session.session_id, timeout=self._timeout,
