@@ -60,8 +60,8 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
                 target_args = ["-n", "--target-is-zero"]
             else:
                 target_args = ["-O", fmt, *(("-o", options) if options else ())]
-            qemu_convert(["-f", source.format, *target_args, src, partial], progress=progress, cancel=cancel,
-                            doing=doing)
+            qemu_convert(["-f", source.format, *target_args, src, partial], output_format=fmt, progress=progress,
+                         cancel=cancel, doing=doing)
         result = verify_output(partial, fmt, subformat, size)
         if azure_fixed:
             verify_azure_vhd(partial)
@@ -94,7 +94,8 @@ def write_onto(src, target, *, src_fmt: str | None = None, progress=None, cancel
         raise DiskTooSmall(f"{target} holds {dest.virtual_size} bytes but the image needs {source.virtual_size}")
     stop_if_canceled(cancel)
     doing = f"writing {label or src} onto {target} failed (the disk is now partly written)"
-    qemu_convert(["-n", "-f", source.format, "-O", dest.format, src, target], progress=progress, cancel=cancel,
-                    doing=doing, canceled_message="writing onto the disk was canceled; the disk is partly written: "
-                    "run the step again before using it")
+    qemu_convert(["-n", "-f", source.format, "-O", dest.format, src, target], output_format=dest.format,
+                 progress=progress, cancel=cancel, doing=doing,
+                 canceled_message="writing onto the disk was canceled; the disk is partly written: run the step "
+                                  "again before using it")
     return dest

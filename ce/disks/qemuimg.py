@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import re
-import time
+import threading
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 
@@ -20,6 +20,9 @@ from .formats import FORMAT_LABELS
 log = logging.getLogger(__name__)
 
 CONVERT_FLAGS = ("-p", "-W", "-m", "8")      # fastest measured here; -t/-T none were 2-3x slower
+# outputs whose writers qemu-img runs faster in order: out-of-order writes (-W) made raw -> qcow2 and -> vhdx take
+# 1.5-3x the CPU and wall time of qemu-img's defaults here (bench/disks.py; README "Speed")
+IN_ORDER_OUTPUTS = {"qcow2", "vhdx"}
 CHECK_OK = (0, 2, 3)                         # clean, corruptions found, leaks found
 CHECK_UNSUPPORTED = 63
 POLL_SECONDS = 0.1
@@ -102,9 +105,12 @@ def create(path: str, fmt: str, size: int | None, *options: str, fails_as: type[
         doing=doing)
 
 
-def convert(args: list[str], *, progress, cancel, doing: str, canceled_message: str | None = None) -> None:
-    """``qemu-img convert`` with CONVERT_FLAGS and ``args``, watched (see ``run_watched``)."""
-    run_watched(["convert", *CONVERT_FLAGS, *args], progress=progress, cancel=cancel, doing=doing,
+def convert(args: list[str], *, output_format: str, progress, cancel, doing: str,
+            canceled_message: str | None = None) -> None:
+    """``qemu-img convert`` with CONVERT_FLAGS (without -W for IN_ORDER_OUTPUTS) and ``args``, watched (see
+    ``run_watched``)."""
+    flags = ("-p",) if output_format in IN_ORDER_OUTPUTS else CONVERT_FLAGS
+    run_watched(["convert", *flags, *args], progress=progress, cancel=cancel, doing=doing,
                 canceled_message=canceled_message)
 
 
@@ -134,10 +140,12 @@ def run_watched(args: list[str], *, progress, cancel, doing: str, canceled_messa
     import sh
     log.debug("qemu-img %s", " ".join(args))
     meter = ProgressMeter(progress)
-    proc = _qemu_img()(*args, _bg=True, _bg_exc=False, _out=meter.feed, _out_bufsize=0, _return_cmd=True)
+    exited = threading.Event()
+    proc = _qemu_img()(*args, _bg=True, _bg_exc=False, _out=meter.feed, _out_bufsize=0, _return_cmd=True,
+                       _done=lambda *_: exited.set())
     try:
         while proc.is_alive() and not (is_canceled(cancel) or meter.error):
-            time.sleep(POLL_SECONDS)
+            exited.wait(POLL_SECONDS)            # back as soon as qemu-img exits, not up to a poll later
     finally:
         if proc.is_alive():
             proc.kill()
