@@ -13,9 +13,13 @@ import re
 import threading
 from contextlib import suppress
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import Canceled, ConversionFailed, DiskError, DiskUnreadable, QemuImgMissing
 from .formats import FORMAT_LABELS
+
+if TYPE_CHECKING:
+    import sh
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,16 @@ default) is refused when the params are validated, naming the field that chose i
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from ..errors import SmbError
 from .ports import refusal as port_refusal
 from .location import Credentials, SmbLocation
+
+if TYPE_CHECKING:
+    from .share import SmbShare
 
 
 class SmbCredentials(BaseModel):
