@@ -104,3 +104,21 @@ class PartitionTableFailed(GuestError):
     code = "partition_table_failed"
     status = 500
     action = "the partition table was not replaced (the old one was put back, see the message): run the step again"
+
+
+class BootConfigMissing(GuestError):
+    code = "boot_config_missing"
+    action = ("inspect found no boot partition, no BCD store on it, or a store with no boot entries: the disk does "
+              "not boot as it is; on a running copy run bcdboot C:\\Windows (or convertToUefi for a BIOS disk)")
+
+
+class BootConfigUnreadable(GuestError):
+    code = "boot_config_unreadable"
+    action = ("the boot partition or its BCD store cannot be read (damaged, or not a BCD): repair it on a running "
+              "copy (bcdboot C:\\Windows rebuilds the store)")
+
+
+class BootConfigMismatch(GuestError):
+    code = "boot_config_mismatch"
+    action = ("the BCD's default entry does not boot the Windows inspect found, or is for the other firmware "
+              "(winload.efi on BIOS/MBR, winload.exe on UEFI/GPT): check the message, then fix it with bcdboot")

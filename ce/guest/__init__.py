@@ -57,6 +57,9 @@ class Filesystem:
     role: str = ""                    # "efi-system", "microsoft-reserved", "basic-data", ...
     bitlocker: bool = False
     ntfs_state: str = ""              # "clean" | "hibernated" | "unclean" for NTFS
+    offset: int | None = None         # the partition's first byte on its disk
+    partition_guid: str = ""          # GPT: the partition's unique GUID (upper case)
+    active: bool | None = None        # MBR: the boot (active) flag
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in ("", None) or k in ("device", "type")}
@@ -174,6 +177,12 @@ class Guest(GuestFiles):
         """``gpt``, ``mbr`` or ``none``."""
         return {"gpt": "gpt", "dos": "mbr"}.get(self._blkid(device).get("PTTYPE", ""), "none")
 
+    def disk_id(self, device: str) -> str:
+        """The partition table's own identifier: GPT's disk GUID (upper case), or the MBR disk signature (the u32
+        at byte 440) as 8 lower-case hex digits; "" without a table."""
+        value = self._blkid(device).get("PTUUID", "")
+        return value.upper() if self.partition_table(device) == "gpt" else value.lower()
+
     def partitions(self, device: str | None = None) -> list[str]:
         return [p for p in self.g.list_partitions() if device is None or partition_parent(p) == device]
 
@@ -198,6 +207,11 @@ class Guest(GuestFiles):
             kind = info.get("PART_ENTRY_TYPE", "")
             fs.partition_type = kind.upper() if info.get("PART_ENTRY_SCHEME") == "gpt" else "0x%02x" % int(kind, 16)
             fs.role = PARTITION_ROLES.get(fs.partition_type, "")
+            fs.offset = int(info.get("PART_ENTRY_OFFSET", 0)) * 512        # blkid counts 512-byte units
+            if info.get("PART_ENTRY_SCHEME") == "gpt":
+                fs.partition_guid = info.get("PART_ENTRY_UUID", "").upper()
+            else:
+                fs.active = int(info.get("PART_ENTRY_FLAGS", "0"), 16) & 0x80 != 0
         if fs.type == "ntfs":
             fs.ntfs_state = self._ntfs_state(dev)
         return fs

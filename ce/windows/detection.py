@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ce import disks, firstboot, registry
 from ce.errors import HibernatedVolume, HiveDirty, HiveMissing, UncleanVolume
-from ce.guest import ESP_GUID, Drive, Guest, WindowsRoot
+from ce.guest import Drive, Guest, WindowsRoot
 from ce.changes import StepWarning
 from ce.plan import hive_path
 
+from .boot import ThisDisk, esp_of, read_boot
 from .facts import DiskFacts, Detected, DomainFacts, InspectReport, OsFacts, StateFacts, VdaFacts
 
 USER_FORMATS = {qemu: user for user, qemu in disks.DISK_FORMATS.items()}     # "vpc" -> "vhd"
@@ -68,6 +69,10 @@ def inspect_guest(guest: Guest, info: disks.DiskInfo, root: str | None = None, d
             report = build_report(info, win, filesystems, table, hives, dirty, warnings)
             report.first_boot = firstboot.read_status(guest, win.systemroot,
                                                       hives["SYSTEM"].get_data("Setup", "CmdLine"))
+            progress(low + (high - low) * 2 / 3, "reading the boot configuration")
+            disk = ThisDisk(table=table, disk_id=guest.disk_id(device), partitions=tuple(filesystems))
+            report.boot, boot_warnings = read_boot(guest, device, disk, report.firmware, win.device, Path(tmp))
+            report.warnings.extend(boot_warnings)
             return report
     finally:
         for hive in hives.values():
@@ -129,8 +134,9 @@ def build_report(info, win: WindowsRoot, filesystems, table, hives, dirty, warni
 # ---------------------------------------------------------------- facts
 
 def detect_firmware(table: str, filesystems) -> str:
-    """UEFI boots from an EFI system partition on GPT; BIOS from an MBR disk. GPT without ESP is unusual."""
-    if any(fs.partition_type == ESP_GUID for fs in filesystems):
+    """UEFI boots from an EFI system partition (on GPT, or type 0xEF on MBR); BIOS from an MBR disk. Windows on GPT
+    without an ESP boots neither way."""
+    if esp_of(filesystems):
         return "uefi"
     return "bios" if table == "mbr" else "unknown"
 

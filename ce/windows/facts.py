@@ -70,6 +70,56 @@ class StateFacts(BaseModel):
     dirty_hives: list[str]
 
 
+class BootPartition(BaseModel):
+    """The partition the firmware boots from: the EFI system partition, or BIOS's active MBR partition."""
+    device: str
+    size: int
+    filesystem: str
+    label: str = ""
+
+
+class BootDevice(BaseModel):
+    """A BCD device element: what it names, in words, and the partition of this disk it resolves to."""
+    text: str                            # "GPT partition {guid} of disk {guid}", "MBR partition at offset N of ..."
+    partition: str | None = None         # the partition of this disk it names (/dev/sda2)
+    on_this_disk: bool | None = None     # False: another disk's; None: not a partition (or not decodable)
+    decoded: dict                        # ce.windows.bcd.decode_device's fields
+
+    def describe(self) -> str:
+        if self.partition:
+            return f"{self.partition} ({self.text})"
+        where = {False: "not on this disk", True: "no such partition on this disk"}.get(self.on_this_disk)
+        return f"{self.text} ({where})" if where else self.text
+
+
+class BootEntryFacts(BaseModel):
+    guid: str
+    alias: str | None = None             # bootmgr, memdiag, ...
+    type: str                            # bootmgr | osloader | resume | memdiag | fwbootmgr | 0x........
+    description: str | None = None
+    path: str | None = None
+    device: BootDevice | None = None
+    osdevice: BootDevice | None = None   # resume objects: the hibernation file's device
+    systemroot: str | None = None        # resume objects: the hibernation file's path
+    default: bool = False
+    display_index: int | None = None
+    problems: list[str] = []
+
+
+class BootStore(BaseModel):
+    device: str                          # the filesystem holding the store
+    path: str                            # its path there, e.g. /EFI/Microsoft/Boot/BCD
+
+
+class BootFacts(BaseModel):
+    esp: BootPartition | None = None               # GPT type ESP, or MBR type 0xEF
+    system_partition: BootPartition | None = None  # MBR: the active partition BIOS boots (System Reserved)
+    store: BootStore | None = None
+    entries: list[BootEntryFacts] = []
+    default: str | None = None                     # the GUID of {bootmgr}'s default entry
+    display_order: list[str] = []                  # GUIDs, as the boot menu lists them
+
+
 class InspectReport(BaseModel):
     disk: DiskFacts
     firmware: str
@@ -81,6 +131,7 @@ class InspectReport(BaseModel):
     tools: list[Detected]
     state: StateFacts
     first_boot: FirstBootStatus | None = None   # actions ce staged and what the runner recorded
+    boot: BootFacts | None = None               # None in reports of ce versions before it was read
     warnings: list[StepWarning]
 
     def describe(self) -> list[str]:
@@ -116,6 +167,8 @@ class InspectReport(BaseModel):
             rows.append(("First boot", ("armed" if fb.armed else "disarmed") + f", {fb.boots} boot(s): " + ", ".join(
                 f"{a['name']} {a['status']}" + (f" ({a['attempts']}/{a['retries']})" if a["attempts"] else "")
                 for a in fb.staged)))
+        if r.boot:
+            rows += describe_boot(r.boot)
         flags = [f for f, on in (("hibernated", r.state.hibernated), ("unclean", r.state.unclean),
                                  ("BitLocker", r.state.bitlocker)) if on]
         flags += [f"dirty hive {h}" for h in r.state.dirty_hives]
@@ -133,3 +186,35 @@ def describe_filesystem(fs: dict) -> str:
     if fs.get("ntfs_state") not in (None, "clean"):
         text += f" ({fs['ntfs_state']})"
     return text
+
+
+def describe_boot(boot: BootFacts) -> list[tuple[str, str]]:
+    rows = []
+    for label, part in (("ESP", boot.esp), ("System partition", boot.system_partition)):
+        if part:
+            rows.append((label, f"{part.device} {part.filesystem}" + (f" '{part.label}'" if part.label else "")
+                         + f", {human_size(part.size)}"))
+    if not boot.store:
+        return rows + [("BCD", "none found")]
+    rows.append(("BCD", f"{boot.store.device}:{boot.store.path}, "
+                        + (f"{len(boot.entries)} boot entries (* the default)" if boot.entries
+                           else "no boot entries")))
+    rows += [("Boot entry", describe_entry(entry)) for entry in boot.entries]
+    return rows
+
+
+def describe_entry(entry: BootEntryFacts) -> str:
+    text = ("* " if entry.default else "") + entry.type + (f" '{entry.description}'" if entry.description else "")
+    parts = [text]
+    if entry.path:
+        parts.append(entry.path)
+    if entry.device:
+        parts.append(f"device {entry.device.describe()}")
+    if entry.osdevice and entry.osdevice != entry.device:
+        parts.append(f"osdevice {entry.osdevice.describe()}")
+    elif entry.osdevice:
+        parts.append("osdevice the same")
+    if entry.systemroot:
+        parts.append(f"systemroot {entry.systemroot}")
+    parts += [f"problem: {p}" for p in entry.problems]
+    return ", ".join(parts)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,14 @@ from ce import registry
 from ce.errors import CeError
 from images.spec import load_all
 from ce.windows.detection import detection_rules, inspect_guest, lsa_string, parse_ddcs, product_family, vda_release
-from ce.registry import sha256_file
+from ce.registry import RegType, sha256_file
+from ce.guest import ESP_GUID, Filesystem
+from ce.windows.bcd import build_uefi_store, decode_device, encode_gpt_partition, encode_mbr_partition
+from ce.windows.bcd import elements as bcd_elements
+from ce.windows.boot import ThisDisk, read_entries, resolve_device
+from ce.windows.facts import BootFacts, BootStore, describe_boot
+from images import bcd as sample_bcd
+from images.build import loader_description, make_hive
 
 SPECS = load_all()
 GOOD = [n for n, s in SPECS.items() if not n.startswith("bad-")]
@@ -180,6 +188,12 @@ def test_cli_inspect_table(samples):
     assert "Windows Server 2016" in proc.stdout and "CTX-SRV16-GOLD" in proc.stdout
     assert "1912.0.9000.11 (release 1912, LTSR)" in proc.stdout
     assert "vmware 11.3.5.18557794" in proc.stdout
+    rows = proc.stdout.splitlines()
+    assert any(r.startswith("System partition") and r.endswith("/dev/sda1 ntfs 'System Reserved', 32 MiB")
+               for r in rows), proc.stdout
+    assert any(r.startswith("BCD") and r.endswith("/dev/sda1:/Boot/BCD, 4 boot entries (* the default)") for r in rows)
+    assert any(r.startswith("Boot entry") and "* osloader 'Windows Server', \\Windows\\system32\\winload.exe, "
+               "device /dev/sda2 (MBR partition at offset 34603008 of disk 0x" in r for r in rows), proc.stdout
 
 
 @pytest.mark.slow
@@ -256,15 +270,246 @@ def test_lsa_string_decodes_both_layouts():
     assert lsa_string(b"") == "" and lsa_string(b"\x01") == ""
 
 
-
-
-
 @pytest.mark.slow
 def test_root_option_picks_one_of_two_windows_installations(appliance):
     device = appliance.device["bad-two-roots"]
     report = inspect_guest(appliance.guest, appliance.infos["bad-two-roots"], root=f"{device}4", device=device)
     assert report.os.root_device == f"{device}4"
     assert report.os.hostname == "DUAL-B"
+    # the ESP's BCD was written for the first installation: its default entry does not start this one
+    assert [w.code for w in report.warnings] == ["boot_config_mismatch"]
+    assert f"does not start the Windows on {device}4" in report.warnings[0].message
+    assert f"its device is {device}3 (GPT partition" in report.warnings[0].message
+    assert next(e for e in report.boot.entries if e.default).osdevice.partition == f"{device}3"
     with pytest.raises(CeError, match="not a Windows root") as err:
         inspect_guest(appliance.guest, appliance.infos["bad-two-roots"], root=f"{device}1", device=device)
     assert err.value.code == "not_windows"
+
+
+# ---------------------------------------------------------------- the boot configuration
+
+BOOT_ENTRY_TYPES = ["bootmgr", "osloader", "memdiag", "resume"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GOOD)
+def test_inspect_reports_the_boot_partition_and_the_bcd_entries(appliance, name):
+    """UEFI samples boot from the ESP (partition 1, FAT, its BCD under EFI\\Microsoft\\Boot), BIOS samples from
+    the active partition 1 (System Reserved, or Windows itself); every device in the store is a partition of this
+    disk and the default loader's are the Windows partition inspect found."""
+    spec, report = SPECS[name], report_of(appliance, name)
+    device, boot, root = appliance.device[name], report["boot"], report["os"]["root_device"]
+    home = f"{device}1"
+    if spec.firmware == "uefi":
+        assert boot["esp"] == {"device": home, "size": 32 << 20, "filesystem": "vfat", "label": "SYSTEM"}
+        assert boot["system_partition"] is None
+        assert boot["store"] == {"device": home, "path": "/EFI/Microsoft/Boot/BCD"}
+        loader, resume = r"\Windows\system32\winload.efi", r"\Windows\system32\winresume.efi"
+    else:
+        assert boot["esp"] is None
+        assert boot["system_partition"]["device"] == home
+        assert boot["system_partition"]["label"] == ("System Reserved" if spec.system_reserved_mib else "")
+        assert boot["store"] == {"device": home, "path": "/Boot/BCD"}
+        loader, resume = r"\Windows\system32\winload.exe", r"\Windows\system32\winresume.exe"
+    entries = {e["type"]: e for e in boot["entries"]}
+    assert [e["type"] for e in boot["entries"]][:2] == ["bootmgr", "osloader"]
+    assert sorted(entries) == sorted(BOOT_ENTRY_TYPES) and len(boot["entries"]) == 4
+    default = entries["osloader"]
+    assert (default["default"], default["display_index"]) == (True, 0)
+    assert boot["default"] == default["guid"] and boot["display_order"] == [default["guid"]]
+    assert (default["description"], default["path"], default["systemroot"]) == (
+        loader_description(spec.windows), loader, "\\Windows")
+    assert default["device"]["partition"] == default["osdevice"]["partition"] == root
+    assert entries["bootmgr"]["device"]["partition"] == entries["memdiag"]["device"]["partition"] == home
+    assert (entries["resume"]["path"], entries["resume"]["osdevice"]["partition"]) == (resume, root)
+    kind = "gpt_partition" if spec.partition_table == "gpt" else "mbr_partition"
+    assert all(e["device"]["decoded"]["kind"] == kind and e["device"]["on_this_disk"] for e in boot["entries"])
+    assert all(not e["problems"] for e in boot["entries"])
+    rows = "\n".join(inspect_sample(appliance, name).describe())
+    assert f"* osloader '{default['description']}', {loader}, device {root} (" in rows
+
+
+def test_describe_lists_the_boot_rows_and_a_missing_store():
+    assert describe_boot(BootFacts()) == [("BCD", "none found")]
+
+
+GPT_DISK, OTHER_DISK = "7E4CA84B-A210-5C73-88A3-4A2943D3F02C", "2AF335EE-E9B5-5E0A-8F6A-B58D206317FC"
+ESP_PART, WIN_PART = "8B8EC44B-B939-55A5-B722-7E5A26D2573A", "3192EA9E-91CA-541D-9251-FB6D7777949B"
+SIGNATURE = 0x0BD133F8
+MIB = 1 << 20
+GPT_TABLE = ThisDisk(table="gpt", disk_id=GPT_DISK, partitions=(
+    Filesystem("/dev/sda1", "vfat", offset=1 * MIB, partition_guid=ESP_PART, partition_type=ESP_GUID),
+    Filesystem("/dev/sda2", "unknown", offset=33 * MIB, partition_guid="C88424E9-8635-527C-83BE-360F0925B5AD"),
+    Filesystem("/dev/sda3", "ntfs", offset=49 * MIB, partition_guid=WIN_PART)))
+MBR_TABLE = ThisDisk(table="mbr", disk_id=f"{SIGNATURE:08x}", partitions=(
+    Filesystem("/dev/sdb1", "ntfs", offset=1 * MIB, active=True),
+    Filesystem("/dev/sdb2", "ntfs", offset=101 * MIB, active=False)))
+
+
+def resolved(blob: bytes, disk: ThisDisk, boot_device: str | None = None) -> tuple:
+    device = resolve_device(decode_device(blob), disk, boot_device)
+    return device.partition, device.on_this_disk, device.describe()
+
+
+def test_a_gpt_device_resolves_to_the_partition_with_its_guid_on_a_disk_with_its_guid():
+    assert resolved(encode_gpt_partition(WIN_PART, GPT_DISK), GPT_TABLE) == (
+        "/dev/sda3", True, f"/dev/sda3 (GPT partition {{{WIN_PART}}} of disk {{{GPT_DISK}}})")
+    assert resolved(encode_gpt_partition(ESP_PART.lower(), GPT_DISK.lower()), GPT_TABLE)[0] == "/dev/sda1"
+    assert resolved(encode_gpt_partition(WIN_PART, OTHER_DISK), GPT_TABLE) == (
+        None, False, f"GPT partition {{{WIN_PART}}} of disk {{{OTHER_DISK}}} (not on this disk)")
+    lost = "11111111-2222-3333-4444-555555555555"
+    assert resolved(encode_gpt_partition(lost, GPT_DISK), GPT_TABLE) == (
+        None, True, f"GPT partition {{{lost.upper()}}} of disk {{{GPT_DISK}}} (no such partition on this disk)")
+    # the same GUIDs mean nothing on an MBR disk
+    assert resolved(encode_gpt_partition(WIN_PART, GPT_DISK), MBR_TABLE)[:2] == (None, False)
+
+
+def test_an_mbr_device_resolves_to_the_partition_at_its_offset_on_a_disk_with_its_signature():
+    assert resolved(encode_mbr_partition(101 * MIB, SIGNATURE), MBR_TABLE) == (
+        "/dev/sdb2", True, "/dev/sdb2 (MBR partition at offset 105906176 of disk 0x0BD133F8)")
+    assert resolved(encode_mbr_partition(1 * MIB, SIGNATURE), MBR_TABLE)[0] == "/dev/sdb1"
+    assert resolved(encode_mbr_partition(2 * MIB, SIGNATURE), MBR_TABLE) == (
+        None, True, "MBR partition at offset 2097152 of disk 0x0BD133F8 (no such partition on this disk)")
+    assert resolved(encode_mbr_partition(101 * MIB, SIGNATURE + 1), MBR_TABLE) == (
+        None, False, "MBR partition at offset 105906176 of disk 0x0BD133F9 (not on this disk)")
+    assert resolved(encode_mbr_partition(49 * MIB, SIGNATURE), GPT_TABLE)[:2] == (None, False)
+
+
+def test_the_boot_device_is_the_partition_the_store_was_read_from_and_bad_blobs_resolve_to_nothing():
+    boot = bytes(16) + bytes.fromhex("05000000 00000000 10000000 00000000")       # device type 5: "boot"
+    assert resolved(boot, MBR_TABLE, "/dev/sdb1")[:2] == ("/dev/sdb1", True)
+    assert resolved(b"\x01\x02", GPT_TABLE) == (None, None, "an undecodable device (2 bytes, shorter than a "
+                                                                "device header (32))")
+    truncated = encode_gpt_partition(WIN_PART, GPT_DISK)[:60]
+    assert resolved(truncated, GPT_TABLE)[:2] == (None, None)
+    assert resolved(truncated, GPT_TABLE)[2] == ("an undecodable device (a partition device of 60 bytes (descriptor "
+                                                 "size 72); 88 expected)")
+
+
+# ---- a store read from a local copy: the entries, and every way it fails to boot Windows is a warning
+
+def bios_store(path, windows_offset=101 * MIB, signature=SIGNATURE):
+    rows = sample_bcd.bios_store_values(signature, windows_offset, 1 * MIB, loader_guid=LOADER)
+    make_hive(path, sample_bcd.ROOT_NAME, rows)
+    return path
+
+
+def uefi_store(tmp_path, disk_guid=GPT_DISK):
+    template = tmp_path / "BCD-Template"
+    make_hive(template, sample_bcd.ROOT_NAME, sample_bcd.template_values())
+    build_uefi_store(template, tmp_path / "BCD", esp_partition_guid=ESP_PART, windows_partition_guid=WIN_PART,
+                     disk_guid=disk_guid, loader_guid=LOADER, description="Windows Server")
+    return tmp_path / "BCD"
+
+
+LOADER = "{2a09c531-8e95-5a48-9108-758b176ed4bb}"
+
+
+def entries_of(local, disk, firmware, windows_device, home):
+    facts = BootFacts(store=BootStore(device=home, path="/Boot/BCD"))
+    warnings = read_entries(facts, local, disk, firmware, windows_device)
+    return facts, [(w.code, w.message) for w in warnings]
+
+
+def test_a_bios_store_that_boots_this_windows_has_no_warning(tmp_path):
+    facts, warnings = entries_of(bios_store(tmp_path / "BCD"), MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+    assert warnings == []
+    assert [e.type for e in facts.entries] == ["bootmgr", "osloader", "memdiag", "resume"]
+    loader = facts.entries[1]
+    assert facts.default == loader.guid == LOADER and facts.display_order == [LOADER]
+    assert (loader.device.partition, loader.osdevice.partition, loader.systemroot) == ("/dev/sdb2", "/dev/sdb2",
+                                                                                       "\\Windows")
+    assert facts.entries[0].device.partition == "/dev/sdb1"
+
+
+def test_a_default_entry_on_another_partition_or_disk_is_a_mismatch(tmp_path):
+    _, warnings = entries_of(bios_store(tmp_path / "BCD"), MBR_TABLE, "bios", "/dev/sdb1", "/dev/sdb1")
+    assert [c for c, _ in warnings] == ["boot_config_mismatch"]
+    assert "does not start the Windows on /dev/sdb1: its device is /dev/sdb2 (MBR partition" in warnings[0][1]
+    _, warnings = entries_of(bios_store(tmp_path / "other", signature=0x12345678), MBR_TABLE, "bios", "/dev/sdb2",
+                             "/dev/sdb1")
+    assert [c for c, _ in warnings] == ["boot_config_mismatch"]
+    assert "of disk 0x12345678 (not on this disk); its osdevice is" in warnings[0][1]
+    _, warnings = entries_of(uefi_store(tmp_path, OTHER_DISK), GPT_TABLE, "uefi", "/dev/sda3", "/dev/sda1")
+    assert [c for c, _ in warnings] == ["boot_config_mismatch"]
+    assert f"of disk {{{OTHER_DISK}}} (not on this disk)" in warnings[0][1]
+
+
+def test_a_loader_for_the_other_firmware_is_a_mismatch(tmp_path):
+    facts, warnings = entries_of(uefi_store(tmp_path), GPT_TABLE, "uefi", "/dev/sda3", "/dev/sda1")
+    assert warnings == [] and facts.entries[1].path == "\\Windows\\system32\\winload.efi"
+    _, warnings = entries_of(uefi_store(tmp_path), GPT_TABLE, "bios", "/dev/sda3", "/dev/sda1")
+    assert warnings == [("boot_config_mismatch", "/dev/sda1:/Boot/BCD: the default boot entry " + LOADER +
+                         " 'Windows Server' loads \\Windows\\system32\\winload.efi (a UEFI loader), but the disk "
+                         "boots by BIOS (MBR, no EFI system partition)")]
+    _, warnings = entries_of(bios_store(tmp_path / "BCD.bios"), MBR_TABLE, "uefi", "/dev/sdb2", "/dev/sdb1")
+    assert [c for c, _ in warnings] == ["boot_config_mismatch"] and "winload.exe (a BIOS loader)" in warnings[0][1]
+
+
+def test_an_empty_store_has_no_boot_entries_and_a_warning(tmp_path):
+    facts, warnings = entries_of(make_hive(tmp_path / "BCD", sample_bcd.ROOT_NAME, []) and tmp_path / "BCD",
+                                 MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+    assert facts.entries == [] and facts.default is None
+    assert [c for c, _ in warnings] == ["boot_config_missing"] and "has no boot entries" in warnings[0][1]
+    rows = dict(describe_boot(facts))
+    assert rows["BCD"] == "/dev/sdb1:/Boot/BCD, no boot entries"
+    # objects, but none an application: the settings of a template
+    facts, warnings = entries_of(make_hive(tmp_path / "T", sample_bcd.ROOT_NAME, [
+        r for r in sample_bcd.template_values() if "Objects\\" + bcd_elements.BOOTMGR not in r[0]
+        and "Objects\\" + bcd_elements.MEMDIAG not in r[0]]) and tmp_path / "T", MBR_TABLE, "bios", "/dev/sdb2",
+        "/dev/sdb1")
+    assert facts.entries == [] and [c for c, _ in warnings] == ["boot_config_missing"]
+
+
+def test_a_store_without_a_default_is_missing_one(tmp_path):
+    rows = [r for r in sample_bcd.bios_store_values(SIGNATURE, 101 * MIB, MIB, loader_guid=LOADER)
+            if not r[0].endswith(f"{bcd_elements.DEFAULT_OBJECT:08X}")]
+    facts, warnings = entries_of(make_hive(tmp_path / "BCD", sample_bcd.ROOT_NAME, rows) and tmp_path / "BCD",
+                                 MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+    assert len(facts.entries) == 4 and facts.default is None
+    assert warnings == [("boot_config_missing", "the BCD store /dev/sdb1:/Boot/BCD names no default boot entry it "
+                                                "holds")]
+
+
+@pytest.mark.parametrize("damage, says", [("garbage", "is not a registry hive"), ("truncated", "is truncated"),
+                                          ("zeroed bins", "has no hive bin"), ("junk cells", "hivex cannot open it")])
+def test_a_damaged_store_is_a_warning_not_an_error(tmp_path, damage, says):
+    data = bios_store(tmp_path / "BCD").read_bytes()
+    data = {"garbage": b"not a hive" * 1000, "truncated": data[:4096 + 100],
+            "zeroed bins": data[:4096] + bytes(len(data) - 4096),
+            "junk cells": data[:0x1020] + b"\x5a\xa5" * 0x800 + data[0x2020:]}[damage]
+    (tmp_path / "BCD").write_bytes(data)
+    facts, warnings = entries_of(tmp_path / "BCD", MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+    assert facts.entries == []
+    assert [c for c, _ in warnings] == ["boot_config_unreadable"]
+    assert warnings[0][1].startswith("the BCD store /dev/sdb1:/Boot/BCD") and says in warnings[0][1]
+    assert str(tmp_path) not in warnings[0][1]
+
+
+def test_an_element_of_the_wrong_type_is_reported_and_warned(tmp_path):
+    rows = sample_bcd.bios_store_values(SIGNATURE, 101 * MIB, MIB, loader_guid=LOADER)
+    rows = [(k, n, RegType.SZ, "C:") if k == bcd_elements.element_key(LOADER, bcd_elements.OS_DEVICE) else
+            (k, n, t, d) for k, n, t, d in rows]
+    facts, warnings = entries_of(make_hive(tmp_path / "BCD", sample_bcd.ROOT_NAME, rows) and tmp_path / "BCD",
+                                 MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+    loader = facts.entries[1]
+    assert loader.osdevice is None and len(loader.problems) == 1
+    assert loader.problems[0].startswith("element 21000001 is") and loader.problems[0].endswith("not BINARY")
+    assert [c for c, _ in warnings] == ["boot_config_unreadable", "boot_config_mismatch"]
+    assert "its osdevice is not set" in warnings[1][1]
+
+
+def test_no_damage_to_a_store_escapes_as_an_exception(tmp_path):
+    """200 stores with a few random bytes changed past the header (seeded): each reads as entries, or warns."""
+    data = bios_store(tmp_path / "good").read_bytes()
+    rng, outcomes = random.Random(14), set()
+    for _ in range(200):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            at, length = rng.randrange(4096, len(data) - 16), rng.choice([1, 4, 16])
+            damaged[at:at + length] = rng.randbytes(length)
+        (tmp_path / "BCD").write_bytes(bytes(damaged))
+        facts, warnings = entries_of(tmp_path / "BCD", MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
+        assert facts.entries or warnings
+        outcomes.add(warnings[0][0] if warnings else "read")
+    assert {"read", "boot_config_unreadable"} <= outcomes
