@@ -3,8 +3,8 @@
 An export used to convert the disk into a local VHDX and then upload that file: every byte was written twice and
 read twice. A layout lets ``SmbShare.upload`` send the disk's own bytes to their final offsets inside the
 container instead, and finish with the container's metadata; ``fill`` does the same into a local file, which is
-how ``ce.disks.convert`` turns a raw disk into these formats (qemu-img's VMDK and VHDX writers run at a third to
-four fifths of the speed of a plain copy here: ``make bench``).
+one of ``ce.disks.convert``'s two ways to turn a raw disk into these formats (the other is qemu-img's; the faster
+per pair is ``conversion.FILL_LOCALLY``, from ``bench/disks.py --both-methods``).
 
 The metadata is not written by ce: ``qemu-img create`` makes an empty container of the disk's size (a few MiB, or
 a sparse file for the fixed subformats), and a layout only fills in the block allocation table of that container
