@@ -37,6 +37,20 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:4])
 
 
+def product_version(build: str) -> tuple[int, ...]:
+    """A release build ('2203.0.5000') as the target device reports itself (7.33.5000): the form an installed
+    version is compared in."""
+    release, *rest = version_key(build)
+    table = json.loads(resources.files("ce").joinpath("data/pvs_support.json").read_text())["product_versions"]
+    return (*version_key(table[str(release)]), *rest[1:]) if str(release) in table else (release, *rest)
+
+
+def same_or_newer(installed: tuple[int, ...], wanted: tuple[int, ...]) -> tuple[bool, bool]:
+    """(same, newer) of an installed version against a wanted one, both in one form; the same when the installed
+    version starts with every part of the wanted one (2203.0.5000 is installed as 2203.0.5000.18)."""
+    return installed[:len(wanted)] == wanted, installed[:len(wanted)] > wanted
+
+
 def stage_payload(planner: Planner, store: PayloadStore, component: str, version: str) -> str:
     """Copy a verified installer into the first-boot folder; returns its file name."""
     found = store.find(component, version=version)
@@ -56,11 +70,12 @@ def plan_pvs(planner: Planner, facts, build: str, store_for) -> str:
     installed version is refused (pvs_downgrade_refused): a downgrade is not an upgrade."""
     present = facts.components.get("pvs")
     found = version_key(present.version) if present and present.version else None
-    wanted = version_key(build)
-    if found is not None and found[:len(wanted)] == wanted:
+    wanted = product_version(build) if found and found[0] < 1000 else version_key(build)
+    same, newer = same_or_newer(found, wanted) if found else (False, False)
+    if same:
         planner.warn("pvs_present", f"Citrix Provisioning target device {present.version} is already installed")
         return "present"
-    if found is not None and found > wanted:
+    if newer:
         raise PvsDowngradeRefused(f"the image has Citrix Provisioning target device {present.version}, newer than "
                                   f"{build}: ce does not downgrade it; ask for {present.version} or newer")
     installer = stage_payload(planner, store_for(), "pvs-target-device", build)

@@ -14,7 +14,9 @@ kept in ``error``, so the caller reports the share's own error rather than qemu-
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import shutil
 import socket
@@ -48,6 +50,7 @@ MAX_SOCKET_PATH = 104                         # sun_path holds 108 bytes with it
 SHORT_BASE = "/tmp"
 MAX_READ = 32 << 20                           # qemu's NBD client never asks for more in one request
 WRITING_COMMANDS = {1, 3, 4, 5, 6}            # WRITE, FLUSH, TRIM, CACHE, WRITE_ZEROES
+CHILD_START_TIMEOUT = 120
 
 
 @contextmanager
@@ -57,6 +60,74 @@ def serving(location, name: str, directory) -> Iterator["ShareExport"]:
     with location.share() as share, share.open_read(name) as reader, ShareExport(reader, directory) as export, \
             export.raising_share_errors():
         yield export
+
+
+@contextmanager
+def serving_in_child(location, name: str, directory) -> Iterator["ChildExport"]:
+    """``serving`` in a process of its own, for a caller whose thread keeps the GIL while qemu reads the export:
+    libguestfs's Python bindings hold it for the whole of a call (a launch, a read), so an export served by the
+    caller's own threads would never answer and the call would never return. The location, password included, goes
+    to the child through the multiprocessing pipe, never through argv or the environment."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_serve_for_parent, args=(location, name, os.fspath(directory), theirs),
+                            name="ce-nbd-export", daemon=True)
+    child.start()
+    theirs.close()
+    try:
+        if not ours.poll(CHILD_START_TIMEOUT):
+            raise ConversionFailed(f"the NBD export of {name} did not start within {CHILD_START_TIMEOUT} s")
+        kind, *details = ours.recv()
+        if kind == "error":
+            raise CeError(details[1], code=details[0])
+        yield ChildExport(ours, uri=details[0], size=details[1])
+    finally:
+        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+            ours.send(("stop",))
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        ours.close()
+
+
+class ChildExport:
+    """The handle of an export served by ``serving_in_child``: its URI, size and the share errors it met."""
+
+    def __init__(self, pipe, *, uri: str, size: int):
+        self._pipe, self.uri, self.size = pipe, uri, size
+
+    def share_error(self) -> tuple[str, str] | None:
+        """(code, message) of the first share read that failed while serving, if one did."""
+        self._pipe.send(("error?",))
+        return self._pipe.recv()
+
+    @contextmanager
+    def raising_share_errors(self):
+        """As ``ShareExport.raising_share_errors``: a qemu failure caused by the share raises the share's error."""
+        try:
+            yield
+        except CeError as exc:
+            found = self.share_error()
+            if found is None:
+                raise
+            raise CeError(f"{found[1]}; {exc.message}", code=found[0]) from exc
+
+
+def _serve_for_parent(location, name: str, directory: str, pipe) -> None:
+    """The child's side: serve until the parent says stop (or goes away), answering its questions."""
+    try:
+        with serving(location, name, directory) as export:
+            pipe.send(("ready", export.uri, export.size))
+            while (message := pipe.recv())[0] != "stop":
+                error = export.error
+                pipe.send(None if error is None else (getattr(error, "code", "smb_error"),
+                                                      getattr(error, "message", str(error))))
+    except CeError as exc:
+        with contextlib.suppress(OSError):
+            pipe.send(("error", exc.code, exc.message))
+    except (EOFError, OSError):
+        pass                                         # the parent went away: stop serving
 
 
 def verify(directory, fmt: str, subformat: str | None, virtual_size: int, what: str, reader) -> None:

@@ -103,7 +103,7 @@ class ShareParent:
     name: str
     stat: RemoteStat
     facts: ParentFacts
-    export: nbdexport.ShareExport
+    export: nbdexport.ChildExport          # served by another process: a guest launch holds the GIL
 
     @property
     def absolute_path(self) -> str:
@@ -166,9 +166,9 @@ def opened_parent(location, name: str, scratch: Path) -> Iterator[ShareParent]:
     (a parent that is itself a child is refused), served read-only over NBD until the block ends."""
     with location.share() as share:
         stat = share.stat(name)
-        with share.open_read(name) as reader, nbdexport.ShareExport(reader, scratch) as export, \
-                export.raising_share_errors():
+        with share.open_read(name) as reader:
             facts = parent_facts(reader.read_at, stat.size, mtime=stat.modified.timestamp())
+        with nbdexport.serving_in_child(location, name, scratch) as export, export.raising_share_errors():
             yield ShareParent(share, name, stat, facts, export)
 
 

@@ -112,7 +112,7 @@ def plan_boot_files(planner, guest, esp: str) -> None:
     for folder, target in ((source, EFI_BOOT), (guest.win_path("/Windows/Boot/Fonts"), EFI_BOOT + "\\Fonts")):
         if not guest.is_dir(folder):
             continue
-        for name in sorted(guest.g.find(folder)):
+        for name in sorted(n.lstrip("/") for n in guest.g.find(folder)):
             if guest.is_file(f"{folder}/{name}"):
                 local = download(guest, f"{folder}/{name}", planner.workdir)
                 planner.write_file(f"{target}\\{name.replace('/', chr(92))}", local, filesystem=esp,

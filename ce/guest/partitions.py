@@ -59,7 +59,7 @@ def read_table(guest, device: str) -> PartitionTable:
             entry.type, entry.guid = g.part_get_gpt_type(device, n).upper(), g.part_get_gpt_guid(device, n).upper()
             entry.name = g.part_get_name(device, n)
         else:
-            entry.type, entry.bootable = f"{g.part_get_mbr_id(device, n):02x}", g.part_get_bootable(device, n)
+            entry.type, entry.bootable = f"{g.part_get_mbr_id(device, n):02x}", bool(g.part_get_bootable(device, n))
         entries.append(entry)
     disk_guid = g.part_get_disk_guid(device).upper() if label == "gpt" else None
     return PartitionTable(label=label, partitions=entries, disk_guid=disk_guid)

@@ -17,9 +17,8 @@ from ce.windows.bcd import (
 )
 from images import bcd as sample
 from images.build import corrupt_hive, make_dirty, make_hive
+from tests.support.bcdread import BOOTMGR, MEMDIAG, element, object_type, parse_partition_device
 
-BOOTMGR = "{9dea862c-5cdd-4e70-acc1-f32b344d4795}"
-MEMDIAG = "{b2721d73-1db4-4c62-bf78-c548a880142d}"
 GLOBALSETTINGS = "{7ea2e1ac-2e61-4728-aaa3-896d9d0a9f0e}"
 BOOTLOADERSETTINGS = "{6efb52bf-1766-41db-a6b3-0ee5eff72bd7}"
 RESUMELOADERSETTINGS = "{1afa9c49-16ab-4a5c-901b-212802da9460}"
@@ -28,29 +27,6 @@ WINDOWS = "A7E40C2B-9D61-4F3E-8B2A-6C5D4E3F2A10"
 DISK = "5B8C9D0E-1F2A-4B3C-8D4E-5F6A7B8C9D0E"
 LOADER = "{0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3}"
 SIGNATURE, BOOT_OFFSET, WINDOWS_OFFSET = 0x5EED1234, 1 << 20, 101 << 20
-
-
-def parse_partition_device(blob: bytes) -> dict:
-    """The reference's table (uefi-differencing-diagnostics.md §6), read field by field."""
-    assert len(blob) == 88
-    assert blob[0:16] == bytes(16)                                   # no additional options object
-    assert struct.unpack_from("<IIII", blob, 16) == (6, 0, 0x48, 0)  # partition device, flags, size, reserved
-    assert struct.unpack_from("<I", blob, 48)[0] == 0                # local disk
-    assert blob[72:88] == bytes(16)
-    style = struct.unpack_from("<I", blob, 52)[0]
-    if style == 0:
-        return {"partition": str(uuid.UUID(bytes_le=blob[32:48])).upper(),
-                "disk": str(uuid.UUID(bytes_le=blob[56:72])).upper()}
-    assert style == 1 and blob[40:48] == bytes(8) and blob[60:72] == bytes(12)
-    return {"offset": struct.unpack_from("<Q", blob, 32)[0], "signature": struct.unpack_from("<I", blob, 56)[0]}
-
-
-def element(hive: RegistryHive, guid: str, element_id: int):
-    return hive.get_key(f"\\Objects\\{guid}\\Elements\\{element_id:08X}").get_value("Element")
-
-
-def object_type(hive: RegistryHive, guid: str) -> int:
-    return hive.get_key(f"\\Objects\\{guid}\\Description").get_value("Type")
 
 
 @pytest.fixture(scope="module")
