@@ -50,7 +50,7 @@ def read_boot(guest: Guest, device: str, disk: ThisDisk, firmware: str, windows_
     facts = BootFacts(esp=boot_partition(esp), system_partition=boot_partition(system))
     home = esp if firmware == "uefi" else system if firmware == "bios" else None
     if home is None:
-        what = "an active partition" if disk.table == "mbr" else "an EFI system partition"
+        what = "active partition" if disk.table == "mbr" else "EFI system partition"
         return facts, [_missing(f"{device} has no {what}: no firmware can boot it as it is")]
     try:
         found = copy_store(guest, home.device, STORE_PATHS[firmware], tmp)

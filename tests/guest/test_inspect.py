@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from regipy.registry import RegistryHive
@@ -19,7 +20,7 @@ from ce.registry import RegType, sha256_file
 from ce.guest import ESP_GUID, Filesystem
 from ce.windows.bcd import build_uefi_store, decode_device, encode_gpt_partition, encode_mbr_partition
 from ce.windows.bcd import elements as bcd_elements
-from ce.windows.boot import ThisDisk, read_entries, resolve_device
+from ce.windows.boot import ThisDisk, read_boot, read_entries, resolve_device
 from ce.windows.facts import BootFacts, BootStore, describe_boot
 from images import bcd as sample_bcd
 from images.build import loader_description, make_hive
@@ -384,6 +385,17 @@ def test_the_boot_device_is_the_partition_the_store_was_read_from_and_bad_blobs_
     assert resolved(truncated, GPT_TABLE)[:2] == (None, None)
     assert resolved(truncated, GPT_TABLE)[2] == ("an undecodable device (a partition device of 60 bytes (descriptor "
                                                  "size 72); 88 expected)")
+
+
+def test_a_disk_without_a_boot_partition_is_warned_before_anything_is_read():
+    no_esp = ThisDisk(table="gpt", disk_id=GPT_DISK, partitions=GPT_TABLE.partitions[1:])
+    no_active = ThisDisk(table="mbr", disk_id=MBR_TABLE.disk_id, partitions=(
+        Filesystem("/dev/sdb1", "ntfs", offset=MIB, active=False),))
+    for disk, firmware, says in ((no_esp, "unknown", "/dev/sda has no EFI system partition"),
+                                 (no_active, "bios", "/dev/sda has no active partition")):
+        facts, warnings = read_boot(None, "/dev/sda", disk, firmware, "/dev/sda3", Path("/nonexistent"))
+        assert (facts.esp, facts.system_partition, facts.store, facts.entries) == (None, None, None, [])
+        assert [(w.code, w.message.split(":")[0]) for w in warnings] == [("boot_config_missing", says)]
 
 
 # ---- a store read from a local copy: the entries, and every way it fails to boot Windows is a warning
