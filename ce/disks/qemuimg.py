@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import re
+import subprocess
 import threading
 from contextlib import suppress
 from dataclasses import asdict, dataclass
@@ -140,29 +141,45 @@ def run(*args: str, ok=(0,), fails_as: type[DiskError], doing: str):
 
 
 def run_watched(args: list[str], *, progress, cancel, doing: str, canceled_message: str | None = None) -> None:
-    """Run a long qemu-img command, reporting its -p progress; kill it on cancel or when ``progress`` raises."""
-    import sh
+    """Run a long qemu-img command, reporting its -p progress; kill it on cancel or when ``progress`` raises.
+
+    A plain child with a reader thread per pipe: run through sh (as the short commands are), the same qemu-img
+    convert used up to 1.5x the CPU and wall time here."""
     log.debug("qemu-img %s", " ".join(args))
     meter = ProgressMeter(progress)
-    exited = threading.Event()
-    proc = _qemu_img()(*args, _bg=True, _bg_exc=False, _out=meter.feed, _out_bufsize=0, _return_cmd=True,
-                       _done=lambda *_: exited.set())
     try:
-        while proc.is_alive() and not (is_canceled(cancel) or meter.error):
-            exited.wait(POLL_SECONDS)            # back as soon as qemu-img exits, not up to a poll later
+        proc = subprocess.Popen(["qemu-img", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise QemuImgMissing("qemu-img is not installed: install the qemu-utils package") from None
+    stderr = bytearray()
+    progress_text = lambda chunk: meter.feed(chunk.decode(errors="replace"))      # noqa: E731
+    readers = [threading.Thread(target=_pump, args=(proc.stdout, progress_text), daemon=True),
+               threading.Thread(target=_pump, args=(proc.stderr, stderr.extend), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        while proc.poll() is None and not (is_canceled(cancel) or meter.error):
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(POLL_SECONDS)          # back as soon as qemu-img exits
     finally:
-        if proc.is_alive():
+        if proc.poll() is None:
             proc.kill()
-            with suppress(sh.ErrorReturnCode):
-                proc.wait()
+            proc.wait()
+        for reader in readers:
+            reader.join()
     if meter.error:
         raise meter.error
     stop_if_canceled(cancel, canceled_message)
-    try:
-        proc.wait()
-    except sh.ErrorReturnCode as exc:
-        raise ConversionFailed(f"{doing}: {reason(exc.stderr)}") from None
+    if proc.returncode != 0:
+        raise ConversionFailed(f"{doing}: {reason(bytes(stderr))}")
     meter.finish()
+
+
+def _pump(stream, sink) -> None:
+    with stream:
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            sink(chunk)
 
 
 class ProgressMeter:

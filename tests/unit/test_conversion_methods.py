@@ -140,3 +140,12 @@ def test_a_fill_canceled_mid_way_keeps_nothing(tmp_path):
         disks.convert(source, tmp_path / "out.vhdx", "vhdx", method="fill", progress=progress, cancel=cancel)
     assert seen and seen[-1] < 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.raw"]
+
+
+def test_a_failing_qemu_img_convert_reports_its_reason_and_keeps_nothing(tmp_path):
+    huge = tmp_path / "huge.raw"
+    with open(huge, "wb") as f:
+        f.truncate(2100 << 30)                                  # sparse, and over the 2040 GiB VHD limit
+    with pytest.raises(disks.ConversionFailed, match="to VHD failed: .*Disk size is too large, max size is 2040 GiB"):
+        disks.convert(huge, tmp_path / "huge.vhd", "vhd", method="qemu-img")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.raw"]
