@@ -4,14 +4,15 @@ are set.
 ``CE_FAULT_TRACE=FILE`` appends one line per libguestfs call ("<n> <call>") and phase marks ("# apply") to FILE,
 so a test can see how many calls a clean run makes and where each phase starts. ``CE_FAULT_KILL_AT=N`` kills this
 process group with SIGKILL just before the Nth call -- the CE VM losing power at that exact point, since the
-appliance's qemu dies with it.
+appliance's qemu dies with it. ``CE_FAULT_KILL_PHASE=NAME`` does the same at ``checkpoint(NAME)``, for phases
+that make no libguestfs call (a differencing child being written, or renamed on the share).
 """
 from __future__ import annotations
 
 import os
 import signal
 
-KILL_ENV, TRACE_ENV = "CE_FAULT_KILL_AT", "CE_FAULT_TRACE"
+KILL_ENV, TRACE_ENV, PHASE_ENV = "CE_FAULT_KILL_AT", "CE_FAULT_TRACE", "CE_FAULT_KILL_PHASE"
 
 
 class CountingHandle:
@@ -46,3 +47,10 @@ def note(line: str) -> None:
     if trace:
         with open(trace, "a") as f:
             f.write(line + "\n")
+
+
+def checkpoint(name: str) -> None:
+    """A named point of a phase without libguestfs calls: noted in the trace, killed at when asked."""
+    note(f"# {name}")
+    if os.environ.get(PHASE_ENV) == name:
+        os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import disks, nbdexport
+from . import disks, faults, nbdexport
 from .disks import qemuimg
 from .disks.differencing import ChildSummary, FileSink, ParentFacts, parent_facts, write_child
 from .errors import ChildDiskFailed, ConversionFailed
@@ -130,6 +130,7 @@ class ShareParent:
             if size > merged.size or beyond:
                 raise ChildDiskFailed(f"the edits reach past the child's {size} bytes (at {beyond[:1]}) or the "
                                       f"child is larger than the edited disk ({merged.size} bytes)")
+            faults.checkpoint("child-write")
             summary = write_child(self.facts, extents, merged.read_at, FileSink(f), parent_name=self.name,
                                   parent_absolute=self.absolute_path,
                                   virtual_size=size if self.facts.format == "vhdx" else None)
@@ -151,6 +152,7 @@ class ShareParent:
                 digest.update(reader.read_at(offset, min(READ_CHUNK, reader.size - offset)))
             if digest.hexdigest() != child.sha256:
                 raise ChildDiskFailed(f"{name} reads back on the share with other bytes than were written")
+            faults.checkpoint("child-rename")                # complete and verified, not yet renamed
         return self.share.upload(child.path, name, overwrite=overwrite, progress=progress, cancel=cancel,
                                  verify=verify)
 
