@@ -17,7 +17,7 @@ and the hash) and the kernel is told the reads are sequential (twice the readahe
 a file that shrinks under it kills the process with SIGBUS instead of raising DiskUnreadable. The first algorithm
 is hashed in the reading thread, with no hand-off; each further one in a thread of its own (hashlib releases the
 GIL on large updates) on the same buffers, one block behind at most, so md5 + sha256 together cost about as much as
-the slower one alone.
+the slower one alone. A file on a share is hashed in threads only, while its next chunk comes over the network.
 """
 from __future__ import annotations
 
@@ -160,7 +160,8 @@ def hash_remote_file(read_at, size: int, what: str, algorithms=ALGORITHMS, *, pr
     def blocks() -> Iterator[memoryview]:
         for offset in range(0, size, REMOTE_CHUNK):
             yield memoryview(read_at(offset, min(REMOTE_CHUNK, size - offset)))
-    hashes = _digest(blocks(), algorithms, size, progress, cancel)
+    # every algorithm in a thread: the next chunk comes over the network meanwhile
+    hashes = _digest(blocks(), algorithms, size, progress, cancel, inline=False)
     return DiskHash(path=what, format="file", size=size, hashes=hashes)
 
 
@@ -251,11 +252,11 @@ def _scratch_dir() -> str:
 # ---------------------------------------------------------------- hashing
 
 def _digest(blocks: Iterator[memoryview], algorithms: tuple[str, ...], total: int, progress: Progress | None,
-            cancel) -> dict[str, str]:
-    """Feed every block to each algorithm: the first in this thread, the others in threads of their own, which go
-    on with a block while the next one is read."""
+            cancel, *, inline: bool = True) -> dict[str, str]:
+    """Feed every block to each algorithm: the first in this thread (``inline``), the others in threads of their
+    own, which go on with a block while the next one is read."""
     done = reported = 0
-    with ContentHasher("", total, algorithms, inline=True) as hasher:
+    with ContentHasher("", total, algorithms, inline=inline) as hasher:
         for block in blocks:
             hasher.update(block)             # waits until the block before this one is finished with its buffer
             if disks.is_canceled(cancel):
