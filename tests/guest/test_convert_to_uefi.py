@@ -193,6 +193,13 @@ def test_inspect_reports_uefi_and_gpt(converted):
                           timeout=900)
     report = json.loads(proc.stdout)
     assert (report["firmware"], report["partition_table"]) == ("uefi", "gpt"), proc.stderr
+    boot = report["boot"]
+    assert (boot["esp"]["device"], boot["esp"]["filesystem"], boot["esp"]["label"]) == ("/dev/sda1", "vfat", "SYSTEM")
+    assert boot["store"] == {"device": "/dev/sda1", "path": "/EFI/Microsoft/Boot/BCD"}
+    loader = next(e for e in boot["entries"] if e["default"])
+    assert (loader["type"], loader["path"]) == ("osloader", "\\Windows\\system32\\winload.efi")
+    assert loader["device"]["partition"] == loader["osdevice"]["partition"] == report["os"]["root_device"]
+    assert not [w for w in report["warnings"] if w["code"].startswith("boot_config")]
 
 
 def test_windows_alone_gets_a_new_esp_in_added_space(store, samba, tmp_path):
