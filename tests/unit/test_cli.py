@@ -128,3 +128,13 @@ def test_choices_are_taken_in_any_case_and_reported_canonical(disk, tmp_path):
     converted = ce("convert", str(disk), str(out), "-O", "VMDK", "--subformat", "streamoptimized", "--json")
     assert converted.returncode == 0, converted.stderr
     assert json.loads(converted.stdout)["facts"]["output"]["subformat"] == "streamOptimized"
+
+
+@pytest.mark.parametrize("example", ["convert-to-uefi.json", "upgrade-pvs.json"])
+def test_the_vdisk_examples_are_valid_jobs_without_a_disk(example):
+    """convertToUefi and upgradePvs take their input from the share: their jobs parse with no DISK given."""
+    from ce.cli.jobs import load_job
+    from ce.step import step_types
+    kind, params = load_job(str(ROOT / "examples" / example), step_types())
+    assert kind.name == json.loads((ROOT / "examples" / example).read_text())["type"]
+    assert params.inputImageFilename == "Win2019-VDA.vhdx" and params.timeout == 7200
