@@ -46,7 +46,7 @@ plan-sample: venv images
 	$(VENV)/bin/ce plan --job examples/prepare-mcs.json images/build/win2016-vda1912.qcow2
 
 # ce vs the physical limit, side by side on the same data (a few minutes); one script per line
-BENCH_SCRIPTS := bench/disks.py bench/hashing.py bench/load.py bench/load_export.py bench/slowclients.py bench/wan.py
+BENCH_SCRIPTS := bench/disks.py bench/hashing.py bench/load.py bench/load_export.py bench/slowclients.py bench/wan.py bench/child.py
 bench: venv
 	@set -e; for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(PY) $$script; done
 
