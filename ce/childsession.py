@@ -85,10 +85,11 @@ class ChildSession:
 
 
 def open_child_session(params: ChildParams, ctx: StepContext, *, name: str, extra_bytes: int = 0,
-                       size: int | None = None) -> ChildSession:
+                       size: int | None = None, before_launch=None) -> ChildSession:
     """Open the parent on the share, refuse an existing output (unless ``overwriteOutput``), make the overlay --
     ``size`` bytes, or ``extra_bytes`` larger than the parent when the format allows -- and launch the guest on it
-    (writable unless a dry run), all held open for the apply."""
+    (writable unless a dry run), all held open for the apply. ``before_launch(parent, overlay)`` may refuse the
+    job from the disk's bytes first."""
     fmt = validate_names(params)
     scratch = Path(ctx.held.enter_context(staging.scratch_dir(name)))
     ctx.progress(1, "opening the vDisk on the share")
@@ -100,6 +101,8 @@ def open_child_session(params: ChildParams, ctx: StepContext, *, name: str, extr
                            "overwriteOutput or choose another outputImageFilename")
     size = overlay_size(parent, extra_bytes, size)
     overlay = parent.overlay(scratch / OVERLAY_NAME, size)
+    if before_launch:
+        before_launch(parent, overlay)             # refusals that need only the disk's bytes, before a launch
     session = windows.open_session(os.fspath(overlay), root=None, timeout=params.timeout, dry_run=params.dryRun,
                                    name=name, ctx=ctx, held=ctx.held)
     return ChildSession(params, parent, overlay, scratch, session, size)

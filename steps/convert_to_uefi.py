@@ -31,6 +31,7 @@ from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
 from ce.errors import UefiUnsupportedWindows
 from ce.guest import partition_parent, partitions
 from ce.registry import RegType
+from ce.sharechild import MergedReader
 from ce.step import CliSpec, StepContext, StepType
 from ce.windows import mbr2gpt
 from ce.windows.bcd import build_uefi_store, read_boot_entries
@@ -53,12 +54,22 @@ def validate(params: Params) -> None:
 def plan(params: Params, ctx: StepContext) -> Plan:
     """One launch on an overlay large enough for any layout (kept open for apply); the GPT describes the child's
     real size, decided here."""
-    session = open_child_session(params, ctx, name=NAME, extra_bytes=WORST_GROWTH)
+    session = open_child_session(params, ctx, name=NAME, extra_bytes=WORST_GROWTH, before_launch=check_mbr)
     ctx.session = session
     planned = windows.plan_session(session.windows, lambda planner, facts: plan_conversion(planner, facts, session),
                                    ctx)
     planned.changes.append(child_write(session, planned.facts["uefi"]["disk_bytes"]))
     return planned
+
+
+def check_mbr(parent, overlay) -> None:
+    """MBR2GPT's disk checks from the first sector, before the appliance starts: a GPT disk, too many or logical
+    partitions, no room where the child may not grow are refused in a second, not after a launch."""
+    sector = parent.facts.logical_sector
+    with MergedReader(overlay) as merged:
+        table = partitions.table_from_mbr(merged.read_at(0, sector))
+    mbr2gpt.check(table, sector_size=sector, disk_sectors=parent.facts.virtual_size // sector,
+                  can_grow=parent.facts.format == "vhdx")
 
 
 def plan_conversion(planner, facts, session) -> None:

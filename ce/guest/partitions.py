@@ -7,6 +7,7 @@ a complete undo; the filesystems inside the partitions are not moved.
 """
 from __future__ import annotations
 
+import struct
 from typing import Literal
 
 from pydantic import BaseModel
@@ -42,6 +43,25 @@ class TableSectors(BaseModel):
     head: bytes
     tail: bytes
     tail_offset: int
+
+
+MBR_ENTRIES, MBR_BOOT_SIGNATURE, GPT_PROTECTIVE = 446, b"\x55\xaa", 0xEE
+
+
+def table_from_mbr(sector: bytes) -> PartitionTable:
+    """The primary partitions of an MBR read from the disk's first sector, before any launch (a protective MBR
+    reads as an empty GPT table; a sector without the 55 AA signature as an empty MBR one)."""
+    if len(sector) < 512 or sector[510:512] != MBR_BOOT_SIGNATURE:
+        return PartitionTable(label="msdos", partitions=[])
+    entries = []
+    for n in range(4):
+        status, kind, start, count = struct.unpack_from("<B3xB3xII", sector, MBR_ENTRIES + 16 * n)
+        if kind == GPT_PROTECTIVE:
+            return PartitionTable(label="gpt", partitions=[])
+        if kind and count:
+            entries.append(PartitionEntry(number=n + 1, start=start, end=start + count - 1, type=f"{kind:02x}",
+                                          bootable=status == 0x80))
+    return PartitionTable(label="msdos", partitions=entries)
 
 
 def read_table(guest, device: str) -> PartitionTable:

@@ -5,7 +5,8 @@ The merged disk (parent + child) is read by dissect.hypervisor; its GPT by `sgdi
 mtools; the BCD on it by regipy with a device parser of the tests' own (tests/support/bcdread.py); the SYSTEM hive
 (MountedDevices) by `ntfscat` + regipy; the parent's sha256 and time before and after. Appliance launches (13-25 s
 each here): a dry run, two conversions (System Reserved reused as the ESP; Windows alone, a new ESP in added
-space), a VHD that cannot grow (refused), and `ce inspect` of one merged disk.
+space), and `ce inspect` of one merged disk; a VHD that cannot grow and a GPT disk are refused from the first sector,
+before any launch.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ce.errors import NoRoomForGpt
+from ce.errors import AlreadyUefi, NoRoomForGpt
 from ce.step import execute, step_types
 from tests.support.smbserver import PASSWORD, USER
 from tests.support.steps import Recorder
@@ -35,7 +36,7 @@ from tests.support.vhdreaders import dissect_merged  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CE = [sys.executable, "-m", "ce.cli"]
-SYSRES, SINGLE = "win2019-vda2203-pvs-bios", "win10-vda2402-pvs-bios"
+SYSRES, SINGLE, UEFI = "win2019-vda2203-pvs-bios", "win10-vda2402-pvs-bios", "win2019-vda2203-pvs"
 MiB = 1 << 20
 ESP_TYPE, BASIC_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
 STEP = step_types()["convertToUefi"]
@@ -98,6 +99,8 @@ def store(samples, samba, tmp_path_factory):
     shutil.copyfile(samples[SINGLE].path, folder / "single.vhd")
     subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "vhdx", str(samples[SINGLE].path),
                     str(folder / "single.vhdx")], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", samples[UEFI].format, "-O", "vhdx", str(samples[UEFI].path),
+                    str(folder / "uefi.vhdx")], check=True)
     return folder
 
 
@@ -219,8 +222,14 @@ def test_windows_alone_gets_a_new_esp_in_added_space(store, samba, tmp_path):
     assert (rows[2]["end"] - rows[2]["start"] + 1) * 512 == 100 * MiB
 
 
-def test_a_vhd_that_cannot_grow_is_refused(store, samba):
+@pytest.mark.parametrize("name, output, refusal, message", [
+    ("single.vhd", "single-uefi.avhd", NoRoomForGpt, "may not grow"),       # a VHD child keeps its size
+    ("uefi.vhdx", "uefi-again.avhdx", AlreadyUefi, "GPT partition table already"),
+])
+def test_refused_from_the_first_sector_before_a_launch(store, samba, name, output, refusal, message):
     names = sorted(p.name for p in store.iterdir())
-    with pytest.raises(NoRoomForGpt, match="may not grow"):
-        run(params(samba, "single.vhd", "single-uefi.avhd"))
+    recorder = Recorder()
+    with pytest.raises(refusal, match=message):
+        execute(STEP, STEP.parse(params(samba, name, output)), recorder)
+    assert "starting the appliance" not in [message for _, message in recorder.reports]
     assert sorted(p.name for p in store.iterdir()) == names

@@ -86,3 +86,25 @@ def test_partitions_outside_the_usable_sectors_are_refused():
     small = 300 * MiB // 512                             # the ESP (400-660 MiB) does not fit
     with pytest.raises(PartitionTableFailed, match="partition 2"):
         gpt.encode(table(512), sector_size=512, disk_sectors=small)
+
+
+def test_the_first_sector_read_as_a_partition_table(tmp_path):
+    """table_from_mbr (the checks before a launch) against what sfdisk wrote, and a GPT's protective MBR."""
+    from ce.guest.partitions import table_from_mbr
+    path = tmp_path / "mbr.img"
+    with open(path, "wb") as f:
+        f.truncate(64 * MiB)
+    subprocess.run(["sfdisk", "--quiet", str(path)], input="label: dos\nstart=2048, size=40960, type=7, bootable\n"
+                   "start=43008, size=20480, type=27\n", text=True, check=True)
+    table = table_from_mbr(path.read_bytes()[:512])
+    assert table.label == "msdos"
+    assert [(p.number, p.start, p.end, p.type, p.bootable) for p in table.partitions] == \
+        [(1, 2048, 43007, "07", True), (2, 43008, 63487, "27", False)]
+    sectors = gpt.encode(_small_gpt(), sector_size=512, disk_sectors=64 * MiB // 512)
+    assert table_from_mbr(sectors.head[:512]).label == "gpt"
+    assert table_from_mbr(bytes(512)) == PartitionTable(label="msdos", partitions=[])
+
+
+def _small_gpt() -> PartitionTable:
+    return PartitionTable(label="gpt", disk_guid="0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0", partitions=[
+        PartitionEntry(number=1, start=2048, end=4095, type=BASIC, guid="11111111-AAAA-4BBB-8CCC-000000000009")])
