@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ce.errors import RegistryKeyMissing
 from ce.registry import Hive, RegType
 
-from . import elements as e
+import ce.windows.bcd.elements as e
 from .device import decode_device
 
 MAX_OBJECTS = 1024

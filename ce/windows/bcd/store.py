@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from ce.errors import BcdTemplateUnusable, RegistryError
 from ce.registry import Hive, RegType, verify_changes
 
-from . import elements as e
+import ce.windows.bcd.elements as e
 from .device import encode_gpt_partition
 
 BOOTMGR_PATH = "\\EFI\\Microsoft\\Boot\\bootmgfw.efi"
