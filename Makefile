@@ -51,7 +51,7 @@ bench: venv
 	@set -e; for script in $(BENCH_SCRIPTS); do echo "== $$script"; $(PY) $$script; done
 
 # the byte paths at real sizes: bench/disks.py and bench/hashing.py at 1, 4 and 8 GiB, seconds per GiB per size and
-# the ratios against qemu-img convert, cp, smbclient put, md5sum and sha256sum side by side (about an hour here;
+# the ratios against qemu-img convert, cp, smbclient put, md5sum and sha256sum side by side (about two hours here;
 # up to ~32 GiB of scratch in $CE_SCRATCH or /var/tmp at a time, removed after)
 BENCH_LARGE_MB := 1024,4096,8192
 bench-large: venv
