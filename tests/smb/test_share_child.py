@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ce.errors import CeError, ChildDiskFailed, RemoteExists, UnsupportedFormat
-from ce.sharechild import changed_extents, opened_parent
+from ce.sharechild import changed_extents, opened_parent, structure_ranges
 from ce.smb.target import StorageLocation
 
 pytest.importorskip("pyvhdi", reason="python3-libvhdi (debian-packages-test.txt)")
@@ -90,6 +90,14 @@ def test_child_on_share_merges_like_the_overlay(samba, folder, tmp_path, fmt, gr
     assert (sha256(parent), parent.stat().st_mtime_ns) == (before, mtime)
     # only what the edits touched is in the child: far less than the disk
     assert child.summary.data_bytes < 8 * MiB
+    # what the upload reads back: the structure, up to the first data block
+    with open(child.path, "rb") as f:
+        ranges = structure_ranges(f, fmt)
+    if fmt == "vhdx":
+        assert ranges == [(0, 4 * MiB)]                     # headers, log, metadata at 2 MiB, BAT at 3 MiB
+    else:
+        (_, head), footer = ranges
+        assert 1536 < head < 4 * KiB and footer == (child.summary.file_size - 512, 512)
 
 
 def test_changed_extents_are_the_overlays_own_clusters(tmp_path):
