@@ -98,7 +98,8 @@ def plan_upgrade(planner, facts, params: Params, session) -> None:
                            reason=f"trust the PVS server's CA {subject} before the target device is installed")
     action = plan_pvs(planner, facts, pvs_build(params.installPvs), lambda: open_store(params.payloads, NAME))
     if size > parent:
-        planner.first_boot("extend-system-volume", "extend-system-volume.ps1", {}, retries=3, required=False,
+        planner.first_boot("extend-system-volume", "extend-system-volume.ps1", {"added_mib": (size - parent) // MiB},
+                           retries=3, required=False,
                            timeout=600, reason=f"grow the Windows volume into the {(size - parent) // MiB} MiB "
                            "added at the end of the disk")
     planner.plan.facts["pvs"] = {"action": action, "build": pvs_build(params.installPvs),
