@@ -4,8 +4,8 @@ differencing child beside them, checked with readers that are not ce's.
 The merged disk (parent + child) is read by dissect.hypervisor; its GPT by `sgdisk -v` / `-p`; the ESP's FAT32 by
 mtools; the BCD on it by regipy with a device parser of the tests' own (tests/support/bcdread.py); the SYSTEM hive
 (MountedDevices) by `ntfscat` + regipy; the parent's sha256 and time before and after. Appliance launches (13-25 s
-each here): a dry run, two conversions (System Reserved reused as the ESP; Windows alone, a new ESP in added
-space), and `ce inspect` of one merged disk; a VHD that cannot grow and a GPT disk are refused from the first sector,
+each here): a dry run over the server, two conversions (System Reserved reused as the ESP; Windows alone, a new ESP
+in added space), and `ce inspect` of one merged disk; a VHD that cannot grow and a GPT disk are refused from the first sector,
 before any launch.
 """
 from __future__ import annotations
@@ -122,19 +122,6 @@ def converted(store, samba, tmp_path_factory):
     return {"result": result, "before": before, "mbr": mbr, "raw": raw, "work": work, "parent": parent}
 
 
-def test_dry_run_lists_every_change_and_writes_nothing(store, samba):
-    names = sorted(p.name for p in store.iterdir())
-    plan = run(params(samba, "sysres.vhdx", "dry.avhdx"), dryRun=True)
-    kinds = [c["kind"] for c in plan["changes"]]
-    assert kinds[0] == "gpt_conversion" and "filesystem_create" in kinds and kinds[-1] == "disk_write"
-    files = {c["path"] for c in plan["changes"] if c["kind"] == "file_write"}
-    assert {"\\EFI\\Microsoft\\Boot\\BCD", "\\EFI\\Boot\\bootx64.efi", "\\EFI\\Microsoft\\Boot\\bootmgfw.efi",
-            "\\EFI\\Microsoft\\Boot\\en-US\\bootmgfw.efi.mui"} <= files
-    assert any(c["kind"] == "registry_set" and c["key"] == "MountedDevices" for c in plan["changes"])
-    assert plan["facts"]["uefi"]["esp"]["reused"] is True
-    assert sorted(p.name for p in store.iterdir()) == names
-
-
 def test_parent_is_untouched(converted):
     parent = converted["parent"]
     assert (sha256(parent), parent.stat().st_mtime_ns) == converted["before"]
@@ -232,4 +219,28 @@ def test_refused_from_the_first_sector_before_a_launch(store, samba, name, outpu
     with pytest.raises(refusal, match=message):
         execute(STEP, STEP.parse(params(samba, name, output)), recorder)
     assert "starting the appliance" not in [message for _, message in recorder.reports]
+    assert sorted(p.name for p in store.iterdir()) == names
+
+
+def test_over_the_server(store, samba, server, api):
+    """The step over the API (gunicorn, mutual TLS, a token): a dry run -- whose NBD export runs in a process the
+    step's worker starts -- lists the conversion, and a VHD that cannot grow fails with its code; nothing is written."""
+    from tests.server.test_server import new_id, post_step, wait_terminal
+    names = sorted(p.name for p in store.iterdir())
+    dry, refused = new_id(), new_id()
+    assert post_step(server, api, "convertToUefi", {**params(samba, "sysres.vhdx", "api.avhdx"), "dryRun": True},
+                     dry).status_code == 202
+    assert post_step(server, api, "convertToUefi", params(samba, "single.vhd", "api.avhd"), refused).status_code == 202
+    failed = wait_terminal(server, api, refused, timeout=300)
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "uefi_no_room")
+    planned = wait_terminal(server, api, dry, timeout=1200)
+    assert planned["status"] == "succeeded", planned["error"]
+    plan = planned["result"]
+    kinds = [c["kind"] for c in plan["changes"]]
+    assert kinds[0] == "gpt_conversion" and "filesystem_create" in kinds and kinds[-1] == "disk_write"
+    files = {c["path"] for c in plan["changes"] if c["kind"] == "file_write"}
+    assert {"\\EFI\\Microsoft\\Boot\\BCD", "\\EFI\\Boot\\bootx64.efi", "\\EFI\\Microsoft\\Boot\\bootmgfw.efi",
+            "\\EFI\\Microsoft\\Boot\\en-US\\bootmgfw.efi.mui"} <= files
+    assert any(c["kind"] == "registry_set" and c["key"] == "MountedDevices" for c in plan["changes"])
+    assert plan["facts"]["uefi"]["esp"]["reused"] is True
     assert sorted(p.name for p in store.iterdir()) == names
