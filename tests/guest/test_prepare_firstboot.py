@@ -28,6 +28,7 @@ from ce.registry import Hive, RegType, sha256_file
 from ce.windows import inspect_guest
 from steps.prepare import Params, validate
 from steps.prepare.vda import XdParameter, validated
+from tests.support.planning import plan_prepare_on
 
 CE = [sys.executable, "-m", "ce.cli"]
 INJECTIONS = ["8080 & calc.exe", "a.example.com|whoami", 'a"b', "'a'", "%COMSPEC%", "$(reboot)", "a\nshutdown",
@@ -177,8 +178,8 @@ def ce_json(*args) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prepared(samples, tmp_path_factory):
-    """win2016 (VDA 1912, domain CORP): dry run, real run, re-plan, then one appliance to read everything back."""
+def applied(samples, tmp_path_factory):
+    """win2016 (VDA 1912, domain CORP): dry run and real run; the re-plan is done by the read-back (``backs``)."""
     work = tmp_path_factory.mktemp("firstboot")
     sample = samples["win2016-vda1912"]
     before = sha256_file(sample.path)
@@ -190,26 +191,46 @@ def prepared(samples, tmp_path_factory):
     plan = ce_json("plan", "--job", str(job), child)
     child_after_plan = sha256_file(child)
     result = ce_json("run", "--job", str(job), child)
-    replan = ce_json("plan", "--job", str(job), child)
-    back = read_back(child, work)
-    yield {"plan": plan, "result": result, "replan": replan, "back": back, "store": store,
+    yield {"child": child, "job": job, "plan": plan, "result": result, "store": store,
            "dry_run_unchanged": child_before == child_after_plan}
     assert sha256_file(sample.path) == before
 
 
-def read_back(child: str, work: Path) -> dict:
-    with Guest([Drive(child, "qcow2", readonly=True)]) as guest:
-        report = inspect_guest(guest, disks.info(child))
-        root = guest.windows_root()
-        guest.mount_windows(root, readonly=True)
-        files = {}
-        base = guest.win_path(FB)
-        for path in guest.g.find(base):                    # names come back as "/actions/x.ps1"
-            if guest.g.is_file(base + path):
-                files[path.lstrip("/")] = guest.g.read_file(base + path)
-        hives = {name: registry.download_hive(guest, hive_path(guest, root, name), work)
-                 for name in ("SYSTEM", "SOFTWARE")}
-    return {"report": report, "files": files, "hives": hives}
+@pytest.fixture(scope="module")
+def prepared(applied, backs):
+    back = backs["prepared"]
+    return {**{k: applied[k] for k in ("plan", "result", "store", "dry_run_unchanged")}, "replan": back["replan"],
+            "back": {k: back[k] for k in ("report", "files", "hives")}}
+
+
+@pytest.fixture(scope="module")
+def backs(applied, others_applied, tmp_path_factory) -> dict:
+    """ONE read-only appliance reads back the win2016 child (and plans its job again) and every other sample's
+    child -- one launch, where a read-back per fixture and a `ce plan` re-plan took three."""
+    work = tmp_path_factory.mktemp("backs")
+    children = {"prepared": applied["child"], **others_applied["children"]}
+    with Guest([Drive(children[n], "qcow2", readonly=True) for n in children]) as guest:
+        devices = dict(zip(children, guest.devices()))
+        out = {"prepared": read_back(guest, devices["prepared"], applied["child"], applied["job"], work)}
+        for name in OTHERS:
+            out[name] = read_other(guest, devices[name], children[name], work)
+    return out
+
+
+def read_back(guest: Guest, device: str, child: str, job: Path, work: Path) -> dict:
+    """Inspect, the staged files, both hives, and ``job`` planned again in this process (tests/support/planning.py)."""
+    report = inspect_guest(guest, disks.info(child), device=device)
+    root = guest.windows_root(device=device)
+    guest.mount_windows(root, readonly=True)
+    files = {}
+    base = guest.win_path(FB)
+    for path in guest.g.find(base):                    # names come back as "/actions/x.ps1"
+        if guest.g.is_file(base + path):
+            files[path.lstrip("/")] = guest.g.read_file(base + path)
+    hives = {name: registry.download_hive(guest, hive_path(guest, root, name), work)
+             for name in ("SYSTEM", "SOFTWARE")}
+    guest.g.umount_all()
+    return {"report": report, "files": files, "hives": hives, "replan": plan_prepare_on(guest, device, job, child)}
 
 
 def regipy_value(path: Path, key: str, name: str):
@@ -364,7 +385,7 @@ OTHERS = {
 
 
 @pytest.fixture(scope="module")
-def others(samples, tmp_path_factory):
+def others_applied(samples, tmp_path_factory):
     work = tmp_path_factory.mktemp("others")
     store = make_store(work / "store", {
         ("pvs-target-device", "2402.0.2000"): ("PVS_Device_x64_2402.exe", b"PVS stand-in " * 300),
@@ -377,19 +398,24 @@ def others(samples, tmp_path_factory):
         job = work / f"{name}.json"
         job.write_text(json.dumps({"type": "prepare", "params": {**params, "payloads": str(store)}}))
         results[name] = ce_json("run", "--job", str(job), children[name])
-    backs = {}
-    with Guest([Drive(children[n], "qcow2", readonly=True) for n in OTHERS]) as guest:
-        for name, device in zip(OTHERS, guest.devices()):
-            report = inspect_guest(guest, disks.info(children[name]), device=device)
-            root = guest.windows_root(device=device)
-            guest.mount_windows(root, readonly=True)
-            base = guest.win_path(FB)
-            files = {p.lstrip("/"): guest.g.read_file(base + p) for p in (guest.g.find(base) if guest.g.is_dir(base)
-                                                                            else []) if guest.g.is_file(base + p)}
-            system = registry.download_hive(guest, hive_path(guest, root, "SYSTEM"), work)
-            guest.g.umount_all()
-            backs[name] = {"report": report, "files": files, "system": system}
-    return results, backs
+    return {"children": children, "results": results}
+
+
+@pytest.fixture(scope="module")
+def others(others_applied, backs):
+    return others_applied["results"], {name: backs[name] for name in OTHERS}
+
+
+def read_other(guest: Guest, device: str, child: str, work: Path) -> dict:
+    report = inspect_guest(guest, disks.info(child), device=device)
+    root = guest.windows_root(device=device)
+    guest.mount_windows(root, readonly=True)
+    base = guest.win_path(FB)
+    files = {p.lstrip("/"): guest.g.read_file(base + p) for p in (guest.g.find(base) if guest.g.is_dir(base)
+                                                                    else []) if guest.g.is_file(base + p)}
+    system = registry.download_hive(guest, hive_path(guest, root, "SYSTEM"), work)
+    guest.g.umount_all()
+    return {"report": report, "files": files, "system": system}
 
 
 @pytest.mark.slow
