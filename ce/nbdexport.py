@@ -119,7 +119,7 @@ def _serve_for_parent(location, name: str, directory: str, pipe) -> None:
     try:
         with serving(location, name, directory) as export:
             pipe.send(("ready", export.uri, export.size))
-            while (message := pipe.recv())[0] != "stop":
+            while pipe.recv()[0] != "stop":
                 error = export.error
                 pipe.send(None if error is None else (getattr(error, "code", "smb_error"),
                                                       getattr(error, "message", str(error))))
