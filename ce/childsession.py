@@ -132,9 +132,10 @@ def child_write(session: ChildSession, virtual_size: int) -> DiskWrite:
 
 
 def apply_child_session(session: ChildSession, planned: Plan, ctx: StepContext, *, virtual_size: int) -> Result:
-    """The guest changes on the overlay, then the child of ``virtual_size`` bytes written and uploaded. A failed
-    guest change stops before anything reaches the share."""
+    """The guest changes on the overlay, then the child of ``virtual_size`` bytes written and uploaded; the result
+    carries the plan's facts too. A failed guest change stops before anything reaches the share."""
     result = windows.apply_session(session.windows, planned, ctx)
+    result.facts = {**planned.facts, **result.facts}          # what the plan decided, then what the apply did
     if result.error:
         return result
     session.windows.guest.close()                  # flushes the overlay; qemu-nbd may then read it

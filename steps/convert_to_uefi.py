@@ -165,9 +165,7 @@ def download(guest, path: str, workdir: Path) -> Path:
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    result = apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["uefi"]["disk_bytes"])
-    result.facts = {**planned.facts, **result.facts}
-    return result
+    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["uefi"]["disk_bytes"])
 
 
 def describe(document: Plan | Result) -> list[str]:

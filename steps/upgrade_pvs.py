@@ -109,9 +109,7 @@ def plan_upgrade(planner, facts, params: Params, session) -> None:
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    result = apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["pvs"]["disk_bytes"])
-    result.facts = {**planned.facts, **result.facts}
-    return result
+    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["pvs"]["disk_bytes"])
 
 
 def describe(document: Plan | Result) -> list[str]:

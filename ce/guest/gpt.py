@@ -1,5 +1,7 @@
 """GPT written by ce, byte for byte (UEFI 2.10 §5.2-5.3): a protective MBR, the primary header and 128-entry array,
 the backup array and header -- for a disk of a given size, which may be smaller than the device it is written on.
+The sectors are ``partitions.TableSectors`` (``head`` from LBA 0, ``tail`` ending at the disk's last sector) and go
+to the disk through ``partitions.write_sectors``, as any table's do.
 
 The MBR→GPT conversion of a differencing child (convertToUefi) needs that: the child's final size is known only
 once the plan has seen the disk, while the appliance was started on an edit overlay large enough for any outcome;
@@ -13,11 +15,9 @@ import struct
 import uuid
 import zlib
 
-from pydantic import BaseModel
-
 from ..errors import ImageChangedSincePlan, PartitionTableFailed
 from . import partitions
-from .partitions import PartitionEntry, PartitionTable
+from .partitions import PartitionEntry, PartitionTable, TableSectors
 
 SIGNATURE = b"EFI PART"
 REVISION = 0x00010000
@@ -27,21 +27,12 @@ ENTRIES, ENTRY_SIZE = 128, 128
 PROTECTIVE_TYPE = 0xEE
 
 
-class GptSectors(BaseModel):
-    """Where a GPT lives on a disk of ``disk_sectors``: ``head`` from LBA 0 (protective MBR, header, entries),
-    ``tail`` from ``tail_offset`` (backup entries and header, ending at the disk's last sector)."""
-    sector_size: int
-    head: bytes
-    tail: bytes
-    tail_offset: int
-
-
 def entry_sectors(sector_size: int) -> int:
     return ENTRIES * ENTRY_SIZE // sector_size
 
 
 def encode(table: PartitionTable, *, sector_size: int, disk_sectors: int,
-           attributes: dict[int, int] | None = None) -> GptSectors:
+           attributes: dict[int, int] | None = None) -> TableSectors:
     """The sectors of ``table`` (label gpt; entry N in slot N) on a disk of ``disk_sectors``."""
     if table.label != "gpt" or not table.disk_guid:
         raise PartitionTableFailed("a GPT needs a gpt table with a disk GUID")
@@ -62,10 +53,10 @@ def encode(table: PartitionTable, *, sector_size: int, disk_sectors: int,
     backup = _header(last, 1, first_usable, last_usable, disk, last - n, array_crc)
     head = _protective_mbr(disk_sectors, sector_size) + _sector(primary, sector_size) + bytes(array)
     tail = bytes(array) + _sector(backup, sector_size)
-    return GptSectors(sector_size=sector_size, head=head, tail=tail, tail_offset=(last - n) * sector_size)
+    return TableSectors(sector_size=sector_size, head=head, tail=tail, tail_offset=(last - n) * sector_size)
 
 
-def decode(sectors: GptSectors) -> tuple[PartitionTable, dict[int, int]]:
+def decode(sectors: TableSectors) -> tuple[PartitionTable, dict[int, int]]:
     """The table (and attribute bits by number) the sectors hold; refuses a GPT whose headers, CRCs or entry
     arrays disagree."""
     size = sectors.sector_size
@@ -126,8 +117,8 @@ def _text(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw)).upper()
 
 
-def write_converted(guest, device: str, old: PartitionTable, sectors: GptSectors,
-                    expected: tuple[PartitionTable, dict[int, int]]) -> GptSectors:
+def write_converted(guest, device: str, old: PartitionTable, sectors: TableSectors,
+                    expected: tuple[PartitionTable, dict[int, int]]) -> TableSectors:
     """Replace ``device``'s MBR table ``old`` with the GPT ``sectors``, read it back (it must decode to
     ``expected``) and have the kernel see the new partitions; on any failure the saved sectors are put back.
     Returns what the GPT's sectors held before, for a backup. Nothing of the disk may be mounted."""
@@ -142,27 +133,18 @@ def write_converted(guest, device: str, old: PartitionTable, sectors: GptSectors
     saved = sectors.model_copy(update={"head": _pread(g, device, len(sectors.head), 0),
                                        "tail": _pread(g, device, len(sectors.tail), sectors.tail_offset)})
     try:
-        _write(g, device, sectors)
+        partitions.write_sectors(guest, device, sectors)
         back = decode(sectors.model_copy(update={"head": _pread(g, device, len(sectors.head), 0),
                                                  "tail": _pread(g, device, len(sectors.tail), sectors.tail_offset)}))
         if back != expected:
             raise PartitionTableFailed(f"{device}: the GPT read back with other entries than planned")
     except (RuntimeError, PartitionTableFailed) as exc:
-        _write(g, device, saved)
+        partitions.write_sectors(guest, device, saved)
         restored = partitions.read_table(guest, device) == old
         raise PartitionTableFailed(f"{device}: writing the GPT failed ({exc}); " +
                                    ("the MBR was put back" if restored else
                                     "putting the MBR back did not read back right either")) from None
     return saved
-
-
-def _write(g, device: str, sectors: GptSectors) -> None:
-    for data, offset in ((sectors.head, 0), (sectors.tail, sectors.tail_offset)):
-        done = 0
-        while done < len(data):
-            done += g.pwrite_device(device, data[done:], offset + done)
-    g.sync()
-    g.blockdev_rereadpt(device)
 
 
 def _pread(g, device: str, length: int, offset: int) -> bytes:

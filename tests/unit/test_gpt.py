@@ -11,7 +11,7 @@ import pytest
 
 from ce.errors import PartitionTableFailed
 from ce.guest import ESP_GUID, gpt
-from ce.guest.partitions import PartitionEntry, PartitionTable
+from ce.guest.partitions import PartitionEntry, PartitionTable, TableSectors
 
 BASIC, WINRE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC"
 MiB = 1 << 20
@@ -28,7 +28,7 @@ def table(sector: int) -> PartitionTable:
                        guid="11111111-AAAA-4BBB-8CCC-000000000003", name="EFI system partition")])
 
 
-def write(path, sectors: gpt.GptSectors, file_size: int) -> None:
+def write(path, sectors: TableSectors, file_size: int) -> None:
     with open(path, "wb") as f:
         f.truncate(file_size)
         f.write(sectors.head)
