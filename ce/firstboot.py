@@ -17,7 +17,7 @@ import re
 from importlib import resources
 from typing import Literal
 
-from pydantic import BaseModel
+from .document import Document
 
 from .errors import FirstBootPlanUnreadable, InvalidFirstBootAction, SetupInProgress
 from .registry import RegType
@@ -30,7 +30,7 @@ SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}\.ps1$")
 SAFE_PARAM = re.compile(r"^[A-Za-z0-9 ._:/\\{}()=,+-]*$")
 
 
-class FirstBootAction(BaseModel):
+class FirstBootAction(Document):
     kind: Literal["first_boot_action"] = "first_boot_action"
     id: str                       # name + digest of script and params: changed params make a new action
     name: str
@@ -134,7 +134,7 @@ def require_setup_free(planner, ours: str) -> None:
                               f"Setup (sysprep / OOBE); finish or undo that before staging first-boot actions")
 
 
-class FirstBootStatus(BaseModel):
+class FirstBootStatus(Document):
     staged: list[dict] = []       # {id, name, required, retries, status, attempts}
     boots: int = 0
     armed: bool = False           # CmdLine still points at the runner

@@ -78,14 +78,15 @@ class Planner:
         for c in self.plan.changes:                 # two concerns may want the same value: plan it once
             if isinstance(c, RegistrySet) and (c.filesystem, c.hive, c.key.lower(), c.name.lower()) == \
                     (filesystem, hive, key.lower(), name.lower()):
-                if (c.type, c.new) != (new["type"], new["value"]):
-                    raise PlanConflict(f"{hive}\\{key}\\{name} is planned as {c.new!r} and as {new['value']!r}")
+                if c.new != new:
+                    raise PlanConflict(f"{hive}\\{key}\\{name} is planned as {c.new['value']!r} and as "
+                                       f"{new['value']!r}")
                 return
         old = self.hive(hive, filesystem).get(key, name)
         if old is not None and old.type == rtype and old.data == data:
             return
-        self.plan.changes.append(RegistrySet(hive=hive, key=key, name=name, type=new["type"], old=json_of(old),
-                                             new=new["value"], reason=reason, filesystem=filesystem))
+        self.plan.changes.append(RegistrySet(hive=hive, key=key, name=name, old=json_of(old), new=new,
+                                             reason=reason, filesystem=filesystem))
 
     def delete_value(self, hive: str, key: str, name: str, reason: str = "", *, filesystem: str | None = None) -> None:
         old = self.hive(hive, filesystem).get(key, name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+from ..document import SCHEMA_VERSION, Document
 
 from ..firstboot import FirstBootAction
 from .disk import BundleWrite, DiskHash, DiskRead, DiskWrite
@@ -23,12 +24,13 @@ Change = Annotated[Union[RegistrySet, RegistryDeleteValue, RegistryDeleteKey, Fi
                    Field(discriminator="kind")]
 
 
-class StepWarning(BaseModel):
+class StepWarning(Document):
     code: str
     message: str
 
 
-class Plan(BaseModel):
+class Plan(Document):
+    schema_version: Literal[2] = SCHEMA_VERSION
     step: str
     dryRun: Literal[True] = True
     changes: list[Change] = []
@@ -37,12 +39,13 @@ class Plan(BaseModel):
     parts: list["Plan"] = []
 
 
-class ChangeOutcome(BaseModel):
+class ChangeOutcome(Document):
     change: Change
     status: Literal["applied", "failed", "not_attempted"]
 
 
-class Result(BaseModel):
+class Result(Document):
+    schema_version: Literal[2] = SCHEMA_VERSION
     step: str
     dryRun: Literal[False] = False
     outcomes: list[ChangeOutcome] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from ..document import Document
 
 from ..sizes import human_size
 
@@ -17,7 +17,7 @@ WRITE_METHODS = {"stream": "by streaming into the container", "convert": "with q
                  "differencing_child": "as a differencing child (its changes only; the parent is never written)"}
 
 
-class DiskChange(BaseModel):
+class DiskChange(Document):
     """A disk's shape as a plan states it: format, subformat, virtual size."""
     format: str
     subformat: str | None = None
@@ -51,7 +51,7 @@ class DiskWrite(DiskChange):
         return f"write  {self.target} ({self.shape()}) from {self.source} {WRITE_METHODS[self.method]}{replacing}"
 
 
-class DiskHash(BaseModel):
+class DiskHash(Document):
     kind: Literal["disk_hash"] = "disk_hash"
     disk: str
     of: Literal["content", "file"] = "content"
@@ -66,7 +66,7 @@ class DiskHash(BaseModel):
 
 
 
-class BundleWrite(BaseModel):
+class BundleWrite(Document):
     """A file of logs and data written to a share (the diagnostics zip): what goes in, how big, where."""
     kind: Literal["bundle_write"] = "bundle_write"
     target: str                            # \\host\share\folder\file.zip

@@ -9,7 +9,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+from ..document import Document
 
 from ..errors import FileWriteFailed, ImageChangedSincePlan, RegistryTypeUnknown
 from ..guest import fat, gpt, partitions
@@ -51,7 +52,7 @@ def shown(value) -> str:
     return repr(value)
 
 
-class RegistryChange(BaseModel):
+class RegistryChange(Document):
     """A change inside one hive; ``check`` refuses when the hive no longer holds what the plan saw.
 
     ``hive`` is SYSTEM, SOFTWARE, ... of the Windows installation; with ``filesystem`` (the device of another
@@ -74,18 +75,21 @@ class RegistryChange(BaseModel):
 class RegistrySet(RegistryChange):
     kind: Literal["registry_set"] = "registry_set"
     name: str                             # "" = the key's default value
-    type: str                             # REG_SZ, REG_DWORD, ...
-    old: dict | None = None               # {"type": ..., "value": ...} before, None if absent
-    new: Any                              # JSON form of the new data (bytes as hex)
+    old: dict | None = None               # {"type": "REG_DWORD", "value": 3} before, None if absent
+    new: dict                             # the same shape after (binary-like data as hex)
+
+    @property
+    def type(self) -> str:
+        return self.new["type"]
 
     def describe(self) -> str:
         old = "absent" if self.old is None else shown(self.old["value"])
         name = self.name or "(default)"
-        return f"set    {self.where()}\\{self.key}\\{name} = {shown(self.new)} ({self.type}, was {old})"
+        return f"set    {self.where()}\\{self.key}\\{name} = {shown(self.new['value'])} ({self.type}, was {old})"
 
     def perform(self, hive: Hive) -> None:
         rtype = type_from_name(self.type)
-        hive.set(self.key, self.name, rtype, data_from_json(rtype, self.new))
+        hive.set(self.key, self.name, rtype, data_from_json(rtype, self.new["value"]))
 
 
 class RegistryDeleteValue(RegistryChange):
@@ -118,7 +122,7 @@ REGISTRY_CHANGES = (RegistrySet, RegistryDeleteValue, RegistryDeleteKey)
 
 # ---------------------------------------------------------------- files
 
-class FileWrite(BaseModel):
+class FileWrite(Document):
     kind: Literal["file_write"] = "file_write"
     path: str                             # Windows path, e.g. C:\Program Files\Citrix\x.cmd (or a path on filesystem)
     filesystem: str | None = None         # another filesystem of the disk (the ESP's device); None: the Windows volume
@@ -155,7 +159,7 @@ class FileWrite(BaseModel):
 
 # ---------------------------------------------------------------- partition tables
 
-class PartitionTableWrite(BaseModel):
+class PartitionTableWrite(Document):
     """Replace a disk's partition table (the partitions' contents stay where they are): checked against the table
     the plan saw, read back after writing, the old table's sectors put back if anything fails and kept in the image
     afterwards (``backup``, a guest path on the Windows volume: the first 34 sectors, then the last 33)."""
@@ -175,7 +179,7 @@ class PartitionTableWrite(BaseModel):
         keep_backup(guest, local_dir, saved.head + saved.tail, self.backup)
 
 
-class GptConversion(BaseModel):
+class GptConversion(Document):
     """Convert a disk's MBR partition table to GPT in place, as MBR2GPT does: every partition keeps its start and
     end (its bytes are not touched), ``new`` adds the EFI system partition where the plan put it. The GPT describes
     a disk of ``disk_sectors`` (a grown differencing child may be larger than its parent). Checked against the MBR
@@ -213,7 +217,7 @@ def keep_backup(guest, local_dir, data: bytes, backup: str) -> None:
 
 # ---------------------------------------------------------------- filesystems
 
-class FilesystemCreate(BaseModel):
+class FilesystemCreate(Document):
     """Put a new, empty FAT32 filesystem (an EFI system partition) on a partition, after the partition tables are
     written and before any file is: whatever the partition held before (``old``, as the plan saw it) is gone."""
     kind: Literal["filesystem_create"] = "filesystem_create"

@@ -11,6 +11,7 @@ import struct
 from typing import Literal
 
 from pydantic import BaseModel
+from ..document import Document
 
 from ..errors import ImageChangedSincePlan, PartitionTableFailed
 
@@ -18,7 +19,7 @@ HEAD_SECTORS, TAIL_SECTORS = 34, 33
 LABELS = {"gpt": "GPT", "msdos": "MBR"}
 
 
-class PartitionEntry(BaseModel):
+class PartitionEntry(Document):
     number: int
     start: int                      # first sector
     end: int                        # last sector, inclusive
@@ -28,7 +29,7 @@ class PartitionEntry(BaseModel):
     bootable: bool = False          # MBR: the active flag
 
 
-class PartitionTable(BaseModel):
+class PartitionTable(Document):
     label: Literal["gpt", "msdos"]
     partitions: list[PartitionEntry]
     disk_guid: str | None = None    # GPT only

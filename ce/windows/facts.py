@@ -2,14 +2,14 @@
 ``InspectReport.describe()`` writes them for people."""
 from __future__ import annotations
 
-from pydantic import BaseModel
+from ..document import Document
 
 from ce.firstboot import FirstBootStatus
 from ce.changes import StepWarning
 from ce.sizes import human_size
 
 
-class DiskFacts(BaseModel):
+class DiskFacts(Document):
     path: str
     format: str                          # raw | qcow2 | vhd | vhdx | vmdk
     subformat: str | None = None
@@ -20,7 +20,7 @@ class DiskFacts(BaseModel):
     filesystems: list[dict]
 
 
-class OsFacts(BaseModel):
+class OsFacts(Document):
     product_name: str
     product: str
     edition: str
@@ -37,14 +37,14 @@ class OsFacts(BaseModel):
     root_device: str
 
 
-class DomainFacts(BaseModel):
+class DomainFacts(Document):
     joined: bool
     netbios: str
     dns: str
     pending_unjoin: str = ""             # the domain a staged first-boot unjoin will leave
 
 
-class VdaFacts(BaseModel):
+class VdaFacts(Document):
     installed: bool
     version: str = ""
     release: str = ""
@@ -56,21 +56,21 @@ class VdaFacts(BaseModel):
     controller_source: str = "none"      # policy | registry | ad_site_guid | none
 
 
-class Detected(BaseModel):
+class Detected(Document):
     name: str
     display_name: str = ""
     version: str = ""
     evidence: list[str]
 
 
-class StateFacts(BaseModel):
+class StateFacts(Document):
     hibernated: bool
     unclean: bool
     bitlocker: bool
     dirty_hives: list[str]
 
 
-class BootPartition(BaseModel):
+class BootPartition(Document):
     """The partition the firmware boots from: the EFI system partition, or BIOS's active MBR partition."""
     device: str
     size: int
@@ -78,7 +78,7 @@ class BootPartition(BaseModel):
     label: str = ""
 
 
-class BootDevice(BaseModel):
+class BootDevice(Document):
     """A BCD device element: what it names, in words, and the partition of this disk it resolves to."""
     text: str                            # "GPT partition {guid} of disk {guid}", "MBR partition at offset N of ..."
     partition: str | None = None         # the partition of this disk it names (/dev/sda2)
@@ -92,7 +92,7 @@ class BootDevice(BaseModel):
         return f"{self.text} ({where})" if where else self.text
 
 
-class BootEntryFacts(BaseModel):
+class BootEntryFacts(Document):
     guid: str
     alias: str | None = None             # bootmgr, memdiag, ...
     type: str                            # bootmgr | osloader | resume | memdiag | fwbootmgr | 0x........
@@ -106,12 +106,12 @@ class BootEntryFacts(BaseModel):
     problems: list[str] = []
 
 
-class BootStore(BaseModel):
+class BootStore(Document):
     device: str                          # the filesystem holding the store
     path: str                            # its path there, e.g. /EFI/Microsoft/Boot/BCD
 
 
-class BootFacts(BaseModel):
+class BootFacts(Document):
     esp: BootPartition | None = None               # GPT type ESP, or MBR type 0xEF
     system_partition: BootPartition | None = None  # MBR: the active partition BIOS boots (System Reserved)
     store: BootStore | None = None
@@ -120,7 +120,7 @@ class BootFacts(BaseModel):
     display_order: list[str] = []                  # GUIDs, as the boot menu lists them
 
 
-class InspectReport(BaseModel):
+class InspectReport(Document):
     disk: DiskFacts
     firmware: str
     partition_table: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel
+from ..document import Document
 
 from ce.errors import (
     AlreadyUefi, DynamicDisk, ExtendedPartitions, InvalidPartitionTable, NoRoomForGpt, NoSystemPartition,
@@ -38,7 +38,7 @@ ESP_NAME, BASIC_NAME, WINRE_NAME = "EFI system partition", "Basic data partition
 MIN_WINDOWS_BUILD = 10240                    # Windows 10 1507, the oldest MBR2GPT converts (Server 2016 is 14393)
 
 
-class GptLayout(BaseModel):
+class GptLayout(Document):
     """The planned GPT: ``table`` keeps every old partition's number, start and end; ``attributes`` are GPT
     attribute bits by partition number (WinRE); the ESP is partition ``esp_number`` (reused = the old system
     partition, to be reformatted FAT32). ``grow_bytes``: how much the disk must grow first (0 if it need not)."""

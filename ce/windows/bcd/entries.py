@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel
+from ...document import Document
 
 from ce.errors import RegistryKeyMissing
 from ce.registry import Hive, RegType
@@ -18,7 +18,7 @@ MAX_OBJECTS = 1024
 APPLICATION_CLASS = 1
 
 
-class BootEntry(BaseModel):
+class BootEntry(Document):
     guid: str
     alias: str | None = None                 # bootmgr, memdiag, ... for well-known objects
     type: int
