@@ -13,8 +13,10 @@ from importlib import resources
 
 from . import firstboot
 from .errors import InvalidParams, PayloadStoreInvalid, PvsDowngradeRefused
-from .payloads import PayloadStore
+from .payloads import PARAM, Payload, PayloadStore, about
 from .plan import Planner
+
+PVS_COMPONENT = "pvs-target-device"
 
 
 def pvs_versions() -> dict[str, str]:
@@ -51,13 +53,26 @@ def same_or_newer(installed: tuple[int, ...], wanted: tuple[int, ...]) -> tuple[
     return installed[:len(wanted)] == wanted, installed[:len(wanted)] > wanted
 
 
-def stage_payload(planner: Planner, store: PayloadStore, component: str, version: str) -> str:
-    """Copy a verified installer into the first-boot folder; returns its file name."""
+def one_installer(store: PayloadStore, component: str, version: str) -> Payload:
     found = store.find(component, version=version)
     if len(found) != 1:
         raise PayloadStoreInvalid(f"payload store lists {len(found)} files for {component} {version}; expected "
                                   f"one installer")
-    payload = found[0]
+    return found[0]
+
+
+def check_pvs_installer(store: PayloadStore, build: str, field: str = "installPvs") -> None:
+    """Before the launch: the build's one installer is in the store, its size and sha256 the manifest's. The image
+    has no say in which file it is, and one installer hashes in well under a second (README, Payload store)."""
+    with about(field):
+        payload = one_installer(store, PVS_COMPONENT, build)
+    with about(PARAM):
+        store.verified(payload)
+
+
+def stage_payload(planner: Planner, store: PayloadStore, component: str, version: str) -> str:
+    """Copy a verified installer into the first-boot folder; returns its file name."""
+    payload = one_installer(store, component, version)
     target = f"{firstboot.folder(planner.root.systemroot)}\\payloads\\{payload.file}"
     planner.write_file(target, store.verified(payload), reason=f"installer {payload.describe()} "
                        f"(sha256 {payload.sha256[:12]}… checked against the payload manifest)")
@@ -78,7 +93,7 @@ def plan_pvs(planner: Planner, facts, build: str, store_for) -> str:
     if newer:
         raise PvsDowngradeRefused(f"the image has Citrix Provisioning target device {present.version}, newer than "
                                   f"{build}: ce does not downgrade it; ask for {present.version} or newer")
-    installer = stage_payload(planner, store_for(), "pvs-target-device", build)
+    installer = stage_payload(planner, store_for(), PVS_COMPONENT, build)
     action = "upgrade" if present else "install"
     planner.first_boot("pvs-install", "pvs-install.ps1", {"installer": installer}, retries=2, required=True,
                        timeout=3600, reason=f"{action} the Citrix Provisioning target device {build}"

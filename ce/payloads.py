@@ -13,23 +13,71 @@ server, only the store of its bootstrap (``payloads``): a step's ``params.payloa
 left out, anything else is refused at submit (``payload_store_refused``, naming the field), and with no store in the
 bootstrap every ``params.payloads`` is -- a request must not make the service read a manifest and installers from
 any directory it can see. The server gives each step's process ``$CE_PAYLOADS`` (empty when it has no store), and
-while it is set ``PayloadStore`` opens no other directory, whoever asks.
+while it is set ``PayloadStore`` opens no other directory, whoever asks; while the server validates a request's params
+(``store_in_force``) its bootstrap's store is the one in force, whatever its own environment says.
+
+Before the launch (a step's ``validate``), ``open_named`` opens the store a step names and the step stats every
+candidate payload its options need (``present``), hashing only those the image has no say in; the image decides
+the rest (which version, flavour or architecture), and every file is verified again, size and sha256, right before
+it is copied.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from .errors import PayloadMismatch, PayloadMissing, PayloadStoreInvalid, PayloadStoreRefused
+from .errors import PayloadError, PayloadMismatch, PayloadMissing, PayloadStoreInvalid, PayloadStoreRefused
 from .registry import sha256_file
 
 MANIFEST = "manifest.json"
 SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,127}$")
 STORE_ENV = "CE_PAYLOADS"          # the one store allowed (set by the server from its bootstrap; empty: none)
 PARAM = "payloads"                 # a step param of this name names a payload store directory
+
+_in_force: ContextVar[str | None] = ContextVar("ce_payloads", default=None)
+
+
+def configured_store() -> str | None:
+    """The store steps are confined to here: ``store_in_force``'s, else ``$CE_PAYLOADS``; '' none at all, None any
+    directory (the command line)."""
+    forced = _in_force.get()
+    return forced if forced is not None else os.environ.get(STORE_ENV)
+
+
+@contextmanager
+def store_in_force(root: str | Path | None) -> Iterator[None]:
+    """Inside, the configured store is ``root`` (None: none), whatever the environment says: the server validating a
+    request's params in its own process, where ``$CE_PAYLOADS`` is not the step's."""
+    token = _in_force.set(str(root or ""))
+    try:
+        yield
+    finally:
+        _in_force.reset(token)
+
+
+def store_named(requested: str | None) -> bool:
+    """Whether a step has a store at all: its params.payloads or the configured one."""
+    return bool(requested or configured_store())
+
+
+@contextmanager
+def about(param: str) -> Iterator[None]:
+    """A payload refusal raised inside is about ``params.<param>``: its message starts so, and the server reports
+    it as the error's field."""
+    try:
+        yield
+    except PayloadError as exc:
+        if getattr(exc, "field", None) is None:
+            exc.field = param
+            if f"params.{param}" not in exc.message:
+                exc.args = (f"params.{param}: {exc.message}", *exc.args[1:])
+        raise
 
 
 def confine(requested: str | Path, store: str | Path | None) -> None:
@@ -48,15 +96,16 @@ def confine(requested: str | Path, store: str | Path | None) -> None:
 
 
 def confined_store(requested: str | Path) -> None:
-    """While ``$CE_PAYLOADS`` is set (a step the server runs), refuse any store but that one."""
-    if STORE_ENV in os.environ:
-        confine(requested, os.environ[STORE_ENV])
+    """While a store is configured (a step the server runs, or validates), refuse any store but that one."""
+    configured = configured_store()
+    if configured is not None:
+        confine(requested, configured)
 
 
 def open_store(requested: str | None, needed_by: str) -> "PayloadStore":
     """The store a step uses: ``requested`` (params.payloads) or ``$CE_PAYLOADS``; a requested directory that is
     not the configured store is refused, and so is having neither."""
-    configured = os.environ.get(STORE_ENV)
+    configured = configured_store()
     if configured and requested and os.path.realpath(requested) != os.path.realpath(configured):
         raise PayloadStoreInvalid(f"params.{PARAM} names another directory than the payload store this service is "
                                   "configured with; leave it out")
@@ -65,6 +114,15 @@ def open_store(requested: str | None, needed_by: str) -> "PayloadStore":
         raise PayloadStoreInvalid(f"{needed_by} needs installers from a payload store: give params.{PARAM} (a "
                                   f"directory with manifest.json) or set {STORE_ENV}")
     return PayloadStore(root)
+
+
+def open_named(requested: str | None) -> "PayloadStore | None":
+    """Before a launch: the store a step names (params.payloads, or the configured one) with its manifest read,
+    every refusal naming params.payloads; None when it names none (the image may need nothing from one)."""
+    if not store_named(requested):
+        return None
+    with about(PARAM):
+        return open_store(requested, "this step")
 
 
 @dataclass(frozen=True)
@@ -89,12 +147,18 @@ class PayloadStore:
 
     def _load(self) -> list[Payload]:
         manifest = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise PayloadStoreInvalid(f"payload store {self.root} is not a directory (missing, or not readable)")
         try:
             entries = json.loads(manifest.read_text())["payloads"]
         except FileNotFoundError:
             raise PayloadStoreInvalid(f"payload store {self.root} has no {MANIFEST}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:
+            raise PayloadStoreInvalid(f"cannot read {manifest} ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError) as exc:
             raise PayloadStoreInvalid(f"{manifest} is not a valid manifest ({exc})") from None
+        if not isinstance(entries, list):
+            raise PayloadStoreInvalid(f"{manifest} is not a valid manifest (\"payloads\" must be a list)")
         return [self._entry(e, i) for i, e in enumerate(entries)]
 
     def _entry(self, entry: dict, index: int) -> Payload:
@@ -123,15 +187,26 @@ class PayloadStore:
                                  + (f"; it has version(s) {', '.join(have)}" if have else ""))
         return found
 
-    def verified(self, payload: Payload) -> Path:
-        """The payload's path after checking its size and sha256 against the manifest."""
-        try:
-            size = payload.path.stat().st_size
-        except OSError:
-            raise PayloadMissing(f"{payload.describe()} is in the manifest but {payload.path} is missing") from None
+    def find_any(self, components: tuple[str, ...]) -> list[Payload]:
+        """Every file of any of ``components``; PayloadMissing when the store has none of them."""
+        found = [p for p in self.payloads if p.component in components]
+        if not found:
+            raise PayloadMissing(f"payload store {self.root} has no {' or '.join(components)}")
+        return found
+
+    def present(self, payload: Payload) -> Path:
+        """The payload's path after checking that it is a file of the manifest's size (a stat: no reading)."""
+        if not payload.path.is_file():
+            raise PayloadMissing(f"{payload.describe()} is in the manifest but {payload.path} is missing")
+        size = payload.path.stat().st_size
         if size != payload.size:
             raise PayloadMismatch(f"{payload.path} is {size} bytes, the manifest says {payload.size}: "
                                   f"truncated or replaced")
+        return payload.path
+
+    def verified(self, payload: Payload) -> Path:
+        """The payload's path after checking its size and sha256 against the manifest."""
+        self.present(payload)
         digest = sha256_file(payload.path)
         if digest != payload.sha256:
             raise PayloadMismatch(f"{payload.path} has sha256 {digest}, the manifest says {payload.sha256}: "

@@ -24,8 +24,8 @@ from ce.changes import Plan, Result
 from ce.childsession import ChildParams, apply_child_session, child_write, open_child_session, validate_names
 from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
 from ce.errors import InvalidParams
-from ce.installers import plan_pvs, pvs_build
-from ce.payloads import open_store
+from ce.installers import check_pvs_installer, plan_pvs, pvs_build
+from ce.payloads import open_named, open_store
 from ce.step import CliSpec, StepContext, StepType
 
 NAME = "upgradePvs"
@@ -70,6 +70,15 @@ def ca_certificate(pem: str) -> tuple[bytes, str, str]:
 
 
 def validate(params: Params) -> None:
+    """Before the share is asked anything: the params, and the named store's installer of the build, whole (with
+    no store named the image may already have the build: refused at use)."""
+    check_params(params)
+    store = open_named(params.payloads)
+    if store is not None:
+        check_pvs_installer(store, pvs_build(params.installPvs))
+
+
+def check_params(params: Params) -> None:
     validate_names(params)
     pvs_build(params.installPvs)
     if params.PvsSslCaCertificate:
@@ -77,7 +86,7 @@ def validate(params: Params) -> None:
 
 
 def plan(params: Params, ctx: StepContext) -> Plan:
-    validate(params)
+    check_params(params)
     wanted = None if params.outputSizeMb is None else params.outputSizeMb * MiB
     session = open_child_session(params, ctx, name=NAME, extra_bytes=0, size=wanted)
     ctx.session = session

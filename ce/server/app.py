@@ -15,7 +15,7 @@ from .. import __version__, disks as disk_info
 from ..disks import chains
 from ..errors import (CeError, InternalError, InvalidParams, InvalidRequest, MethodNotAllowed, NotFound,
                       RequestTooLarge, Unauthorized, first_problem, naming_field)
-from ..payloads import PARAM as PAYLOADS_PARAM, confine as confine_payloads
+from ..payloads import PARAM as PAYLOADS_PARAM, confine as confine_payloads, store_in_force
 from ..smb.ports import ports_allowed as smb_ports_allowed
 from ..step import StepType
 from . import api, openapi
@@ -168,7 +168,7 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
             return refuse(InvalidParams(message), field=field or "body")
         request.environ["ce.step_id"] = create.id
         check_payloads(types.get(create.type), create.params, boot)
-        with smb_ports_allowed(boot.allowed_smb_ports()):      # the params' SMB locations are checked against it
+        with smb_ports_allowed(boot.allowed_smb_ports()), store_in_force(boot.payloads):   # what the step may use
             row, _ = supervisor.submit(create.id, create.type, create.params)
         response = jsonify(step_doc(row))
         response.status_code = 202

@@ -15,12 +15,12 @@ from pydantic import Field
 from ce import hashing, windows
 from ce.changes import Plan, Result
 from ce.errors import Md5Mismatch, NotImplementedYet
-from ce.payloads import open_store
+from ce.payloads import open_named, open_store
 from ce.plan import Planner
 from ce.step import StepContext, StepParams, StepType
 
 from . import components, vmsku
-from .platform import plan_platform
+from .platform import check_driver_payloads, plan_platform
 from .unjoin import plan_unjoin
 from .vda import XdParameter, plan_vda, validated
 
@@ -50,6 +50,11 @@ class Params(StepParams):
 
 def validate(params: Params) -> None:
     """Everything that can be refused without looking at the disk, refused before a launch is paid for."""
+    check_options(params)
+    check_payloads(params)
+
+
+def check_options(params: Params) -> None:
     pending = [name for name in PENDING_OPTIONS if getattr(params, name) not in (None, False)]
     if pending:
         raise NotImplementedYet(f"prepare option(s) {', '.join(pending)} are not implemented yet in this version "
@@ -59,13 +64,29 @@ def validate(params: Params) -> None:
     vmsku.validate(params.ceVmSku, params.targetPlatform)
 
 
+def check_payloads(params: Params) -> None:
+    """The named payload store, when an option may take something from it: its manifest, and the candidates of
+    what the options need (components.check_payloads, check_driver_payloads). With no store named nothing is
+    refused here: the image may need nothing from one (components present, drivers inbox)."""
+    if not (params.installMisa or params.installMcsio or params.installPvs is not None or params.targetPlatform):
+        return
+    store = open_named(params.payloads)
+    if store is None:
+        return
+    components.check_payloads(params, store)
+    if params.targetPlatform:
+        size = vmsku.validate(params.ceVmSku, params.targetPlatform)
+        nvme = [vmsku.rules()["nvme_driver"]["service"]] if size and size.nvme_only else []
+        check_driver_payloads(store, params.targetPlatform, nvme)
+
+
 def payload_store(params: Params):
     """The store, opened only when an option needs a payload."""
     return open_store(params.payloads, "this prepare")
 
 
 def plan_changes(planner: Planner, facts, params: Params) -> None:
-    validate(params)
+    check_options(params)
     plan_vda(planner, facts, params.xdReconfigure)
     components.plan_components(planner, facts, params, lambda: payload_store(params))
     if params.domainUnjoin:

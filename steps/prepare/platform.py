@@ -16,7 +16,7 @@ from importlib import resources
 
 from ce.errors import DriverMissing, PayloadMissing, WindowsTooOld
 from ce.firstboot import SAFE_PARAM
-from ce.payloads import Payload
+from ce.payloads import PARAM, Payload, PayloadStore, about
 from ce.changes.guest import type_from_name
 from ce.plan import Planner
 from ce.registry import RegType
@@ -124,9 +124,8 @@ def driver_payloads(ctx: PlatformPlan, driver: dict) -> list[Payload]:
     try:
         if store is None:
             raise PayloadMissing("no payload store is configured (params.payloads or CE_PAYLOADS)")
-        found = store.find(component, arch=arch)
-        newest = max({p.version for p in found}, key=version_key)
-        files = [p for p in found if p.version == newest]
+        files = newest_of(store.find(component, arch=arch))
+        newest = files[0].version
         if not any(p.file.lower() == driver["file"].lower() for p in files):
             raise PayloadMissing(f"payload store {store.root}: {component} {newest} has no {driver['file']}")
     except PayloadMissing as exc:
@@ -141,6 +140,23 @@ def driver_payloads(ctx: PlatformPlan, driver: dict) -> list[Payload]:
     for payload in files:
         store.verified(payload)
     return files
+
+
+def newest_of(found: list[Payload]) -> list[Payload]:
+    newest = max({p.version for p in found}, key=version_key)
+    return [p for p in found if p.version == newest]
+
+
+def check_driver_payloads(store: PayloadStore, platform: str, extra_services: list[str]) -> None:
+    """Before the launch: every driver payload the platform could copy (for each of its drivers, the newest version
+    of each architecture: the image decides which, and whether it needs any) is in the store at its manifest size."""
+    services = [d["service"] for d in rules()["platforms"][platform]["drivers"] if not d.get("if_present")]
+    for service in [*services, *extra_services]:
+        found = [p for p in store.payloads if p.component == f"driver/{service.lower()}"]
+        for arch in {p.arch for p in found}:
+            for payload in newest_of([p for p in found if p.arch == arch]):
+                with about(PARAM):
+                    store.present(payload)
 
 
 def version_key(version: str) -> tuple:
