@@ -133,7 +133,8 @@ def write(job: Export, write: DiskWrite, facts: dict, ctx: StepContext) -> dict:
         if job.hash and streaming:          # the stream reads every byte anyway: hash in the same pass
             hasher = stack.enter_context(hashing.ContentHasher(job.disk, write.virtual_size))
         elif job.hash:
-            digest = hashing.hash_disk(job.disk, progress=ctx.band(0, 30, "hashing the disk"), cancel=ctx.stop)
+            digest = hashing.hash_disk(job.disk, progress=ctx.band(0, 30, "hashing the disk", unit="bytes"),
+                                       cancel=ctx.stop)
             hashes, start = digest.hashes, 30.0
         with staging.scratch_dir("export") as scratch:
             if streaming:
@@ -161,7 +162,7 @@ def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hash
                             tap=hasher.feed if hasher else None,
                             verify=functools.partial(nbdexport.verify, scratch, fmt, job.subformat,
                                                      write.virtual_size, write.target),
-                            progress=ctx.band(0, 100, doing), **resuming)
+                            progress=ctx.band(0, 100, doing, unit="bytes"), **resuming)
 
 
 def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, start: float,
@@ -169,10 +170,12 @@ def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepC
     upload_from = start + (100 - start) * 0.35
     local = scratch / "disk"
     disks.convert(job.disk, local, job.format, subformat=job.subformat, durable=False, cancel=ctx.stop,
-                  progress=ctx.band(start, upload_from, f"converting to {job.format.upper()}"))
+                  progress=ctx.band(start, upload_from, f"converting to {job.format.upper()}",
+                                    size=write.virtual_size))
     with job.location.share() as share:
         return share.upload(local, job.name, overwrite=job.overwrite, cancel=ctx.stop,
-                            progress=ctx.band(upload_from, 100, f"uploading {job.name}"), **resuming)
+                            progress=ctx.band(upload_from, 100, f"uploading {job.name}", unit="bytes"),
+                            **resuming)
 
 
 def describe(document: Plan | Result) -> list[str]:

@@ -122,8 +122,9 @@ class StepContext:
     held: contextlib.ExitStack | None = None   # what a plan opens for its apply, closed after the apply
     session: Any = None                         # what a plan hands its apply (a guest step's WindowsSession)
 
-    def progress(self, percent: float, message: str = "") -> None:
-        """percent in 0..100; message is a short present-tense phrase ("converting to vhdx")."""
+    def progress(self, percent: float, message: str = "", transferred: tuple[int, int] | None = None) -> None:
+        """percent in 0..100; message is a short present-tense phrase ("converting to vhdx"); transferred: (bytes
+        done, bytes total) of a data path's phase, when it moves bytes."""
 
     def warn(self, code: str, message: str) -> None:
         self.warnings.append({"code": code, "message": message})
@@ -132,11 +133,18 @@ class StepContext:
     def canceled(self) -> bool:
         return self.cancel_event.is_set()
 
-    def band(self, start: float, end: float, message: str) -> Callable[..., None]:
-        """A (done, total) callback that maps onto ``start..end`` percent of the step."""
+    def band(self, start: float, end: float, message: str, unit: str = "percent",
+             size: int | None = None) -> Callable[..., None]:
+        """A (done, total) callback that maps onto ``start..end`` percent of the step. ``unit="bytes"``: done and
+        total count bytes, and each report carries them; ``size``: the callback's fraction is of ``size`` bytes
+        (qemu-img's percent of a disk that large), reported as bytes too."""
         def report(done: float, total: float = 100.0) -> None:
-            fraction = done / total if total else 1.0
-            self.progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+            fraction = min(max(done / total if total else 1.0, 0.0), 1.0)
+            moved = (int(done), int(total)) if unit == "bytes" else None
+            if size is not None:
+                moved = (int(size * fraction), size)
+            percent = start + (end - start) * fraction
+            self.progress(percent, message, moved) if moved else self.progress(percent, message)
         return report
 
 
@@ -149,8 +157,9 @@ class PartContext(StepContext):
                          cancel_event=parent.cancel_event, log=parent.log, stop=parent.stop)
         self.parent, self.start, self.end = parent, start, end
 
-    def progress(self, percent: float, message: str = "") -> None:
-        self.parent.progress(self.start + (self.end - self.start) * min(max(percent, 0.0), 100.0) / 100, message)
+    def progress(self, percent: float, message: str = "", transferred: tuple[int, int] | None = None) -> None:
+        scaled = self.start + (self.end - self.start) * min(max(percent, 0.0), 100.0) / 100
+        self.parent.progress(scaled, message, transferred) if transferred else self.parent.progress(scaled, message)
 
     def warn(self, code: str, message: str) -> None:
         self.parent.warn(code, message)

@@ -201,7 +201,8 @@ def _stream(params: Params, out: dict, source, scratch, ctx: StepContext):
                                f"{out['location']}\\{out['name']}")
     with params.outputStorageLocation.share() as share:
         return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
-                            layout=layout, verify=verify, progress=ctx.band(0, 100, "streaming into the container"))
+                            layout=layout, verify=verify,
+                            progress=ctx.band(0, 100, "streaming into the container", unit="bytes"))
 
 
 def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: StepContext) -> tuple:
@@ -211,12 +212,12 @@ def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: S
     converted = disks.convert(source, local, out["format"], src_fmt=source_fmt, subformat=out["subformat"],
                               azure_fixed=params.azureFixed, overwrite=params.overwriteOutput, cancel=ctx.stop,
                               durable=params.output is not None,      # a scratch file is not kept
-                              progress=ctx.band(*bands["convert"], "converting"))
+                              progress=ctx.band(*bands["convert"], "converting", size=out["virtual_size"]))
     if not params.outputStorageLocation:
         return converted, os.path.getsize(local), None
     with params.outputStorageLocation.share() as share:
         stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
-                              progress=ctx.band(*bands["upload"], "uploading"))
+                              progress=ctx.band(*bands["upload"], "uploading", unit="bytes"))
     return converted, stored.size, stored.sent
 
 

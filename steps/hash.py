@@ -77,7 +77,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    report = ctx.band(0, 100, f"hashing the {params.of}")
+    report = ctx.band(0, 100, f"hashing the {params.of}", unit="bytes")
     if params.disk and params.of == "content":
         digest = hashing.hash_disk(params.disk, params.format, params.algorithms, progress=report, cancel=ctx.stop)
     elif params.disk:

@@ -168,8 +168,8 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
             os.truncate(params.disk, target["grows_to"])
         overlay = scratch / "image.qcow2"
         disks.create_overlay(export.uri, fmt, overlay, target["output_size"])
-        disks.write_onto(overlay, params.disk, progress=ctx.band(0, 100, "writing the disk"), cancel=ctx.stop,
-                         label=where)
+        disks.write_onto(overlay, params.disk, cancel=ctx.stop, label=where,
+                         progress=ctx.band(0, 100, "writing the disk", size=target["output_size"]))
     return Result.of(planned, facts={**planned.facts, "bytes_written": target["output_size"]})
 
 

@@ -1,22 +1,30 @@
 """What the CLI prints: progress on stderr while a step runs, then its plan or result -- as JSON, or as lines for
 people made by the change kinds (``ce.changes.describe``) and the step's own ``describe``.
 
-Progress, as virt-v2v shows it: on a terminal a bar redrawn in place with the elapsed time and an estimate of what
-is left; otherwise one line per phase, ``[  12.3] inspecting the image``; with ``--machine-readable`` one JSON
-object per change (``{"elapsed", "percent", "message"}``) on stderr (``--machine-readable-fd FD``: on FD), for
-scripts. ``-q`` silences the first two.
+Progress, as virt-v2v shows it: on a terminal a bar redrawn in place (and every second while nothing reports, so a
+stall shows) with the elapsed time and an estimate of what is left, and for data work the bytes done, their total
+and the rate over the last few seconds; otherwise one line per phase, ``[  12.3] inspecting the image`` (a data
+phase with its size: ``[   0.1] hashing the file (4 GiB)``); with ``--machine-readable`` one JSON object per change
+(``{"elapsed", "percent", "message"}``, and ``bytesDone``, ``bytesTotal``, ``bytesPerSecond`` when known) on stderr
+(``--machine-readable-fd FD``: on FD), for scripts. ``-q`` silences the first two.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import threading
 import time
 from collections import Counter
 
 from ..changes import Plan, Result, describe
 from ..errors import CeError, InvalidParams, StepFailed
+from ..sizes import human_size
 from ..step import StepContext, execute
+from ..throughput import Throughput, transfer_fields
+
+REDRAW_EVERY = 0.1      # seconds between two redraws of the bar within a phase (a hash reports every 8 MiB)
 
 
 class ConsoleContext(StepContext):
@@ -31,20 +39,50 @@ class ConsoleContext(StepContext):
         except OSError as exc:
             raise InvalidParams(f"--machine-readable-fd {machine_fd}: {exc.strerror}") from None
         self.last = (-1.0, "")
-
-    def progress(self, percent: float, message: str = "") -> None:
-        percent = max(0.0, min(float(percent), 100.0))
-        elapsed = time.monotonic() - self.started
-        if self.machine and (round(percent, 1), message) != self.last:
-            self.last = (round(percent, 1), message)
-            self._machine_line({"elapsed": round(elapsed, 3), "percent": round(percent, 1), "message": message})
+        self.throughput, self.shown, self.drawn = Throughput(), (0.0, "", None), 0.0
+        self.lock, self.finished = threading.Lock(), threading.Event()
         if self.tty:
-            sys.stderr.write(f"\r{bar(percent, elapsed, message)}")
+            threading.Thread(target=self._tick, daemon=True, name="progress").start()
+
+    def progress(self, percent: float, message: str = "", transferred: tuple[int, int] | None = None) -> None:
+        percent, now = max(0.0, min(float(percent), 100.0)), time.monotonic()
+        with self.lock:
+            if transferred:
+                self.throughput.add(now, transferred[0], message)
+            rate = self.throughput.rate(now) if transferred else None
+            if self.machine and (round(percent, 1), message) != self.last:
+                self.last = (round(percent, 1), message)
+                self._machine_line({"elapsed": round(now - self.started, 3), "percent": round(percent, 1),
+                                    "message": message, **transfer_fields(transferred, rate)})
+            self.shown = (percent, message, transferred)
+            self._show(now)
+            self.phase = message
+
+    def _show(self, now: float) -> None:
+        """On a terminal the bar (a few times a second at most); otherwise one line per phase."""
+        percent, message, transferred = self.shown
+        if self.tty and (message != self.phase or percent == 100 or now - self.drawn >= REDRAW_EVERY):
+            self._draw(now)
+        elif not self.tty and not self.quiet and message and message != self.phase:
+            size = f" ({human_size(transferred[1])})" if transferred else ""
+            sys.stderr.write(f"[{now - self.started:7.1f}] {message}{size}\n")
             sys.stderr.flush()
-        elif not self.quiet and message and message != self.phase:
-            sys.stderr.write(f"[{elapsed:7.1f}] {message}\n")
-            sys.stderr.flush()
-        self.phase = message
+
+    def _draw(self, now: float) -> None:
+        """The bar as ``shown``, cut to the terminal's width (a wrapped line could not be redrawn in place)."""
+        percent, message, transferred = self.shown
+        rate = self.throughput.rate(now) if transferred else None
+        width = shutil.get_terminal_size().columns - 1
+        sys.stderr.write("\r" + bar(percent, now - self.started, message, transferred, rate)[:width].ljust(width))
+        sys.stderr.flush()
+        self.drawn = now
+
+    def _tick(self) -> None:
+        """Redraw every second: the clock moves and a stalled transfer's rate falls while nothing reports."""
+        while not self.finished.wait(1.0):
+            with self.lock:
+                if not self.finished.is_set():
+                    self._draw(time.monotonic())
 
     def _machine_line(self, event: dict) -> None:
         """A reader that went away (``| head``) stops the progress lines, never the step."""
@@ -54,8 +92,10 @@ class ConsoleContext(StepContext):
             self.machine = None
 
     def done(self) -> None:
+        with self.lock:
+            self.finished.set()
         if self.tty:
-            sys.stderr.write("\r" + " " * 110 + "\r")
+            sys.stderr.write("\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r")
         if self.machine:
             try:
                 self.machine.close()
@@ -63,11 +103,22 @@ class ConsoleContext(StepContext):
                 pass
 
 
-def bar(percent: float, elapsed: float, message: str) -> str:
-    """``[#########.....................]  30.0%  0:12, ~0:28 left  inspecting the image``"""
+def bar(percent: float, elapsed: float, message: str, transferred: tuple[int, int] | None = None,
+        rate: float | None = None) -> str:
+    """``[#########.....................]  30.0%  0:12, ~0:28 left  inspecting the image``; for data work
+    ``[############..................]  42.0%  1.7 GiB / 4 GiB  210 MiB/s  0:08, ~0:11 left  exporting``"""
     filled = int(percent / 100 * 30)
     left = f", ~{clock(elapsed * (100 - percent) / percent)} left" if 1 <= percent < 100 else ""
-    return f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {clock(elapsed)}{left}  {message[:50]:<50}"
+    return (f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {data_figures(transferred, rate)}"
+            f"{clock(elapsed)}{left}  {message}")
+
+
+def data_figures(transferred: tuple[int, int] | None, rate: float | None) -> str:
+    """``1.7 GiB / 4 GiB  210 MiB/s  `` (the rate once known); nothing for work that moves no bytes."""
+    if transferred is None:
+        return ""
+    speed = f"{human_size(rate)}/s  " if rate is not None else ""
+    return f"{human_size(transferred[0])} / {human_size(transferred[1])}  {speed}"
 
 
 def clock(seconds: float) -> str:
@@ -95,7 +146,7 @@ def show(kind, document: Plan | Result, error: CeError | None, as_json: bool) ->
     lines = [line for line in describe(document) if not line.startswith("warning [")]
     if kind.describe:
         lines = [line for line in lines if line != "nothing to change"] + kind.describe(document)
-    backups = [windows_path(c["backup_path"]) for c in document.facts.get("commits", []) if c.get("backup_created")]
+    backups = [windows_path(c["backupPath"]) for c in document.facts.get("commits", []) if c.get("backupCreated")]
     lines += [f"backup        {path}" for path in backups]
     lines += [f"warning [{w.code}]: {w.message}" for w in document.warnings]
     lines.append(summary(document, len(backups)))

@@ -175,7 +175,7 @@ def write(job: Diagnostics, planned: Plan, ctx: StepContext) -> dict:
                 raise DiagnosticsBundleBroken(f"the bundle built in {scratch} does not read back: {exc}") from None
             with job.location.share() as share:
                 stored = share.upload(local, job.name, overwrite=False, cancel=ctx.stop,
-                                      progress=ctx.band(85, 100, f"uploading {job.name}"))
+                                      progress=ctx.band(85, 100, f"uploading {job.name}", unit="bytes"))
     finally:
         for secret in job.secrets:
             logs.remove_secret(secret)

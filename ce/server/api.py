@@ -42,6 +42,9 @@ class Step(BaseModel):
     status: Status
     progressPercent: float = Field(ge=0, le=100)
     message: str = Field(description="what the step is doing now")
+    bytesDone: int | None = Field(None, description="data work: bytes of the current phase done (absent otherwise)")
+    bytesTotal: int | None = Field(None, description="data work: bytes the current phase moves in all")
+    bytesPerSecond: int | None = Field(None, description="data work: the rate over the last few seconds")
     warnings: list[StepWarning]
     error: ErrorDetail | None = Field(None, description="why the step failed or was canceled")
     result: Plan | Result | None = Field(None, description="the plan (dryRun) or the result of a run, the same shapes "

@@ -27,7 +27,7 @@ def step_doc(row: dict) -> dict:
     return {"id": row["id"], "type": row["type"], "status": row["status"], "progressPercent": row["progress"],
             "message": row["message"], "warnings": row["warnings"], "error": row["error"], "result": row["result"],
             "params": row["params"], "timeoutSeconds": row["timeout"], "createdAt": iso(row["created"]),
-            "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"])}
+            "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"]), **(row.get("transfer") or {})}
 
 
 class StepBodies:

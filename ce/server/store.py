@@ -26,7 +26,7 @@ log = logging.getLogger("ce.server")
 STORE_FILE = "ce.sqlite"                # under the bootstrap's state_dir
 STATE_ENV = "CE_STATE_DIR"              # the state_dir, for step processes (Bootstrap.step_env): diagnostics reads it
 ACTIVE = ("pending", "running")
-JSON_COLUMNS = ("params", "disks", "warnings", "error", "result", "worker")
+JSON_COLUMNS = ("params", "disks", "warnings", "error", "result", "worker", "transfer")
 DIR_MODE, FILE_MODE = 0o700, 0o600
 SIDE_FILES = ("-wal", "-shm", "-journal")       # SQLite's own, next to the database
 
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS steps (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    worker TEXT
+    worker TEXT,
+    transfer TEXT
 );
 CREATE TABLE IF NOT EXISTS step_log (
     step_id TEXT NOT NULL,
@@ -74,8 +75,9 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(steps)")}
-            if "worker" not in columns:             # a state file from before the column
-                self._db.execute("ALTER TABLE steps ADD COLUMN worker TEXT")
+            for column in ("worker", "transfer"):   # a state file from before the column
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE steps ADD COLUMN {column} TEXT")
         private_state(path)                         # -wal and -shm exist now
 
     def close(self) -> None:

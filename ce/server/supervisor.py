@@ -39,6 +39,7 @@ from ..disks import chains
 from ..errors import (Canceled, Conflict, DiskBusy, InternalError, InvalidParams, NotFound, StepDeadline,
                       StepFinished, WorkerDied, naming_field)
 from ..step import StepType
+from ..throughput import TRANSFER_KEYS
 from .priority import Launcher
 from .processes import STEP_ENV, OrphanGroup, group_members, process_identity
 from .store import Store
@@ -341,7 +342,8 @@ class Supervisor:
             self.store.update(r.id, status="running", started=time.time())
             self.notify(self.store.get(r.id))
         elif kind == "progress":
-            self.store.update(r.id, progress=event["percent"], message=event["message"])
+            transfer = {k: event[k] for k in TRANSFER_KEYS if k in event}
+            self.store.update(r.id, progress=event["percent"], message=event["message"], transfer=transfer or None)
         elif kind == "warning":
             row = self.store.get(r.id)
             self.store.update(r.id, warnings=[*row["warnings"], {"code": event["code"], "message": event["message"]}])

@@ -31,6 +31,7 @@ from ..disks import chains
 from ..errors import CeError
 from ..errors import Canceled, DiskReplaced, StepFailed, Terminated, TimedOut
 from ..step import StepContext, execute
+from ..throughput import Throughput, transfer_fields
 from .steps import step_types
 
 EXIT_GRACE = 20          # seconds the step has to unwind after the service disappeared
@@ -99,16 +100,22 @@ class WorkerContext(StepContext):
         super().__init__(step_id=step_id, log=logging.getLogger("ce.step"))
         self.reporter = reporter
         self._last_progress: tuple[float, str] = (-PROGRESS_EVERY, "")
+        self.throughput = Throughput()
 
-    def progress(self, percent: float, message: str = "") -> None:
+    def progress(self, percent: float, message: str = "", transferred: tuple[int, int] | None = None) -> None:
         """Sent when the message changes, at 100 %, and otherwise at most every PROGRESS_EVERY seconds: a copy
-        reporting each 8 MiB write would make the service write its state hundreds of times a second."""
+        reporting each 8 MiB write would make the service write its state hundreds of times a second. A data
+        path's bytes (``bytesDone``, ``bytesTotal``, ``bytesPerSecond``) travel in the same event."""
         percent, now = max(0.0, min(float(percent), 100.0)), time.monotonic()
+        if transferred:
+            self.throughput.add(now, transferred[0], message)
         last_time, last_message = self._last_progress
         if message == last_message and percent < 100.0 and now - last_time < PROGRESS_EVERY:
             return
         self._last_progress = (now, message)
-        self.reporter.send("progress", percent=percent, message=logs.redact(message))
+        rate = self.throughput.rate(now) if transferred else None
+        self.reporter.send("progress", percent=percent, message=logs.redact(message),
+                           **transfer_fields(transferred, rate))
 
     def warn(self, code: str, message: str) -> None:
         super().warn(code, logs.redact(message))

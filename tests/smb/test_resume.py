@@ -161,7 +161,7 @@ class DropConnection(StepContext):
         self.others = smbd_children(samba)              # smbd's own helpers, and connections not of this step
         self.dropped: list[int] = []
 
-    def progress(self, percent: float, message: str = "") -> None:
+    def progress(self, percent: float, message: str = "", transferred=None) -> None:
         if message.startswith("streaming") and percent >= self.percent and not self.dropped:
             self.dropped = sorted(smbd_children(self.samba) - self.others)
             for pid in self.dropped:
@@ -317,7 +317,7 @@ def test_resume_false_starts_over(samba, folder, small, small_reference, scratch
 def test_a_cancel_still_leaves_nothing(samba, folder, small, scratch):
     """A failure ce can clean up after removes the partial file and its record, as before resuming existed."""
     class CancelHalfway(StepContext):
-        def progress(self, percent: float, message: str = "") -> None:
+        def progress(self, percent: float, message: str = "", transferred=None) -> None:
             if message.startswith("streaming") and percent >= 100 * SMALL.half_at / SMALL.virtual:
                 self.cancel_event.set()
     with pytest.raises(CeError) as stopped:

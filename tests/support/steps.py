@@ -10,9 +10,12 @@ class Recorder(StepContext):
     def __init__(self, cancel_when=None):
         super().__init__()
         self.reports: list[tuple[float, str]] = []
+        self.transfers: list[tuple[str, int, int]] = []      # (message, bytes done, bytes total) of data work
         self.cancel_when = cancel_when
 
-    def progress(self, percent: float, message: str = "") -> None:
+    def progress(self, percent: float, message: str = "", transferred: tuple[int, int] | None = None) -> None:
         self.reports.append((percent, message))
+        if transferred:
+            self.transfers.append((message, *transferred))
         if self.cancel_when and self.cancel_when(percent, message):
             self.cancel_event.set()

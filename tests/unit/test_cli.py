@@ -87,8 +87,8 @@ def test_progress_off_a_terminal_is_one_line_per_phase_and_machine_readable_on_r
     done = ce("hash", "--machine-readable", str(disk))
     phases = [line for line in done.stderr.splitlines() if line.startswith("[")]
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    assert [p.split("] ", 1)[1] for p in phases] == ["hashing the content", "done"]
-    assert events[-1]["percent"] == 100 and {"elapsed", "percent", "message"} == set(events[0])
+    assert [p.split("] ", 1)[1] for p in phases] == ["hashing the content (1 MiB)", "done"]
+    assert events[-1]["percent"] == 100 and {"elapsed", "percent", "message"} == set(events[-1])
     assert not ce("hash", "-q", str(disk)).stderr
     refused = ce("hash", "--machine-readable-fd", "97", str(disk))
     assert refused.returncode == 1 and "--machine-readable-fd 97: Bad file descriptor" in refused.stderr
