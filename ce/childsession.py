@@ -21,6 +21,8 @@ from pydantic import Field
 
 from . import staging, windows
 from .changes import DiskWrite, Plan, Result
+from .document import Facts
+from .plan import CommitFacts
 from .errors import ImageChangedSincePlan, InvalidParams, RemoteExists, UnsupportedFormat
 from .sharechild import CHILD_EXTENSIONS, ShareParent, opened_parent
 from .sizes import human_size
@@ -63,6 +65,34 @@ def validate_names(params: ChildParams) -> str:
         raise InvalidParams(f"params.outputImageFilename must end in {' or '.join(CHILD_EXTENSIONS[fmt])}: a "
                             f"child has its parent's format", field="outputImageFilename")
     return fmt
+
+
+class ChildFacts(Facts):
+    """The differencing child written beside the parent on the share."""
+    name: str
+    format: str
+    virtualSize: int
+    fileSize: int
+    sha256: str
+    bytesSent: int
+    blockSize: int
+    blocks: dict[str, int]              # blocks per state in the child's block table
+    dataBytes: int
+    identifier: str
+    parentLocator: dict[str, str]       # the format's own locator entries (VHDX: relative_path, ...)
+
+
+class ParentFacts(Facts):
+    name: str
+    virtualSize: int
+    identifier: str
+
+
+class ChildStepFacts(Facts):
+    """What a child step's documents share: the child and its parent, and the hives committed in the overlay."""
+    child: ChildFacts | None = None
+    parent: ParentFacts | None = None
+    commits: list[CommitFacts] | None = None
 
 
 @dataclass
@@ -149,10 +179,10 @@ def apply_child_session(session: ChildSession, planned: Plan, ctx: StepContext, 
     stored = session.parent.upload_child(child, session.params.outputImageFilename,
                                          overwrite=session.params.overwriteOutput, cancel=ctx.stop)
     result.facts["child"] = {"name": session.params.outputImageFilename, "format": session.parent.facts.format,
-                             "virtual_size": virtual_size, "file_size": stored.size, "sha256": child.sha256,
-                             "bytes_sent": stored.sent, "block_size": child.summary.block_size, "blocks": child.summary.blocks,
-                             "data_bytes": child.summary.data_bytes, "identifier": child.summary.identifier,
-                             "parent_locator": child.summary.parent_locator}
-    result.facts["parent"] = {"name": session.params.inputImageFilename, "virtual_size":
+                             "virtualSize": virtual_size, "fileSize": stored.size, "sha256": child.sha256,
+                             "bytesSent": stored.sent, "blockSize": child.summary.block_size, "blocks": child.summary.blocks,
+                             "dataBytes": child.summary.data_bytes, "identifier": child.summary.identifier,
+                             "parentLocator": child.summary.parent_locator}
+    result.facts["parent"] = {"name": session.params.inputImageFilename, "virtualSize":
                               session.parent.facts.virtual_size, "identifier": session.parent.facts.identifier_text}
     return result

@@ -13,6 +13,7 @@ import requests
 
 from .errors import ClientError, Unreachable, WaitTimeout
 from .server.bootstrap import load as load_bootstrap
+from .throughput import figures
 from .tls import OutboundPolicy, outbound_session
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -96,8 +97,9 @@ class ProgressBar:
         pct, status, message = step["progressPercent"], step["status"], step["message"]
         if self.tty:
             filled = int(pct / 100 * self.width)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {pct:5.1f}% {status:9} "
-                              f"{message[:50]:<50}")
+            moved = (step["bytesDone"], step["bytesTotal"]) if "bytesTotal" in step else None
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {pct:5.1f}% "
+                              f"{figures(moved, step.get('bytesPerSecond'))}{status:9} {message[:50]:<50}")
             if status in TERMINAL:
                 self.stream.write("\n")
         elif (status, message) != self.last:

@@ -48,3 +48,8 @@ def facts_problem(model: type[Facts], facts: dict) -> str | None:
         first = exc.errors()[0]
         return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
     return None
+
+
+def camel_keys(record: dict) -> dict:
+    """A flat record (a dataclass's fields) with camelCase keys; the values as they are."""
+    return {to_camel(key): value for key, value in record.items()}

@@ -22,6 +22,7 @@ from . import firstboot, ntfs, registry, staging
 from .changes import REGISTRY_CHANGES, ChangeOutcome, FileWrite, FilesystemCreate, GptConversion, \
     PartitionTableWrite, Plan, RegistryDeleteKey, RegistryDeleteValue, RegistrySet, Result, StepWarning
 from .changes.guest import json_of
+from .document import Facts
 from .errors import CeError, PlanConflict, RegistryHiveUnknown
 from .firstboot import FirstBootAction
 from .guest import Guest, WindowsRoot, partitions
@@ -40,6 +41,22 @@ def locate_hive(guest: Guest, root: WindowsRoot, hive: str, filesystem: str | No
     """The guest path of a change's hive, with its filesystem mounted: System32\\config for the Windows hives,
     the given path for a hive on another filesystem."""
     return hive_path(guest, root, hive) if filesystem is None else guest.win_path(hive)
+
+
+class CommitFacts(Facts):
+    """One hive committed: its path in the image, its sha256 before and after, the backup kept, values changed."""
+    guestPath: str
+    sha256Before: str
+    sha256After: str
+    backupPath: str | None = None
+    backupCreated: bool
+    changes: int
+    warnings: list[str] = []
+
+
+class GuestFacts(Facts):
+    """The facts of a step that edits the Windows image: the hives committed (a result)."""
+    commits: list[CommitFacts] | None = None
 
 
 class Planner:

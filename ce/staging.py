@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import disks
+from .document import Facts
 from .errors import CeError, ScratchSpaceShort
 from .sizes import mib
 
@@ -38,6 +39,13 @@ def scratch_base() -> str:
 def scratch_free(base: str | None = None) -> int:
     stats = os.statvfs(base or scratch_base())
     return stats.f_bavail * stats.f_frsize
+
+
+class ScratchFacts(Facts):
+    """The local scratch directory a plan checked: where, bytes free, bytes the step needs there."""
+    directory: str
+    free: int
+    needed: int
 
 
 def require_scratch(needed: int, what: str) -> dict:

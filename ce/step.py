@@ -33,6 +33,7 @@ import typing
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .changes import Plan, Result
+from .document import facts_problem, strict
 from .errors import Canceled, CeError, InvalidParams, StepFailed, TimedOut, first_problem
 
 ENTRY_POINT_GROUP = "ce.steps"
@@ -192,6 +193,7 @@ class StepType:
     cli: CliSpec | None = None
     plan_ahead: bool = True                  # False: apply() plans as it goes (a sequence); plan() is the dry run
     error_groups: tuple[str, ...] = ("step",)      # the ce.errors groups of the codes it can return (see the OpenAPI)
+    Facts: type[BaseModel] | None = None     # the schema of its documents' facts (ce.document; in /openapi.json)
 
     def parse(self, params: dict) -> Any:
         """Validate raw params; the first problem becomes one line naming the field."""
@@ -214,14 +216,25 @@ def execute(kind: StepType, params: Any, ctx: StepContext) -> Plan | Result:
     with ctx.stop.translating(), contextlib.ExitStack() as held:
         ctx.held = held
         if params.dryRun:
-            return kind.plan(params, ctx)
+            return checked_facts(kind, kind.plan(params, ctx), ctx)
         plan = kind.plan(params, ctx) if kind.plan_ahead else None
-        result = kind.apply(params, plan, ctx)
+        result = checked_facts(kind, kind.apply(params, plan, ctx), ctx)
     result.seconds = round(time.monotonic() - started, 3)
     ctx.progress(100, "done")
     if result.error:
         raise StepFailed(result.error["code"], result.error["message"], result.model_dump(mode="json"))
     return result
+
+
+def checked_facts(kind: StepType, document: Plan | Result, ctx: StepContext) -> Plan | Result:
+    """A document whose facts stray from the step's ``Facts`` schema is a defect of ce: with the tests' strict mode
+    it fails; in service it is logged and the document kept (the work it reports is done)."""
+    problem = kind.Facts and facts_problem(kind.Facts, document.facts)
+    if problem and strict():
+        raise AssertionError(f"the {kind.name} step's facts do not match its schema: {problem}")
+    if problem:
+        ctx.log.error("the %s step's facts do not match its schema: %s", kind.name, problem)
+    return document
 
 
 # ---------------------------------------------------------------- sequences
@@ -256,7 +269,7 @@ def sequence(name: str, summary: str, Params: type[StepParams], parts: tuple[Par
                 with contextlib.ExitStack() as held:
                     sub.held = held
                     plan = part.kind.plan(part_params, sub)
-                    document = plan if dry else part.kind.apply(part_params, plan, sub)
+                    document = checked_facts(part.kind, plan if dry else part.kind.apply(part_params, plan, sub), sub)
             except CeError as exc:
                 if dry or isinstance(exc, Canceled):
                     raise

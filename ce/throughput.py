@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from .sizes import human_size
+
 WINDOW = 5.0        # seconds of reports the rate is taken over
 TRANSFER_KEYS = ("bytesDone", "bytesTotal", "bytesPerSecond")
 
@@ -44,6 +46,14 @@ class Throughput:
                 return later[1] if span <= 0 else earlier[1] + (later[1] - earlier[1]) * (when - earlier[0]) / span
             earlier = later
         return self.samples[-1][1]
+
+
+def figures(transferred: tuple[int, int] | None, rate: float | None) -> str:
+    """``1.7 GiB / 4 GiB  210 MiB/s  `` (the rate once known) for a bar; nothing for work that moves no bytes."""
+    if transferred is None:
+        return ""
+    speed = f"{human_size(rate)}/s  " if rate is not None else ""
+    return f"{human_size(transferred[0])} / {human_size(transferred[1])}  {speed}"
 
 
 def transfer_fields(transferred: tuple[int, int] | None, rate: float | None) -> dict:

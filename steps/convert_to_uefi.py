@@ -22,11 +22,13 @@ FAT32, files, BCD decoded, MountedDevices), not by booting it.
 from __future__ import annotations
 
 import re
+from typing import Any
 from pathlib import Path
 
 from ce import windows
 from ce.changes import Plan, Result
-from ce.childsession import ChildParams, apply_child_session, child_write, open_child_session, validate_names
+from ce.document import Facts as FactsBase
+from ce.childsession import ChildStepFacts, ChildParams, apply_child_session, child_write, open_child_session, validate_names
 from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
 from ce.errors import UefiUnsupportedWindows
 from ce.guest import partition_parent, partitions
@@ -58,7 +60,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     ctx.session = session
     planned = windows.plan_session(session.windows, lambda planner, facts: plan_conversion(planner, facts, session),
                                    ctx)
-    planned.changes.append(child_write(session, planned.facts["uefi"]["disk_bytes"]))
+    planned.changes.append(child_write(session, planned.facts["uefi"]["diskBytes"]))
     return planned
 
 
@@ -91,12 +93,12 @@ def plan_conversion(planner, facts, session) -> None:
     entries = plan_bcd(planner, guest, facts, layout, esp)
     letters = plan_mounted_devices(planner, guest, device, layout)
     planner.plan.facts["uefi"] = {
-        "disk_bytes": layout.disk_sectors * sector, "grown_bytes": layout.grow_bytes, "sector_size": sector,
+        "diskBytes": layout.disk_sectors * sector, "grownBytes": layout.grow_bytes, "sectorSize": sector,
         "esp": {"device": esp, "number": layout.esp_number, "reused": layout.esp_reused,
                 "bytes": next((p.end - p.start + 1) * sector for p in layout.table.partitions
                               if p.number == layout.esp_number)},
-        "partitions": [p.model_dump() for p in layout.table.partitions], "disk_guid": layout.table.disk_guid,
-        "boot_entries": [e.model_dump(exclude_none=True) for e in entries], "drive_letters": letters}
+        "partitions": [p.model_dump() for p in layout.table.partitions], "diskGuid": layout.table.disk_guid,
+        "bootEntries": [e.model_dump(exclude_none=True) for e in entries], "driveLetters": letters}
 
 
 def system_partition_reusable(guest, table, windows_number: int, device: str) -> bool:
@@ -165,7 +167,7 @@ def download(guest, path: str, workdir: Path) -> Path:
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["uefi"]["disk_bytes"])
+    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["uefi"]["diskBytes"])
 
 
 def describe(document: Plan | Result) -> list[str]:
@@ -173,13 +175,13 @@ def describe(document: Plan | Result) -> list[str]:
     if not uefi:
         return []
     esp = uefi["esp"]
-    lines = [f"GPT disk of {uefi['disk_bytes'] >> 20} MiB (grown by {uefi['grown_bytes'] >> 20} MiB); EFI system "
+    lines = [f"GPT disk of {uefi['diskBytes'] >> 20} MiB (grown by {uefi['grownBytes'] >> 20} MiB); EFI system "
              f"partition {esp['device']} ({esp['bytes'] >> 20} MiB, {'the old system partition' if esp['reused'] else 'new'})"]
-    lines += [f"boot entry: {e.get('description') or e['type_name']} -> {e.get('path', '')}" for e in
-              uefi["boot_entries"] if e["type_name"] in ("bootmgr", "osloader")]
+    lines += [f"boot entry: {e.get('description') or e['typeName']} -> {e.get('path', '')}" for e in
+              uefi["bootEntries"] if e["typeName"] in ("bootmgr", "osloader")]
     child = document.facts.get("child")
     if child:
-        lines.append(f"child {child['name']}: {child['file_size']} bytes ({child['data_bytes']} bytes of disk data), "
+        lines.append(f"child {child['name']}: {child['fileSize']} bytes ({child['dataBytes']} bytes of disk data), "
                      f"blocks {child['blocks']}")
     return lines
 
@@ -201,7 +203,29 @@ def cli_params(args) -> dict:
             "overwriteOutput": args.overwrite}
 
 
-STEP = StepType(name=NAME, summary="convert a BIOS/MBR vDisk on a share to UEFI/GPT as a differencing child beside it",
+class EspFacts(FactsBase):
+    device: str
+    number: int
+    reused: bool                           # the old system partition, reformatted FAT32
+    bytes: int
+
+
+class UefiFacts(FactsBase):
+    diskBytes: int                         # the child's virtual size
+    grownBytes: int
+    sectorSize: int
+    esp: EspFacts
+    partitions: list[dict[str, Any]]       # the GPT's entries: number, start, end, type, guid, name
+    diskGuid: str | None = None
+    bootEntries: list[dict[str, Any]]      # the BCD's entries as written
+    driveLetters: dict[str, Any]           # MountedDevices as rewritten
+
+
+class Facts(ChildStepFacts):
+    uefi: UefiFacts
+
+
+STEP = StepType(name=NAME, Facts=Facts, summary="convert a BIOS/MBR vDisk on a share to UEFI/GPT as a differencing child beside it",
                 Params=Params, plan=plan, apply=apply, error_groups=("disk", "guest", "registry", "smb", "uefi",
                                                                      "step"),
                 validate=validate, describe=describe,

@@ -17,6 +17,7 @@ from pydantic import Field
 from ce import disks, hashing, nbdexport, staging
 from ce.changes import DiskHash, Plan, Result
 from ce.cli.smbargs import is_smb, location_flags, split_file, storage
+from ce.document import Facts as FactsBase
 from ce.errors import HashMismatch, ImageChangedSincePlan, InvalidParams
 from ce.sizes import human_size
 from ce.smb.target import StorageLocation
@@ -59,6 +60,17 @@ def where(params: Params) -> str:
     return f"{params.inputStorageLocation.location}\\{params.inputImageFilename}"
 
 
+class Facts(FactsBase):
+    disk: str                              # the local path, or \\host\share\folder\file
+    of: Literal["content", "file"]
+    size: int                              # bytes hashed: the virtual size (content) or the file's size
+    format: str
+    fileSize: int
+    algorithms: list[str]
+    hashes: dict[str, str] | None = None   # a result's digests, lower-case hex
+    verified: list[str] | None = None      # the algorithms checked against params.expected
+
+
 def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
     if params.disk:
@@ -73,7 +85,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     change = DiskHash(disk=where(params), of=params.of, algorithms=params.algorithms, expected=params.expected)
     return Plan(step=NAME, changes=[change], facts={"disk": where(params), "of": params.of, "size": size,
                                                     "format": disks.FORMAT_LABELS[info.format].lower(),
-                                                    "file_size": file_size, "algorithms": params.algorithms})
+                                                    "fileSize": file_size, "algorithms": params.algorithms})
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
@@ -96,7 +108,7 @@ def _hash_on_share(params: Params, facts: dict, report, ctx: StepContext) -> has
         scratch = held.enter_context(staging.scratch_dir(NAME))
         export = held.enter_context(nbdexport.serving(params.inputStorageLocation, params.inputImageFilename,
                                                       scratch))
-        if export.size != facts["file_size"]:
+        if export.size != facts["fileSize"]:
             raise ImageChangedSincePlan(f"{where(params)} changed on the share since the plan: run the step again")
         if params.of == "file":
             return hashing.hash_remote_file(export.reader.read_at, export.size, where(params), params.algorithms,
@@ -140,7 +152,7 @@ def cli_params(args) -> dict:
     return {**params, "disk": args.disk}
 
 
-STEP = StepType(name=NAME, summary="md5 / sha256 of a disk's contents (or of the file)", Params=Params, plan=plan,
+STEP = StepType(name=NAME, Facts=Facts, summary="md5 / sha256 of a disk's contents (or of the file)", Params=Params, plan=plan,
                 apply=apply, disk_params=("disk",), error_groups=("disk", "smb", "step"), validate=validate,
                 describe=describe,
                 cli=CliSpec("hash", "md5 / sha256 of a disk's contents (or of the file with --file)", arguments,

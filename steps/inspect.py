@@ -35,6 +35,6 @@ def describe(document: Plan | Result) -> list[str]:
     return InspectReport.model_validate(document.facts).describe() if document.facts else []
 
 
-STEP = StepType(name=NAME, summary="describe a disk: format, firmware, Windows, Citrix VDA, hypervisor tools "
+STEP = StepType(name=NAME, Facts=InspectReport, summary="describe a disk: format, firmware, Windows, Citrix VDA, hypervisor tools "
                 "(read-only)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "guest", "registry", "step"), describe=describe)

@@ -20,11 +20,16 @@ from pydantic import create_model
 
 from ce import diskexport
 from ce.changes import Plan, Result
+from ce.document import Facts
 from ce.cli.smbargs import FORMAT_NAMES, location_flags, storage
 from ce.step import CliSpec, Part, StepParams, StepType, sequence
 
 NAME = "prepareAndPublish"
 COMMON = set(StepParams.model_fields)              # timeout, dryRun: the sequence's own, set on each part by it
+
+
+class NoFacts(Facts):
+    """A sequence's facts are its parts'."""
 
 
 def combined_params(*models) -> type[StepParams]:
@@ -128,6 +133,6 @@ def build(prepare: StepType, publish: StepType) -> StepType:
         combined_params(prepare.Params, publish.Params),
         (Part(prepare, lambda params, done: split(params, prepare.Params), weight=1),
          Part(publish, lambda params, done: split(params, publish.Params), weight=2)),
-        disk_params=("disk",), validate=validate, describe=lambda document: publish_lines(document, publish.name),
+        disk_params=("disk",), validate=validate, Facts=NoFacts, describe=lambda document: publish_lines(document, publish.name),
         cli=CliSpec("prepare-and-publish", "prepare a disk, then publish it as a vDisk in a PVS store on SMB",
                     arguments, cli_params, flags=FLAGS))

@@ -23,6 +23,7 @@ from pydantic import Field
 from ce import disks, hashing, nbdexport, staging
 from ce.changes import DiskRead, DiskWrite, Plan, Result
 from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
+from ce.document import Facts as FactsBase
 from ce.errors import DiskNotEmpty, DiskTooSmall, ImageFormatMismatch, OutputDirMissing, RemoteNotFound, \
     UnsupportedFormat, naming_field
 from ce.sizes import human_size
@@ -67,6 +68,34 @@ def validate(params: Params) -> None:
 
 # ---------------------------------------------------------------- plan
 
+class SourceFacts(FactsBase):
+    location: str
+    name: str
+    format: str
+    subformat: str | None = None
+    virtualSize: int
+    fileSize: int
+    allocated: int
+
+
+class TargetFacts(FactsBase):
+    disk: str
+    format: str
+    isBlockDevice: bool
+    size: int
+    creates: bool                          # the local file is created
+    outputSize: int
+    growsTo: int | None = None             # the file is grown to this size first
+    zeroedTail: int                        # bytes after the image's data that are zeroed
+
+
+class Facts(FactsBase):
+    source: SourceFacts
+    target: TargetFacts
+    scratch: staging.ScratchFacts
+    bytesWritten: int | None = None
+
+
 def plan(params: Params, ctx: StepContext) -> Plan:
     fmt = expected_format(params)
     target = _target_info(params.disk)
@@ -89,12 +118,12 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     scratch = staging.require_scratch(OVERLAY_SCRATCH, f"reading {params.inputImageFilename} from the share")
     where = f"{params.inputStorageLocation.location}\\{params.inputImageFilename}"
     facts = {"source": {"location": str(params.inputStorageLocation.location), "name": params.inputImageFilename,
-                        "format": label.lower(), "subformat": subformat, "virtual_size": virtual,
-                        "file_size": found.size, "allocated": found.allocated},
+                        "format": label.lower(), "subformat": subformat, "virtualSize": virtual,
+                        "fileSize": found.size, "allocated": found.allocated},
              "target": {"disk": params.disk, "format": disks.FORMAT_LABELS[target.format].lower(),
-                        "is_block_device": target.is_block_device, "size": target.virtual_size,
+                        "isBlockDevice": target.is_block_device, "size": target.virtual_size,
                         "creates": not os.path.lexists(params.disk),
-                        "output_size": size, "grows_to": grows, "zeroed_tail": size - virtual},
+                        "outputSize": size, "growsTo": grows, "zeroedTail": size - virtual},
              "scratch": scratch}
     changes = [DiskRead(source=where, format=label.lower(), subformat=subformat, virtual_size=virtual, in_place=True),
                DiskWrite(target=params.disk, format="raw", virtual_size=size, source=where, method="write",
@@ -159,24 +188,24 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     with staging.scratch_dir("reverse") as scratch, \
             nbdexport.serving(params.inputStorageLocation, source["name"], scratch) as export:
         virtual = disks.remote_info(export.uri, fmt, where, export.reader.read_at, export.size).virtual_size
-        if virtual != source["virtual_size"]:
-            raise ImageFormatMismatch(f"{where} now reads as {virtual} bytes, not {source['virtual_size']}: it "
+        if virtual != source["virtualSize"]:
+            raise ImageFormatMismatch(f"{where} now reads as {virtual} bytes, not {source['virtualSize']}: it "
                                       "changed on the share; run the step again")
         if target.get("creates"):
             open(params.disk, "xb").close()          # a new file, never one that appeared since the plan
-        if target["grows_to"]:
-            os.truncate(params.disk, target["grows_to"])
+        if target["growsTo"]:
+            os.truncate(params.disk, target["growsTo"])
         overlay = scratch / "image.qcow2"
-        disks.create_overlay(export.uri, fmt, overlay, target["output_size"])
+        disks.create_overlay(export.uri, fmt, overlay, target["outputSize"])
         disks.write_onto(overlay, params.disk, cancel=ctx.stop, label=where,
-                         progress=ctx.band(0, 100, "writing the disk", size=target["output_size"]))
-    return Result.of(planned, facts={**planned.facts, "bytes_written": target["output_size"]})
+                         progress=ctx.band(0, 100, "writing the disk", size=target["outputSize"]))
+    return Result.of(planned, facts={**planned.facts, "bytesWritten": target["outputSize"]})
 
 
 def describe(document: Plan | Result) -> list[str]:
     target = document.facts["target"]
     done = f" in {document.seconds:.1f} s" if isinstance(document, Result) else ""
-    return [f"{human_size(target['output_size'])} onto {target['disk']} ({human_size(target['zeroed_tail'])} "
+    return [f"{human_size(target['outputSize'])} onto {target['disk']} ({human_size(target['zeroedTail'])} "
             f"zeroed past the image's end){done}"]
 
 
@@ -198,7 +227,7 @@ def cli_params(args) -> dict:
             "overwriteOutput": args.overwrite}
 
 
-STEP = StepType(name=NAME, summary="write a VHD(X) from an SMB share onto the attached disk as raw blocks",
+STEP = StepType(name=NAME, Facts=Facts, summary="write a VHD(X) from an SMB share onto the attached disk as raw blocks",
                 Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "smb", "step"), validate=validate, describe=describe,
                 cli=CliSpec("reverse-image", "write a VHD(X) from an SMB share onto a disk as raw blocks", arguments,

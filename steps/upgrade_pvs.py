@@ -16,12 +16,14 @@ needs the running Windows happens at its first boot, through ce's first-boot run
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 from pydantic import Field
 
 from ce import firstboot, windows
 from ce.changes import Plan, Result
-from ce.childsession import ChildParams, apply_child_session, child_write, open_child_session, validate_names
+from ce.document import Facts as FactsBase
+from ce.childsession import ChildStepFacts, ChildParams, apply_child_session, child_write, open_child_session, validate_names
 from ce.cli.smbargs import FORMAT_NAMES, location_flags, split_file, storage
 from ce.errors import InvalidParams
 from ce.installers import check_pvs_installer, plan_pvs, pvs_build
@@ -92,7 +94,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     ctx.session = session
     planned = windows.plan_session(session.windows, lambda planner, facts: plan_upgrade(planner, facts, params,
                                                                                        session), ctx)
-    planned.changes.append(child_write(session, planned.facts["pvs"]["disk_bytes"]))
+    planned.changes.append(child_write(session, planned.facts["pvs"]["diskBytes"]))
     return planned
 
 
@@ -114,11 +116,11 @@ def plan_upgrade(planner, facts, params: Params, session) -> None:
     planner.plan.facts["pvs"] = {"action": action, "build": pvs_build(params.installPvs),
                                  "found": (facts.components.get("pvs").version if facts.components.get("pvs")
                                            else None),
-                                 "disk_bytes": size, "grown_bytes": size - parent}
+                                 "diskBytes": size, "grownBytes": size - parent}
 
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
-    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["pvs"]["disk_bytes"])
+    return apply_child_session(ctx.session, planned, ctx, virtual_size=planned.facts["pvs"]["diskBytes"])
 
 
 def describe(document: Plan | Result) -> list[str]:
@@ -127,10 +129,10 @@ def describe(document: Plan | Result) -> list[str]:
         return []
     lines = [f"PVS target device: {pvs['action']} {pvs['build']}" + (f" (found {pvs['found']})" if pvs["found"]
                                                                       else ""),
-             f"disk of {pvs['disk_bytes'] >> 20} MiB (grown by {pvs['grown_bytes'] >> 20} MiB)"]
+             f"disk of {pvs['diskBytes'] >> 20} MiB (grown by {pvs['grownBytes'] >> 20} MiB)"]
     child = document.facts.get("child")
     if child:
-        lines.append(f"child {child['name']}: {child['file_size']} bytes ({child['data_bytes']} bytes of disk data)")
+        lines.append(f"child {child['name']}: {child['fileSize']} bytes ({child['dataBytes']} bytes of disk data)")
     return lines
 
 
@@ -160,7 +162,19 @@ def cli_params(args) -> dict:
             "PvsSslCaCertificate": ca, "payloads": args.payloads}
 
 
-STEP = StepType(name=NAME, summary="stage a PVS target device upgrade in a vDisk on a share, as a differencing child "
+class PvsFacts(FactsBase):
+    action: Literal["install", "upgrade", "present"]
+    build: str
+    found: str | None = None               # the target device version installed now
+    diskBytes: int                         # the child's virtual size
+    grownBytes: int
+
+
+class Facts(ChildStepFacts):
+    pvs: PvsFacts
+
+
+STEP = StepType(name=NAME, Facts=Facts, summary="stage a PVS target device upgrade in a vDisk on a share, as a differencing child "
                 "beside it", Params=Params, plan=plan, apply=apply,
                 error_groups=("disk", "guest", "registry", "payload", "smb", "step"), validate=validate,
                 describe=describe,

@@ -19,6 +19,7 @@ from tests.support.server_harness import Pki, ServerProcess
 from tests.support.smbserver import PASSWORD, SambaServer, fresh_folder, tiny_share
 
 os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+os.environ["CE_STRICT_DOCUMENTS"] = "1"     # a step's facts that stray from its schema fail (ce.document), CLI and server too
 MiB = 1 << 20
 
 

@@ -22,7 +22,7 @@ from ..changes import Plan, Result, describe
 from ..errors import CeError, InvalidParams, StepFailed
 from ..sizes import human_size
 from ..step import StepContext, execute
-from ..throughput import Throughput, transfer_fields
+from ..throughput import Throughput, figures, transfer_fields
 
 REDRAW_EVERY = 0.1      # seconds between two redraws of the bar within a phase (a hash reports every 8 MiB)
 
@@ -109,16 +109,8 @@ def bar(percent: float, elapsed: float, message: str, transferred: tuple[int, in
     ``[############..................]  42.0%  1.7 GiB / 4 GiB  210 MiB/s  0:08, ~0:11 left  exporting``"""
     filled = int(percent / 100 * 30)
     left = f", ~{clock(elapsed * (100 - percent) / percent)} left" if 1 <= percent < 100 else ""
-    return (f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {data_figures(transferred, rate)}"
+    return (f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {figures(transferred, rate)}"
             f"{clock(elapsed)}{left}  {message}")
-
-
-def data_figures(transferred: tuple[int, int] | None, rate: float | None) -> str:
-    """``1.7 GiB / 4 GiB  210 MiB/s  `` (the rate once known); nothing for work that moves no bytes."""
-    if transferred is None:
-        return ""
-    speed = f"{human_size(rate)}/s  " if rate is not None else ""
-    return f"{human_size(transferred[0])} / {human_size(transferred[1])}  {speed}"
 
 
 def clock(seconds: float) -> str:

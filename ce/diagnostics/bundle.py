@@ -19,6 +19,8 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..document import camel_keys
+
 MANIFEST = "manifest.json"
 SUMMARY = "summary.txt"
 TAIL_SUFFIXES = (".log", ".txt", ".xml", ".jsonl")      # text whose newest part is its end
@@ -38,7 +40,7 @@ class Entry:
     cut: str = ""                  # what a cap (or a reason) did to it: "" | "tail: ..." | "left out: ..."
 
     def row(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in ("", None) or k in ("path", "size")}
+        return camel_keys({k: v for k, v in asdict(self).items() if v not in ("", None) or k in ("path", "size")})
 
 
 def decide(name: str, size: int, used: int, max_file: int, max_bundle: int) -> tuple[int, str]:
@@ -111,10 +113,10 @@ class Bundle:
 
     def finish(self, about: dict) -> dict:
         """Write manifest.json (last member) and close; returns the manifest."""
-        manifest = {"format": 1, **about, "caps": {"max_file_bytes": self.max_file, "max_bundle_bytes":
+        manifest = {"format": 1, **about, "caps": {"maxFileBytes": self.max_file, "maxBundleBytes":
                                                    self.max_bundle},
                     "files": [e.row() for e in self.entries if e.path],
-                    "left_out": [e.row() for e in self.entries if not e.path],
+                    "leftOut": [e.row() for e in self.entries if not e.path],
                     "cut": [e.path for e in self.entries if e.path and e.cut]}
         self.add_bytes(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode(), source="generated",
                        group="summary")

@@ -92,11 +92,11 @@ def plan(job: Diagnostics, ctx: StepContext) -> Plan:
     change = BundleWrite(target=target, source=job.disk if job.reads_image else None, files=members, bytes=planned,
                          left_out=len(left))
     facts = {"target": {"location": str(job.location.location), "name": job.name, "path": target},
-             "collect": [s.row() for s in side.sources if s.keep], "left_out": left,
+             "collect": [s.row() for s in side.sources if s.keep], "leftOut": left,
              "ce": {k: v for k, v in own.items() if k != "left"},
-             "disk_state": side.filesystems, "inspect_failure": side.failure or None,
-             "caps": {"max_file_bytes": job.max_file, "max_bundle_bytes": job.max_bundle},
-             "space": {"share_free": free, "share_total": total, "required": planned}, "scratch": scratch}
+             "diskState": side.filesystems, "inspectFailure": side.failure or None,
+             "caps": {"maxFileBytes": job.max_file, "maxBundleBytes": job.max_bundle},
+             "space": {"shareFree": free, "shareTotal": total, "required": planned}, "scratch": scratch}
     return Plan(step="diagnostics", changes=[change], facts=facts)
 
 
@@ -167,7 +167,7 @@ def write(job: Diagnostics, planned: Plan, ctx: StepContext) -> dict:
                     source="generated", group="summary")
                 manifest = out.finish({"created": header[0].split()[-1], "disk": job.disk, "target": job.name,
                                        "options": {"ceLogs": job.ce_logs, "windowsEventLogs": job.event_logs,
-                                                   "ipsData": job.ips_data}, "left_out_in_image": side.left})
+                                                   "ipsData": job.ips_data}, "leftOutInImage": side.left})
             built = time.monotonic()
             try:
                 members = check(local)
@@ -179,10 +179,10 @@ def write(job: Diagnostics, planned: Plan, ctx: StepContext) -> dict:
     finally:
         for secret in job.secrets:
             logs.remove_secret(secret)
-    return {**planned.facts, "target": {**planned.facts["target"], "file_size": stored.size},
+    return {**planned.facts, "target": {**planned.facts["target"], "fileSize": stored.size},
             "bundle": {"members": members, "bytes": out.used, "compressed": stored.size,
-                       "cut": manifest["cut"], "left_out": len(manifest["left_out"]) + len(side.left)},
-            "build_seconds": round(built - started, 3), "upload_seconds": round(time.monotonic() - built, 3)}
+                       "cut": manifest["cut"], "leftOut": len(manifest["leftOut"]) + len(side.left)},
+            "buildSeconds": round(built - started, 3), "uploadSeconds": round(time.monotonic() - built, 3)}
 
 
 def _write_own(out: Bundle) -> list[str]:
@@ -236,9 +236,9 @@ def describe(document: Plan | Result) -> list[str]:
         if ce:
             lines.append(f"collect  ce's side: {ce.get('steps', 0)} step document(s), journal "
                          f"{'yes' if ce.get('journal') else 'no'}")
-        lines += [f"leave    {row['source']}: {row['cut']}" for row in facts.get("left_out", [])]
+        lines += [f"leave    {row['source']}: {row['cut']}" for row in facts.get("leftOut", [])]
         return lines
     b = facts.get("bundle", {})
     return [f"bundle   {b.get('members')} files, {human_size(b.get('bytes', 0))} -> {human_size(b.get('compressed', 0))}"
-            f" zipped, {len(b.get('cut', []))} cut, {b.get('left_out', 0)} source(s) left out; built in "
-            f"{facts.get('build_seconds', 0):.1f} s, uploaded in {facts.get('upload_seconds', 0):.1f} s"]
+            f" zipped, {len(b.get('cut', []))} cut, {b.get('leftOut', 0)} source(s) left out; built in "
+            f"{facts.get('buildSeconds', 0):.1f} s, uploaded in {facts.get('uploadSeconds', 0):.1f} s"]

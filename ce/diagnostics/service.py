@@ -44,7 +44,7 @@ def about() -> dict:
     except PackageNotFoundError:
         ce_version = "unknown"
     return {"ce": ce_version, "python": platform.python_version(), "host": platform.node(),
-            "kernel": platform.release(), "parser": parser_version(), "state_dir": str(state_dir() or ""),
+            "kernel": platform.release(), "parser": parser_version(), "stateDir": str(state_dir() or ""),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

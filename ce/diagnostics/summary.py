@@ -14,7 +14,7 @@ def disk_state(filesystems: list[dict], report: dict | None, failure: str) -> li
         lines.append("  not read (no disk given, or only ce's own logs asked for)")
     for fs in filesystems:
         flags = [f for f, on in (("BitLocker-encrypted", fs.get("bitlocker")),) if on]
-        state = fs.get("ntfs_state")
+        state = fs.get("ntfsState")
         if state and state != "clean":
             flags.append({"hibernated": "hibernated (Fast Startup or hibernation)",
                           "unclean": "not shut down cleanly (ntfs-3g: $LogFile unclean)",
@@ -24,11 +24,11 @@ def disk_state(filesystems: list[dict], report: dict | None, failure: str) -> li
         lines.append(f"  {fs['device']} {fs.get('type', '?')}{label}{role}: {', '.join(flags) or 'clean'}")
     if report:
         state = report.get("state", {})
-        if state.get("dirty_hives"):
-            lines.append(f"  hives with pending transactions (.LOG): {', '.join(state['dirty_hives'])}")
+        if state.get("dirtyHives"):
+            lines.append(f"  hives with pending transactions (.LOG): {', '.join(state['dirtyHives'])}")
         osf = report.get("os", {})
-        lines.append(f"  Windows: {osf.get('product', '?')} ({osf.get('product_name', '?')}, build {osf.get('build')}."
-                     f"{osf.get('ubr')}), root {osf.get('root_device')}, firmware {report.get('firmware', '?')}")
+        lines.append(f"  Windows: {osf.get('product', '?')} ({osf.get('productName', '?')}, build {osf.get('build')}."
+                     f"{osf.get('ubr')}), root {osf.get('rootDevice')}, firmware {report.get('firmware', '?')}")
     if failure:
         lines.append(f"  inspect could not finish: {failure}")
     return lines
@@ -36,7 +36,7 @@ def disk_state(filesystems: list[dict], report: dict | None, failure: str) -> li
 
 def first_boot(report: dict | None) -> list[str]:
     lines = ["ce first-boot actions (C:\\Windows\\Setup\\ce-firstboot)"]
-    status = (report or {}).get("first_boot")
+    status = (report or {}).get("firstBoot")
     if not status:
         return lines + ["  none staged"]
     lines.append(f"  runner {'armed' if status.get('armed') else 'disarmed'}, {status.get('boots', 0)} boot(s) seen")

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import faults, ntfs
+from ..document import camel_keys
 from ..appliance import ACCEL_ENV, choose_accel, deadline, qemu_children
 from .files import GuestFiles
 from ..errors import (ApplianceError, BitLockerVolume, BlankDisk, GuestError, HibernatedVolume,
@@ -62,7 +63,7 @@ class Filesystem:
     active: bool | None = None        # MBR: the boot (active) flag
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in ("", None) or k in ("device", "type")}
+        return camel_keys({k: v for k, v in self.__dict__.items() if v not in ("", None) or k in ("device", "type")})
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..document import camel_keys
 from ..errors import HiveCommitFailed, HiveMissing
 from .hive import Hive, sha256_file
 from .replay import verify_changes
@@ -34,7 +35,7 @@ class CommitResult:
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {**self.__dict__, "warnings": list(self.warnings)}
+        return camel_keys({**self.__dict__, "warnings": list(self.warnings)})
 
 
 def download_hive(guest: Guest, guest_path: str, local_dir: str | os.PathLike) -> Path:

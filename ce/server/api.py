@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..changes import Plan, Result
+from ..document import SCHEMA_VERSION
 
 STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 Status = Literal["pending", "running", "succeeded", "failed", "canceled"]
@@ -37,6 +38,7 @@ class StepWarning(BaseModel):
 
 
 class Step(BaseModel):
+    schemaVersion: Literal[2] = Field(SCHEMA_VERSION, description="the version of ce's documents (ce.document)")
     id: str
     type: str
     status: Status

@@ -65,7 +65,28 @@ def step_schemas(types: dict[str, StepType]) -> tuple[dict, list[dict]]:
             "properties": {"id": {"type": "string", "pattern": api.STEP_ID}, "type": {"const": name},
                            "params": ref(f"{name}.Params")}}
         variants.append(ref(variant))
+        if kind.Facts:
+            components.update(document_schemas(name, kind))
     return components, variants
+
+
+def document_schemas(name: str, kind: StepType) -> dict:
+    """``{name}.Facts`` and the step's plan and result: the generic Plan / Result with its own facts."""
+    schema = kind.Facts.model_json_schema(mode="serialization", ref_template=f"#/components/schemas/{name}.{{model}}")
+    out = {f"{name}.{def_name}": definition for def_name, definition in schema.pop("$defs", {}).items()}
+    out[f"{name}.Facts"] = schema
+    for shape in ("Plan", "Result"):
+        out[f"{name}.{shape}"] = {"title": f"the {name} step's {shape.lower()}", "allOf": [ref(shape), {
+            "type": "object", "properties": {"step": {"const": name}, "facts": ref(f"{name}.Facts")}}]}
+    return out
+
+
+def typed_results(components: dict, types: dict[str, StepType]) -> None:
+    """The step document's ``result`` as one of the step types' own plans and results (their facts typed)."""
+    shapes = [ref(f"{name}.{shape}") for name, kind in types.items() if kind.Facts for shape in ("Plan", "Result")]
+    if shapes:
+        result = components["Step"]["properties"]["result"]
+        result["anyOf"] = shapes + [{"type": "null"}]
 
 
 def document(types: dict[str, StepType]) -> dict:
@@ -76,6 +97,7 @@ def document(types: dict[str, StepType]) -> dict:
     components = dict(defs.get("$defs", {}))
     step_components, variants = step_schemas(types)
     components.update(step_components)
+    typed_results(components, types)
     step_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": api.STEP_ID}}
     location = {"Location": {"description": "the step's URL", "schema": {"type": "string"}}}
     etag = {"ETag": {"description": "changes whenever the document does", "schema": {"type": "string"}}}

@@ -13,6 +13,7 @@ import json
 import threading
 from datetime import datetime, timezone
 
+from ..document import SCHEMA_VERSION
 from .store import Store
 
 CACHED_STEPS = 256          # bodies kept; a CE runs a handful of steps per job
@@ -24,7 +25,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def step_doc(row: dict) -> dict:
-    return {"id": row["id"], "type": row["type"], "status": row["status"], "progressPercent": row["progress"],
+    return {"schemaVersion": SCHEMA_VERSION, "id": row["id"], "type": row["type"], "status": row["status"], "progressPercent": row["progress"],
             "message": row["message"], "warnings": row["warnings"], "error": row["error"], "result": row["result"],
             "params": row["params"], "timeoutSeconds": row["timeout"], "createdAt": iso(row["created"]),
             "startedAt": iso(row["started"]), "finishedAt": iso(row["finished"]), **(row.get("transfer") or {})}

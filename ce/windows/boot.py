@@ -119,13 +119,13 @@ def resolve_device(decoded: dict, disk: ThisDisk, boot_device: str | None) -> Bo
     the store was read from, which the "boot" device (where the boot manager was loaded from) stands for."""
     kind = decoded.get("kind")
     if kind == "gpt_partition":
-        text = f"GPT partition {{{decoded['partition_guid']}}} of disk {{{decoded['disk_guid']}}}"
-        if disk.table != "gpt" or decoded["disk_guid"].upper() != disk.disk_id.upper():
+        text = f"GPT partition {{{decoded['partitionGuid']}}} of disk {{{decoded['diskGuid']}}}"
+        if disk.table != "gpt" or decoded["diskGuid"].upper() != disk.disk_id.upper():
             return BootDevice(text=text, on_this_disk=False, decoded=decoded)
-        match = [fs for fs in disk.partitions if fs.partition_guid.upper() == decoded["partition_guid"].upper()]
+        match = [fs for fs in disk.partitions if fs.partition_guid.upper() == decoded["partitionGuid"].upper()]
     elif kind == "mbr_partition":
-        text = f"MBR partition at offset {decoded['offset']} of disk 0x{decoded['disk_signature']:08X}"
-        if disk.table != "mbr" or decoded["disk_signature"] != _signature(disk.disk_id):
+        text = f"MBR partition at offset {decoded['offset']} of disk 0x{decoded['diskSignature']:08X}"
+        if disk.table != "mbr" or decoded["diskSignature"] != _signature(disk.disk_id):
             return BootDevice(text=text, on_this_disk=False, decoded=decoded)
         match = [fs for fs in disk.partitions if fs.offset == decoded["offset"]]
     elif kind == "boot":
@@ -133,7 +133,7 @@ def resolve_device(decoded: dict, disk: ThisDisk, boot_device: str | None) -> Bo
                           partition=boot_device, on_this_disk=True if boot_device else None, decoded=decoded)
     else:
         problem = decoded.get("problem")
-        text = f"an undecodable device ({problem})" if problem else f"a {decoded.get('device_type')} device"
+        text = f"an undecodable device ({problem})" if problem else f"a {decoded.get('deviceType')} device"
         return BootDevice(text=text, decoded=decoded)
     return BootDevice(text=text, partition=match[0].device if match else None, on_this_disk=True, decoded=decoded)
 

@@ -183,8 +183,8 @@ def describe_filesystem(fs: dict) -> str:
         text += f" '{fs['label']}'"
     if fs.get("role") and fs["role"] != "basic-data":
         text += f" [{fs['role']}]"
-    if fs.get("ntfs_state") not in (None, "clean"):
-        text += f" ({fs['ntfs_state']})"
+    if fs.get("ntfsState") not in (None, "clean"):
+        text += f" ({fs['ntfsState']})"
     return text
 
 

@@ -16,7 +16,7 @@ from ce import hashing, windows
 from ce.changes import Plan, Result
 from ce.errors import Md5Mismatch, NotImplementedYet
 from ce.payloads import open_named, open_store
-from ce.plan import Planner
+from ce.plan import GuestFacts, Planner
 from ce.step import StepContext, StepParams, StepType
 
 from . import components, vmsku
@@ -46,6 +46,10 @@ class Params(StepParams):
                                 "(what export's hashDisk reports); checked before anything else, a mismatch fails")
     payloads: str | None = Field(None, description="payload store directory (installers, drivers); default "
                                  "$CE_PAYLOADS, or the server's bootstrap 'payloads'")
+
+
+class Facts(GuestFacts):
+    vmSku: vmsku.VmSkuFacts | None = None
 
 
 def validate(params: Params) -> None:
@@ -125,7 +129,7 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     return result
 
 
-STEP = StepType(name=NAME, summary="edit an offline Windows image for its target platform and Citrix provisioning "
+STEP = StepType(name=NAME, Facts=Facts, summary="edit an offline Windows image for its target platform and Citrix provisioning "
                 "(dry run with dryRun)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "guest", "registry", "payload", "step"),
                 validate=validate)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from ce.document import Facts
 from ce.errors import InvalidParams, VmSkuNeedsUefi, VmSkuUnsupported
 
 FIELD = "ceVmSku"
@@ -59,9 +60,20 @@ class VmSize:
     def facts(self) -> dict:
         rule = self.rule or {}
         return {"name": self.name, "series": self.series, "known": self.rule is not None,
-                "temp_disk": rule.get("temp_disk"), "generations": rule.get("generations"),
+                "tempDisk": rule.get("temp_disk"), "generations": rule.get("generations"),
                 "storage": rule.get("storage"),
                 "sources": [rules()["sources"][key]["url"] for key in rule.get("sources", [])]}
+
+
+class VmSkuFacts(Facts):
+    """The Azure size a prepare was planned for, and the rule it matched (``known``: false for an unknown series)."""
+    name: str
+    series: str
+    known: bool
+    tempDisk: bool | None = None
+    generations: list[int] | None = None
+    storage: str | None = None
+    sources: list[str]                     # the documentation pages the rule rests on
 
 
 def parse(name: str) -> VmSize:

@@ -136,8 +136,8 @@ def test_gpt_keeps_every_partition_where_it_was(converted):
     assert (rows[2]["start"], rows[2]["end"], rows[2]["type"]) == (win_start, win_end, BASIC_TYPE)
     assert 3 not in rows
     uefi = result["facts"]["uefi"]
-    assert uefi["esp"]["reused"] and uefi["grown_bytes"] == MiB
-    assert converted["raw"].stat().st_size == uefi["disk_bytes"] == result["facts"]["child"]["virtual_size"]
+    assert uefi["esp"]["reused"] and uefi["grownBytes"] == MiB
+    assert converted["raw"].stat().st_size == uefi["diskBytes"] == result["facts"]["child"]["virtualSize"]
     assert result["facts"]["child"]["blocks"]["not_present"] > 0             # only the changes are in the child
 
 
@@ -182,13 +182,13 @@ def test_inspect_reports_uefi_and_gpt(converted):
     proc = subprocess.run([*CE, "inspect", "--json", str(converted["raw"])], capture_output=True, text=True,
                           timeout=900)
     report = json.loads(proc.stdout)
-    assert (report["firmware"], report["partition_table"]) == ("uefi", "gpt"), proc.stderr
+    assert (report["firmware"], report["partitionTable"]) == ("uefi", "gpt"), proc.stderr
     boot = report["boot"]
     assert (boot["esp"]["device"], boot["esp"]["filesystem"], boot["esp"]["label"]) == ("/dev/sda1", "vfat", "SYSTEM")
     assert boot["store"] == {"device": "/dev/sda1", "path": "/EFI/Microsoft/Boot/BCD"}
     loader = next(e for e in boot["entries"] if e["default"])
     assert (loader["type"], loader["path"]) == ("osloader", "\\Windows\\system32\\winload.efi")
-    assert loader["device"]["partition"] == loader["osdevice"]["partition"] == report["os"]["root_device"]
+    assert loader["device"]["partition"] == loader["osdevice"]["partition"] == report["os"]["rootDevice"]
     assert not [w for w in report["warnings"] if w["code"].startswith("boot_config")]
 
 
@@ -199,7 +199,7 @@ def test_windows_alone_gets_a_new_esp_in_added_space(store, samba, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     uefi = result["facts"]["uefi"]
-    assert not uefi["esp"]["reused"] and uefi["grown_bytes"] == 101 * MiB
+    assert not uefi["esp"]["reused"] and uefi["grownBytes"] == 101 * MiB
     raw = tmp_path / "single.raw"
     raw.write_bytes(dissect_merged(store / "single-uefi.vhdx"))
     rows = gpt_rows(raw)

@@ -166,7 +166,7 @@ def test_dry_run_lists_what_would_be_collected_and_writes_nothing(dry_run, samba
     assert r"C:\Windows\System32\winevt\Logs\Microsoft-Windows-Kernel-Boot%4Operational.evtx" in collected
     setup = collected[r"C:\Windows\Panther\setupact.log"]
     assert setup["keep"] == MiB and setup["cut"].startswith("tail:")
-    left = {row["source"]: row["cut"] for row in plan["facts"]["left_out"]}
+    left = {row["source"]: row["cut"] for row in plan["facts"]["leftOut"]}
     assert "audit trail" in left[r"C:\Windows\System32\winevt\Logs\Security.evtx"]
     assert "not one of the channels" in left[
         r"C:\Windows\System32\winevt\Logs\Microsoft-Windows-Shell-Core%4Operational.evtx"]
@@ -197,7 +197,7 @@ def test_copies_are_the_images_bytes(bundle, image):
             assert row["sha256"] == source_sha and row["size"] == len(data) and "cut" not in row
     assert "image/winevt/Microsoft-Windows-Kernel-Boot%4Operational.evtx" in bundle["members"]
     report = json.loads(bundle["members"]["image/inspect.json"])
-    assert report["os"]["root_device"] and report["first_boot"]["staged"][0]["status"] == "failed"
+    assert report["os"]["rootDevice"] and report["firstBoot"]["staged"][0]["status"] == "failed"
 
 
 def test_summary_names_the_real_events_first_boot_and_disk_state(bundle):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic.alias_generators import to_camel
 from regipy.registry import RegistryHive
 
 from ce import registry
@@ -57,7 +58,9 @@ def report_of(appliance, name):
 
 
 def assert_matches(actual: dict, truth: dict, where: str) -> None:
-    for key, expected in truth.items():
+    """The report's camelCase keys against the sample's truth (snake_case, as images/spec.py writes it)."""
+    for name, expected in truth.items():
+        key = to_camel(name)
         assert key in actual, f"{where}.{key} missing from the report"
         if isinstance(expected, dict):
             assert_matches(actual[key], expected, f"{where}.{key}")
@@ -71,8 +74,8 @@ def test_inspect_matches_truth(appliance, name):
     truth = SPECS[name].truth
     report = report_of(appliance, name)
     assert report["firmware"] == truth["firmware"]
-    assert report["partition_table"] == truth["partition_table"]
-    assert report["disk"]["partition_table"] == truth["partition_table"]
+    assert report["partitionTable"] == truth["partition_table"]
+    assert report["disk"]["partitionTable"] == truth["partition_table"]
     assert_matches(report["os"], truth["os"], "os")
     assert_matches(report["domain"], truth["domain"], "domain")
     assert_matches(report["vda"], truth["vda"], "vda")
@@ -83,7 +86,7 @@ def test_inspect_matches_truth(appliance, name):
         else:
             assert components[key] == expected, f"components.{key}"
     assert sorted(t["name"] for t in report["tools"]) == sorted(truth["tools"])
-    assert report["state"] == {"hibernated": False, "unclean": False, "bitlocker": False, "dirty_hives": []}
+    assert report["state"] == {"hibernated": False, "unclean": False, "bitlocker": False, "dirtyHives": []}
     assert report["warnings"] == []
 
 
@@ -129,7 +132,7 @@ def test_every_disk_format_inspects_the_same(appliance, variant):
     expected_format = variant.split("-as-")[1].split("-")[0].replace("vpc", "vhd")
     report = report_of(appliance, variant)
     assert report["disk"]["format"] == expected_format
-    assert report["disk"]["virtual_size"] == 128 << 20
+    assert report["disk"]["virtualSize"] == 128 << 20
     assert_matches(report["os"], SPECS["win2016-vda1912"].truth["os"], "os")
     assert report["vda"]["version"] == SPECS["win2016-vda1912"].truth["vda"]["version"]
 
@@ -148,10 +151,10 @@ def test_hives_read_the_same_with_regipy(appliance, tmp_path):
         guest.unmount_all()
     report = report_of(appliance, name)
     cv = RegistryHive(str(software)).get_key(r"\Microsoft\Windows NT\CurrentVersion")
-    assert cv.get_value("ProductName") == report["os"]["product_name"]
+    assert cv.get_value("ProductName") == report["os"]["productName"]
     assert cv.get_value("UBR") == report["os"]["ubr"]
     current = RegistryHive(str(system)).get_key(r"\Select").get_value("Current")
-    assert f"ControlSet{current:03d}" == report["os"]["current_control_set"] == "ControlSet002"
+    assert f"ControlSet{current:03d}" == report["os"]["currentControlSet"] == "ControlSet002"
     tcpip = RegistryHive(str(system)).get_key(rf"\ControlSet{current:03d}\Services\Tcpip\Parameters")
     assert tcpip.get_value("Hostname") == report["os"]["hostname"]
 
@@ -299,32 +302,32 @@ def test_inspect_reports_the_boot_partition_and_the_bcd_entries(appliance, name)
     the active partition 1 (System Reserved, or Windows itself); every device in the store is a partition of this
     disk and the default loader's are the Windows partition inspect found."""
     spec, report = SPECS[name], report_of(appliance, name)
-    device, boot, root = appliance.device[name], report["boot"], report["os"]["root_device"]
+    device, boot, root = appliance.device[name], report["boot"], report["os"]["rootDevice"]
     home = f"{device}1"
     if spec.firmware == "uefi":
         assert boot["esp"] == {"device": home, "size": 32 << 20, "filesystem": "vfat", "label": "SYSTEM"}
-        assert boot["system_partition"] is None
+        assert boot["systemPartition"] is None
         assert boot["store"] == {"device": home, "path": "/EFI/Microsoft/Boot/BCD"}
         loader, resume = r"\Windows\system32\winload.efi", r"\Windows\system32\winresume.efi"
     else:
         assert boot["esp"] is None
-        assert boot["system_partition"]["device"] == home
-        assert boot["system_partition"]["label"] == ("System Reserved" if spec.system_reserved_mib else "")
+        assert boot["systemPartition"]["device"] == home
+        assert boot["systemPartition"]["label"] == ("System Reserved" if spec.system_reserved_mib else "")
         assert boot["store"] == {"device": home, "path": "/Boot/BCD"}
         loader, resume = r"\Windows\system32\winload.exe", r"\Windows\system32\winresume.exe"
     entries = {e["type"]: e for e in boot["entries"]}
     assert [e["type"] for e in boot["entries"]][:2] == ["bootmgr", "osloader"]
     assert sorted(entries) == sorted(BOOT_ENTRY_TYPES) and len(boot["entries"]) == 4
     default = entries["osloader"]
-    assert (default["default"], default["display_index"]) == (True, 0)
-    assert boot["default"] == default["guid"] and boot["display_order"] == [default["guid"]]
+    assert (default["default"], default["displayIndex"]) == (True, 0)
+    assert boot["default"] == default["guid"] and boot["displayOrder"] == [default["guid"]]
     assert (default["description"], default["path"], default["systemroot"]) == (
         loader_description(spec.windows), loader, "\\Windows")
     assert default["device"]["partition"] == default["osdevice"]["partition"] == root
     assert entries["bootmgr"]["device"]["partition"] == entries["memdiag"]["device"]["partition"] == home
     assert (entries["resume"]["path"], entries["resume"]["osdevice"]["partition"]) == (resume, root)
     kind = "gpt_partition" if spec.partition_table == "gpt" else "mbr_partition"
-    assert all(e["device"]["decoded"]["kind"] == kind and e["device"]["on_this_disk"] for e in boot["entries"])
+    assert all(e["device"]["decoded"]["kind"] == kind and e["device"]["onThisDisk"] for e in boot["entries"])
     assert all(not e["problems"] for e in boot["entries"])
     rows = "\n".join(inspect_sample(appliance, name).describe())
     assert f"* osloader '{default['description']}', {loader}, device {root} (" in rows

@@ -58,8 +58,8 @@ def test_plan_lists_exact_changes_and_changes_nothing(session):
                      ("registry_set", "ListOfDDCs"), ("registry_set", "Multi"), ("registry_set", "Blob"),
                      ("registry_delete_value", "FarmGUID"), ("file_write", r"C:\Program Files\Citrix\CE\setup.cmd")]
     deny, start = plan.changes[0], plan.changes[1]
-    assert deny.old == {"type": "REG_DWORD", "value": 1} and deny.new == 0
-    assert start.old == {"type": "REG_DWORD", "value": 3} and start.new == 0
+    assert deny.old == {"type": "REG_DWORD", "value": 1} and deny.new == {"type": "REG_DWORD", "value": 0}
+    assert start.old == {"type": "REG_DWORD", "value": 3} and start.new == {"type": "REG_DWORD", "value": 0}
     assert plan.changes[2].old is None                      # the PVS sample discovers controllers by FarmGUID
     report = json.loads(plan.model_dump_json())
     assert "source" not in report["changes"][-1]           # local paths stay out of reports
@@ -87,7 +87,7 @@ def test_apply_does_exactly_the_plan_and_replanning_finds_nothing(session, tmp_p
     assert reg.get_key(r"\Citrix\CE\Test").get_value("Multi") == ["x", "ü"]
     assert RegistryHive(str(system)).get_key(rf"\{RDP}").get_value("fDenyTSConnections") == 0
     assert guest.read_file(r"C:\program files\citrix\ce\SETUP.CMD") == b"@echo off\r\nrem staged by ce\r\n"
-    backups = {c["guest_path"]: c["backup_path"] for c in result.facts["commits"]}
+    backups = {c["guestPath"]: c["backupPath"] for c in result.facts["commits"]}
     assert all(guest.g.is_file(b) for b in backups.values()) and len(backups) == 2
     assert not guest.g.glob_expand("/Windows/System32/config/*.ce-new")
     again = make_plan(guest, root, work)

@@ -60,14 +60,14 @@ def test_hive_and_file_on_the_esp_beside_a_windows_hive(session, tmp_path):
 
     result = apply(guest, root, plan, stamp="20261201T000000Z")
     assert result.error is None and {o.status for o in result.outcomes} == {"applied"}
-    commits = {c["guest_path"]: c for c in result.facts["commits"]}
+    commits = {c["guestPath"]: c for c in result.facts["commits"]}
     assert set(commits) == {BCD, hive_path(guest, root, "SOFTWARE")}
     assert guest.exists(r"C:\Windows\System32\config\SOFTWARE")      # the Windows volume is mounted back
 
     with guest.on_filesystem(esp):
         local = registry.download_hive(guest, BCD, tmp_path)
-        backup = commits[BCD]["backup_path"]
-        assert commits[BCD]["backup_created"] and guest.is_file(backup)
+        backup = commits[BCD]["backupPath"]
+        assert commits[BCD]["backupCreated"] and guest.is_file(backup)
         assert guest.read_bytes(backup) == (work / "BCD").read_bytes()        # the pristine hive, byte for byte
         assert guest.read_bytes("/EFI/ce/loader.txt") == b"staged on the ESP by ce\n"
         assert not [n for n in guest.listdir("/EFI/Microsoft/Boot") if n.endswith((".ce-new", ".ce-copy"))]

@@ -67,7 +67,7 @@ def runs(samples, samba, tmp_path_factory):
     pristine = sha256_file(child)
     out = {"child": child, "other": other, "vdisk": samba.share_dir("share") / "store" / f"{VDISK}.vhdx"}
     out["plan_rc"], out["plan"] = ce_json("plan", "--job", good, child)
-    out["dry_run_unchanged"] = sha256_file(child) == pristine and not out["vdisk"].exists()
+    out["dryRunUnchanged"] = sha256_file(child) == pristine and not out["vdisk"].exists()
     out["run_rc"], out["result"] = ce_json("run", "--job", good, child)
     out["published"] = sha256_file(out["vdisk"])
     out["failed_rc"], out["failed"] = ce_json("run", "--job", job(work / "bad.json", samba), other)
@@ -115,16 +115,16 @@ def prepare_changes(document: dict) -> list[dict]:
 
 def test_dry_run_lists_both_halves_and_changes_nothing(runs):
     plan = runs["plan"]
-    assert runs["plan_rc"] == 0 and runs["dry_run_unchanged"]
+    assert runs["plan_rc"] == 0 and runs["dryRunUnchanged"]
     assert plan["step"] == "prepareAndPublish" and plan["dryRun"] and plan["changes"] == []
     assert [p["step"] for p in plan["parts"]] == ["prepare", "publish"]
     assert plan["parts"][0]["facts"]["vmSku"]["series"] == "Ddsv6"
     nvme = [c for c in prepare_changes(plan) if c["kind"] == "registry_set" and c["key"].endswith(r"\stornvme")]
-    assert {(c["name"], json.dumps(c["new"])) for c in nvme} >= {("Start", "0")}
+    assert {(c["name"], json.dumps(c["new"]["value"])) for c in nvme} >= {("Start", "0")}
     assert all(SKU in c["reason"] and "converting-scsi-to-nvme-storage" in c["reason"] for c in nvme)
     write = plan["parts"][1]["changes"]
     assert [(c["kind"], c["format"]) for c in write] == [("disk_write", "vhdx")]
-    assert write[0]["target"].endswith(f"\\store\\{VDISK}.vhdx") and not write[0]["replaces_existing"]
+    assert write[0]["target"].endswith(f"\\store\\{VDISK}.vhdx") and not write[0]["replacesExisting"]
     assert PASSWORD not in json.dumps(plan)
 
 
@@ -155,8 +155,8 @@ def test_the_prepared_image_has_exactly_the_values_prepare_reported(runs):
     assert_values(hive, AZURE + STORNVME_SERVICE)
     assert runs["back"]["prepared"]["stornvme"] == STORNVME
     for change in prepare_changes(runs["result"]):
-        if change["kind"] == "registry_set" and change["hive"] == "SYSTEM" and change["type"] == "REG_DWORD":
-            assert_values(hive, [(change["key"], change["name"], RegType.DWORD, change["new"])])
+        if change["kind"] == "registry_set" and change["hive"] == "SYSTEM" and change["new"]["type"] == "REG_DWORD":
+            assert_values(hive, [(change["key"], change["name"], RegType.DWORD, change["new"]["value"])])
 
 
 def test_a_failed_publish_keeps_what_prepare_changed(runs):

@@ -192,14 +192,14 @@ def applied(samples, tmp_path_factory):
     child_after_plan = sha256_file(child)
     result = ce_json("run", "--job", str(job), child)
     yield {"child": child, "job": job, "plan": plan, "result": result, "store": store,
-           "dry_run_unchanged": child_before == child_after_plan}
+           "dryRunUnchanged": child_before == child_after_plan}
     assert sha256_file(sample.path) == before
 
 
 @pytest.fixture(scope="module")
 def prepared(applied, backs):
     back = backs["prepared"]
-    return {**{k: applied[k] for k in ("plan", "result", "store", "dry_run_unchanged")}, "replan": back["replan"],
+    return {**{k: applied[k] for k in ("plan", "result", "store", "dryRunUnchanged")}, "replan": back["replan"],
             "back": {k: back[k] for k in ("report", "files", "hives")}}
 
 
@@ -247,7 +247,7 @@ def regipy_value(path: Path, key: str, name: str):
 
 @pytest.mark.slow
 def test_dry_run_changes_nothing_and_equals_what_the_run_did(prepared):
-    assert prepared["dry_run_unchanged"]
+    assert prepared["dryRunUnchanged"]
     applied = [o["change"] for o in prepared["result"]["outcomes"]]
     assert prepared["plan"]["changes"] == applied
     assert {o["status"] for o in prepared["result"]["outcomes"]} == {"applied"}

@@ -132,7 +132,7 @@ def runs(samples, tmp_path_factory):
     for case, plan in plan_each({c: (out[c]["job"], out[c]["child"]) for c in dry[1:]}).items():
         out[case]["plan"] = plan
     for case in dry:
-        out[case]["dry_run_unchanged"] = pre[case] == sha256_file(out[case]["child"])
+        out[case]["dryRunUnchanged"] = pre[case] == sha256_file(out[case]["child"])
     for record in out.values():
         record["result"] = ce_json("run", "--job", str(record["job"]), record["child"])
     failed = failing_run(samples["win2019-vda2203-pvs"], work)
@@ -384,7 +384,7 @@ COPIED = {
 @pytest.mark.parametrize("case", [c for c, spec in CASES.items() if spec[3]])
 def test_dry_run_changes_nothing_and_lists_what_the_run_did(runs, case):
     run = runs["runs"][case]
-    assert run["dry_run_unchanged"]
+    assert run["dryRunUnchanged"]
     assert run["plan"]["changes"] == [o["change"] for o in run["result"]["outcomes"]]
     assert run["plan"]["warnings"] == run["result"]["warnings"]
 
@@ -409,8 +409,8 @@ def test_every_reported_registry_change_is_in_the_image(runs, case):
     for outcome in runs["runs"][case]["result"]["outcomes"]:
         change = outcome["change"]
         if change["kind"] == "registry_set":
-            rtype = RegType[change["type"].removeprefix("REG_")]
-            data = bytes.fromhex(change["new"]) if rtype == RegType.BINARY else change["new"]
+            rtype = RegType[change["new"]["type"].removeprefix("REG_")]
+            data = bytes.fromhex(change["new"]["value"]) if rtype == RegType.BINARY else change["new"]["value"]
             assert_value(back, change["hive"], change["key"], change["name"], rtype, data)
         elif change["kind"] == "registry_delete_value":
             assert hivex_value(back["hives"][change["hive"]], change["key"], change["name"]) is None

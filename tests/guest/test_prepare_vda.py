@@ -87,14 +87,14 @@ def test_run_sets_local_and_policy_controllers_and_inspect_sees_them(samples, tm
                           timeout=900)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    changed = [(o["change"]["key"], o["change"]["old"]["value"], o["change"]["new"], o["status"])
+    changed = [(o["change"]["key"], o["change"]["old"]["value"], o["change"]["new"]["value"], o["status"])
                for o in result["outcomes"]]
     assert changed == [(r"Citrix\VirtualDesktopAgent", "old-ddc.corp.example.com", new, "applied"),
                        (r"Policies\Citrix\VirtualDesktopAgent", "ddc-a.corp.example.com ddc-b.corp.example.com",
                         new, "applied")]
     proc = subprocess.run([*CE, "inspect", "--json", child.path], capture_output=True, text=True, timeout=900)
     vda = json.loads(proc.stdout)["vda"]
-    assert vda["list_of_ddcs"] == vda["policy_list_of_ddcs"] == vda["controllers"] == new.split()
+    assert vda["listOfDdcs"] == vda["policyListOfDdcs"] == vda["controllers"] == new.split()
     assert sha256_file(sample.path) == before
 
 

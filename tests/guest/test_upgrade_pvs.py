@@ -93,7 +93,7 @@ def test_upgrade_is_staged_in_a_grown_child(upgraded, world):
     assert result["error"] is None
     pvs = result["facts"]["pvs"]
     assert (pvs["action"], pvs["build"], pvs["found"]) == ("upgrade", "2402.0.1000", "7.33.5000.18")
-    assert upgraded["raw"].stat().st_size == 224 * MiB == result["facts"]["child"]["virtual_size"]
+    assert upgraded["raw"].stat().st_size == 224 * MiB == result["facts"]["child"]["virtualSize"]
     parent = upgraded["parent"]
     assert (sha256(parent), parent.stat().st_mtime_ns) == upgraded["before"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import guestfs
 import pycdlib
 import pytest
+from pydantic.alias_generators import to_camel
 import requests
 
 from images.spec import load_all
@@ -250,9 +251,9 @@ def test_inspect_step_reports_the_sample_truth(booted):
     record("inspect_step_seconds", round(time.monotonic() - started, 1))
     assert step["status"] == "succeeded", json.dumps(step, indent=2)
     report, truth = step["result"]["facts"], load_all()[SAMPLE_NAME].truth
-    assert (report["firmware"], report["partition_table"]) == (truth["firmware"], truth["partition_table"])
+    assert (report["firmware"], report["partitionTable"]) == (truth["firmware"], truth["partition_table"])
     for section in ("os", "domain", "vda"):
-        assert {k: report[section][k] for k in truth[section]} == truth[section], section
+        assert {k: report[section][to_camel(k)] for k in truth[section]} == truth[section], section
     for key, expected in truth["components"].items():         # truth: present (bool) and *_version
         if key.endswith("_version"):
             assert report["components"][key.removesuffix("_version")]["version"] == expected, key

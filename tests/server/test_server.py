@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic.alias_generators import to_camel
 import requests
 
 from ce.server import bootstrap
@@ -129,7 +130,7 @@ def test_inspect_a_sample_image_through_the_api(server, api):
     assert report["firmware"] == SAMPLE_TRUTH["firmware"]
     for section in ("os", "domain", "vda"):
         for key, expected in SAMPLE_TRUTH[section].items():
-            assert report[section][key] == expected, f"{section}.{key}"
+            assert report[section][to_camel(key)] == expected, f"{section}.{key}"
     assert report["components"]["pvs"]["version"] == SAMPLE_TRUTH["components"]["pvs_version"]
     assert doc["startedAt"] and doc["finishedAt"]
 

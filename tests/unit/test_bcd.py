@@ -51,8 +51,8 @@ def test_gpt_partition_device_is_the_reference_layout():
                 + struct.pack("<II", 0, 0) + uuid.UUID(DISK).bytes_le + bytes(16))
     assert blob == expected
     assert blob[32:36] == bytes.fromhex("2b0ce4a7")          # the GUID's first field, little-endian
-    assert decode_device(blob) == {"device_type": "partition", "flags": 0, "length": 88, "kind": "gpt_partition",
-                                   "partition_guid": WINDOWS, "disk_guid": DISK}
+    assert decode_device(blob) == {"deviceType": "partition", "flags": 0, "length": 88, "kind": "gpt_partition",
+                                   "partitionGuid": WINDOWS, "diskGuid": DISK}
 
 
 def test_mbr_partition_device_is_the_reference_layout():
@@ -61,7 +61,7 @@ def test_mbr_partition_device_is_the_reference_layout():
     assert blob[52:60] == bytes.fromhex("01000000" "3412ed5e")
     assert parse_partition_device(blob) == {"offset": WINDOWS_OFFSET, "signature": SIGNATURE}
     decoded = decode_device(blob)
-    assert (decoded["kind"], decoded["offset"], decoded["disk_signature"]) == ("mbr_partition", WINDOWS_OFFSET,
+    assert (decoded["kind"], decoded["offset"], decoded["diskSignature"]) == ("mbr_partition", WINDOWS_OFFSET,
                                                                                SIGNATURE)
 
 
@@ -89,7 +89,7 @@ def test_decode_device_names_a_ramdisk_and_its_options_object():
     options = uuid.UUID("7619dcc9-fafe-11d9-b411-000476eba25f")
     blob = options.bytes_le + struct.pack("<IIII", 0, 0, 0x48, 0) + struct.pack("<I", 3) + bytes(68)
     decoded = decode_device(blob)
-    assert (decoded["kind"], decoded["local_type"], decoded["options"]) == ("disk", "ramdisk", "{%s}" % options)
+    assert (decoded["kind"], decoded["localType"], decoded["options"]) == ("disk", "ramdisk", "{%s}" % options)
 
 
 def test_decode_device_never_raises_on_random_bytes():
@@ -200,7 +200,7 @@ def test_read_boot_entries_of_the_uefi_store(stores):
     bootmgr, loader = entries[0], entries[1]
     assert bootmgr.device == decode_device(encode_gpt_partition(ESP, DISK))
     assert (loader.default, loader.display_index, loader.systemroot) == (True, 0, "\\Windows")
-    assert loader.osdevice["partition_guid"] == WINDOWS and loader.osdevice["disk_guid"] == DISK
+    assert loader.osdevice["partitionGuid"] == WINDOWS and loader.osdevice["diskGuid"] == DISK
     assert not any(e.default for e in entries if e is not loader)
     assert all(not e.problems for e in entries)
 
@@ -211,7 +211,7 @@ def test_read_boot_entries_of_the_bios_store(stores):
     assert entries["bootmgr"].device["kind"] == "mbr_partition" and entries["bootmgr"].device["offset"] == BOOT_OFFSET
     loader = entries["osloader"]
     assert (loader.guid, loader.default, loader.path) == (LOADER, True, "\\Windows\\system32\\winload.exe")
-    assert (loader.osdevice["offset"], loader.osdevice["disk_signature"]) == (WINDOWS_OFFSET, SIGNATURE)
+    assert (loader.osdevice["offset"], loader.osdevice["diskSignature"]) == (WINDOWS_OFFSET, SIGNATURE)
 
 
 def test_read_boot_entries_reports_elements_of_the_wrong_type(tmp_path):

@@ -81,7 +81,7 @@ def test_bundle_is_zip64_with_a_manifest_and_reads_back(tmp_path):
         assert z.read("image/logs/x.log") == local.read_bytes()
         assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
         assert z.getinfo("image/logs/x.log").compress_size < 1000
-    assert manifest["left_out"][0]["cut"] == "left out: a full memory dump"
+    assert manifest["leftOut"][0]["cut"] == "left out: a full memory dump"
     assert subprocess.run(["unzip", "-tq", str(tmp_path / "b.zip")], capture_output=True).returncode == 0
 
 

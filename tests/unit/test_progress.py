@@ -3,6 +3,7 @@ figures a real `ce hash` / `ce convert` writes as machine-readable lines; and th
 document."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from ce.cli.output import bar
+from ce.client import ProgressBar
 from ce.server import api, openapi
 from ce.server.stepdocs import step_doc
 from ce.server.store import Store
@@ -34,6 +36,19 @@ def test_the_bar_shows_bytes_done_of_the_total_the_rate_and_the_time_left():
         "[############..................]  42.0%  1.7 GiB / 4 GiB  0:08, ~0:11 left  exporting"
     assert bar(30.0, 12, "inspecting the image") == \
         "[#########.....................]  30.0%  0:12, ~0:28 left  inspecting the image"
+
+
+def test_the_reference_clients_bar_shows_the_step_documents_bytes():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    shown = ProgressBar(Terminal())
+    step = {"id": "s", "progressPercent": 30.0, "status": "running", "message": "uploading"}
+    shown({**step, "bytesDone": 3 * MiB, "bytesTotal": 10 * MiB, "bytesPerSecond": 2 * MiB})
+    shown(step)
+    first, second = shown.stream.getvalue().split("\r")[1:]
+    assert " 30.0% 3 MiB / 10 MiB  2 MiB/s  running   uploading" in first
+    assert " 30.0% running   uploading" in second
 
 
 def test_the_rate_is_over_the_last_seconds_so_a_stall_lowers_it():

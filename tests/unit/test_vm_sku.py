@@ -79,7 +79,7 @@ def test_a_series_without_rules_is_accepted_with_a_warning():
     size = vmsku.validate("Standard_E4bds_v5", "azure")
     warnings, drivers = vmsku.requirements(size, "bios", "mbr")
     assert [code for code, _ in warnings] == ["vm_sku_unchecked"] and drivers == []
-    assert size.facts() == {"name": "Standard_E4bds_v5", "series": "Ebdsv5", "known": False, "temp_disk": None,
+    assert size.facts() == {"name": "Standard_E4bds_v5", "series": "Ebdsv5", "known": False, "tempDisk": None,
                             "generations": None, "storage": None, "sources": []}
 
 

@@ -51,7 +51,7 @@ def decode_device(blob: bytes) -> dict:
         return {"kind": "malformed", "problem": f"{len(blob)} bytes, shorter than a device header ({_HEADER.size})"}
     options, device_type, flags, size, _ = _HEADER.unpack_from(blob)
     name = DEVICE_TYPES.get(device_type, f"0x{device_type:x}")
-    result = {"device_type": name, "flags": flags, "length": len(blob)}
+    result = {"deviceType": name, "flags": flags, "length": len(blob)}
     if any(options):
         result["options"] = "{" + str(uuid.UUID(bytes_le=options)) + "}"
     if device_type in (PARTITION_DEVICE, LEGACY_PARTITION_DEVICE):
@@ -60,8 +60,8 @@ def decode_device(blob: bytes) -> dict:
         return {**result, "kind": "unknown", "problem": f"device type {device_type} is not one ce knows"}
     if device_type == 0 and len(blob) >= 36:
         local = struct.unpack_from("<I", blob, 32)[0]
-        result["local_type"] = LOCAL_TYPES.get(local, f"0x{local:x}")
-    return {**result, "kind": result["device_type"]}
+        result["localType"] = LOCAL_TYPES.get(local, f"0x{local:x}")
+    return {**result, "kind": result["deviceType"]}
 
 
 def _decode_partition(blob: bytes, size: int) -> dict:
@@ -70,12 +70,12 @@ def _decode_partition(blob: bytes, size: int) -> dict:
                                                 f"{PARTITION_DEVICE_SIZE} expected"}
     local_type, style = struct.unpack_from("<II", blob, 48)
     if local_type != 0:
-        return {"kind": "unknown", "local_type": LOCAL_TYPES.get(local_type, f"0x{local_type:x}"),
+        return {"kind": "unknown", "localType": LOCAL_TYPES.get(local_type, f"0x{local_type:x}"),
                 "problem": "a partition on a non-local disk (e.g. inside a VHD), which ce does not decode"}
     if style == STYLE_GPT:
-        return {"kind": "gpt_partition", "partition_guid": str(uuid.UUID(bytes_le=blob[32:48])).upper(),
-                "disk_guid": str(uuid.UUID(bytes_le=blob[56:72])).upper()}
+        return {"kind": "gpt_partition", "partitionGuid": str(uuid.UUID(bytes_le=blob[32:48])).upper(),
+                "diskGuid": str(uuid.UUID(bytes_le=blob[56:72])).upper()}
     if style == STYLE_MBR:
         return {"kind": "mbr_partition", "offset": struct.unpack_from("<Q", blob, 32)[0],
-                "disk_signature": struct.unpack_from("<I", blob, 56)[0]}
+                "diskSignature": struct.unpack_from("<I", blob, 56)[0]}
     return {"kind": "unknown", "problem": f"partition style {style} (0 GPT and 1 MBR are known)"}
