@@ -25,7 +25,6 @@ from .document import Facts
 from .plan import CommitFacts
 from .errors import ImageChangedSincePlan, InvalidParams, RemoteExists, UnsupportedFormat
 from .sharechild import CHILD_EXTENSIONS, ShareParent, opened_parent
-from .sizes import human_size
 from .smb.target import StorageLocation
 from .step import StepContext, StepParams
 
@@ -175,9 +174,9 @@ def apply_child_session(session: ChildSession, planned: Plan, ctx: StepContext, 
     ctx.progress(80, "writing the differencing child")
     child = session.parent.write_child(session.overlay, session.scratch / "child", session.params.outputImageFilename,
                                        virtual_size=virtual_size)
-    ctx.progress(90, f"uploading {human_size(child.summary.file_size)} to the share")
     stored = session.parent.upload_child(child, session.params.outputImageFilename,
-                                         overwrite=session.params.overwriteOutput, cancel=ctx.stop)
+                                         overwrite=session.params.overwriteOutput, cancel=ctx.stop,
+                                         progress=ctx.band(90, 100, "uploading the child to the share", unit="bytes"))
     result.facts["child"] = {"name": session.params.outputImageFilename, "format": session.parent.facts.format,
                              "virtualSize": virtual_size, "fileSize": stored.size, "sha256": child.sha256,
                              "bytesSent": stored.sent, "blockSize": child.summary.block_size, "blocks": child.summary.blocks,
