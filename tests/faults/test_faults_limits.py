@@ -425,6 +425,18 @@ def test_params_payloads_may_name_only_the_bootstraps_store(open_server, files):
     assert finished(open_server, step_id)["error"]["code"] == "md5_mismatch"
 
 
+def test_what_the_bootstraps_store_lacks_is_refused_at_submit(open_server, files):
+    """Issue 17 item 4: the step's validate checks the bootstrap's store (which the server's own environment does
+    not name) at submit: a PVS build it lacks is a 422 naming params.installPvs, and no step is created."""
+    step_id, response = post(open_server, "prepare", {"disk": str(files["disks"][0]), "provisioningType": "Pvs",
+                                                      "installPvs": "2402 LTSR CU2", "dryRun": True})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("payload_missing", "params.installPvs")
+    assert error["message"].startswith("params.installPvs: payload store ") and "pvs-target-device" in error["message"]
+    assert open_server.session().get(f"{open_server.url}/v1/steps/{step_id}", timeout=30).status_code == 404
+
+
 def test_the_step_process_opens_no_other_store(files, monkeypatch):
     """``$CE_PAYLOADS`` set (the server sets it for each step): that store or, empty, none -- whoever asks."""
     monkeypatch.setenv(STORE_ENV, str(files["store"]))
