@@ -52,8 +52,11 @@ def world(samples, samba, tmp_path_factory):
     payloads = work / "payloads"
     payloads.mkdir()
     (payloads / "PVS_Device_x64.exe").write_bytes(INSTALLER)
+    (payloads / "PVS_Device_x64_2203.exe").write_bytes(pe_stub("stand-in PVS_Device_x64 2203.0.5000"))
     write_manifest(payloads, [{"component": "pvs-target-device", "version": "2402.0.1000",
-                               "file": "PVS_Device_x64.exe"}])
+                               "file": "PVS_Device_x64.exe"},
+                              {"component": "pvs-target-device", "version": "2203.0.5000",      # the downgrade's:
+                               "file": "PVS_Device_x64_2203.exe"}])       # there, so the image refuses it
     ca = Authority(work / "ca", "PVS Server CA")
     return {"work": work, "folder": folder, "payloads": str(payloads), "ca": ca,
             "location": samba.location(folder="pvs")}
