@@ -69,11 +69,14 @@ class ConsoleContext(StepContext):
             sys.stderr.flush()
 
     def _draw(self, now: float) -> None:
-        """The bar as ``shown``, cut to the terminal's width (a wrapped line could not be redrawn in place)."""
+        """The bar as ``shown``, narrower and then cut on a narrow terminal (a wrapped line cannot be redrawn)."""
         percent, message, transferred = self.shown
         rate = self.throughput.rate(now) if transferred else None
         width = shutil.get_terminal_size().columns - 1
-        sys.stderr.write("\r" + bar(percent, now - self.started, message, transferred, rate)[:width].ljust(width))
+        line = bar(percent, now - self.started, message, transferred, rate)
+        if len(line) > width:
+            line = bar(percent, now - self.started, message, transferred, rate, cells=max(30 - len(line) + width, 10))
+        sys.stderr.write("\r" + line[:width].ljust(width))
         sys.stderr.flush()
         self.drawn = now
 
@@ -104,12 +107,12 @@ class ConsoleContext(StepContext):
 
 
 def bar(percent: float, elapsed: float, message: str, transferred: tuple[int, int] | None = None,
-        rate: float | None = None) -> str:
+        rate: float | None = None, cells: int = 30) -> str:
     """``[#########.....................]  30.0%  0:12, ~0:28 left  inspecting the image``; for data work
     ``[############..................]  42.0%  1.7 GiB / 4 GiB  210 MiB/s  0:08, ~0:11 left  exporting``"""
-    filled = int(percent / 100 * 30)
+    filled = int(percent / 100 * cells)
     left = f", ~{clock(elapsed * (100 - percent) / percent)} left" if 1 <= percent < 100 else ""
-    return (f"[{'#' * filled}{'.' * (30 - filled)}] {percent:5.1f}%  {figures(transferred, rate)}"
+    return (f"[{'#' * filled}{'.' * (cells - filled)}] {percent:5.1f}%  {figures(transferred, rate)}"
             f"{clock(elapsed)}{left}  {message}")
 
 

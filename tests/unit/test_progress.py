@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ce.cli.output import bar
+from ce.cli.output import ConsoleContext, bar
 from ce.client import ProgressBar
 from ce.server import api, openapi
 from ce.server.stepdocs import step_doc
@@ -39,9 +39,6 @@ def test_the_bar_shows_bytes_done_of_the_total_the_rate_and_the_time_left():
 
 
 def test_the_reference_clients_bar_shows_the_step_documents_bytes():
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
     shown = ProgressBar(Terminal())
     step = {"id": "s", "progressPercent": 30.0, "status": "running", "message": "uploading"}
     shown({**step, "bytesDone": 3 * MiB, "bytesTotal": 10 * MiB, "bytesPerSecond": 2 * MiB})
@@ -65,6 +62,29 @@ def test_the_rate_is_over_the_last_seconds_so_a_stall_lowers_it():
     assert meter.rate(25) == 0                       # a stall with no reports at all, read by a redraw
     meter.add(26, 5 * MiB, "uploading")              # a new phase starts over
     assert meter.rate(26) is None
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_stall_shows_in_the_redrawn_bar_cut_to_its_width(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setenv("COLUMNS", "80")
+    ctx = ConsoleContext()
+    ctx.throughput = Throughput(window=1)                       # the rate over the last second
+    ctx.progress(10, "uploading", (0, 100 * MiB))
+    time.sleep(0.2)                                             # past the bar's redraw throttle
+    ctx.progress(50, "uploading", (50 * MiB, 100 * MiB))       # then nothing more: the transfer stalls
+    deadline = time.monotonic() + 30
+    while "0 B/s" not in sys.stderr.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ctx.done()
+    drawn = [line for line in sys.stderr.getvalue().split("\r") if "50 MiB / 100 MiB" in line]
+    assert "MiB/s" in drawn[0]                                  # moving when it reported
+    assert "50 MiB / 100 MiB  0 B/s" in drawn[-1] and drawn[-1].rstrip().endswith("left  uploading")
+    assert {len(line) for line in drawn} == {79}                # narrower than the terminal: redrawn in place
 
 
 def test_a_band_reports_bytes_counted_or_as_its_share_of_a_size_and_a_part_keeps_them():
