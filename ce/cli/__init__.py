@@ -16,7 +16,7 @@ import sys
 
 from .. import __version__
 from ..errors import CeError
-from . import jobs, output, server, smbargs
+from . import completion, jobs, output, regdiff, server, smbargs
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # libraries whose own DEBUG lines are noise to an operator (sh logs every process it runs, line by line): they
@@ -97,8 +97,10 @@ def build_parser(types: dict) -> argparse.ArgumentParser:
         p.add_argument("disk", help="disk image or block device")
         p.add_argument("--root", help="Windows root device when the disk holds several")
         p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+        regdiff.add_argument(p)
         p.set_defaults(func=jobs.cmd_job, apply=name == "run", types=types)
     server.register(sub)
+    completion.register(sub, parser)
     for command in sub.choices.values():
         add_common_options(command)
     return parser
@@ -110,6 +112,7 @@ def add_step_command(sub, kind) -> None:
     p.add_argument("--json", action="store_true", help="print the plan / result document as JSON")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
     p.add_argument("--timeout", type=int, default=7200, help="seconds for the whole step (default 7200)")
+    regdiff.add_argument(p)
     if kind.cli.smb:
         smbargs.add_account_arguments(p)
     p.set_defaults(func=cmd_step, kind=kind)
@@ -120,13 +123,15 @@ def cmd_step(args) -> int:
     try:
         raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}
         raw.update(timeout=args.timeout, dryRun=args.dry_run)
-        document, error = output.run_step(args.kind, args.kind.parse(raw), args)
+        params, reg_diff = args.kind.parse(raw), regdiff.target(args)
+        document, error = output.run_step(args.kind, params, args)
     except CeError as exc:
         exc.args = (in_flag_language(exc.message, flags), *exc.args[1:])
         raise
     if error:
         error.args = (in_flag_language(error.message, flags), *error.args[1:])
         document.error = {**document.error, "message": in_flag_language(document.error["message"], flags)}
+    regdiff.write(reg_diff, document, args)
     if error and not args.json:
         raise error
     output.show(args.kind, document, error, args.json)

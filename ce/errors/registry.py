@@ -41,3 +41,8 @@ class UnsupportedEdit(RegistryError):
     code = "registry_unsupported_edit"
     action = ("the edit would make hivex rewrite a value larger than it can store in a form Windows reads: make "
               "this change in Windows instead")
+
+
+class RegFileUnwritable(RegistryError):
+    code = "reg_file_unwritable"
+    action = "give --reg-diff a file name in an existing directory ce can write to; the step was not run"
