@@ -354,6 +354,7 @@ def test_pvs_upgrade_is_staged_and_a_swapped_installer_is_refused(samples, tmp_p
     (store / "PVS_Device_x64.exe").write_bytes(b"Q" * 4096)
     proc = subprocess.run([*CE, "plan", "--job", str(job), disk], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1 and "error [payload_mismatch]" in proc.stderr and "sha256" in proc.stderr
+    assert "starting the appliance" not in proc.stderr          # refused by validate, before the launch
 
 
 # ---------------------------------------------------------------- every other sample, every option it can take

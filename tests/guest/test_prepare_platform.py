@@ -510,4 +510,5 @@ def test_a_swapped_driver_payload_is_an_error_even_where_the_driver_is_optional(
     proc = ce("plan", "--job", str(job), str(path))
     assert proc.returncode == 1, proc.stdout
     assert "error [payload_mismatch]" in proc.stderr and "storflt.sys" in proc.stderr
+    assert "starting the appliance" not in proc.stderr          # a size that differs: refused before the launch
     assert sha256_file(path) == before
