@@ -25,6 +25,8 @@ _ce() {
         if [[ " $(_ce_commands "$path") " == *" $w "* ]]; then path=${path:+$path }$w; fi
     done
     COMPREPLY=()
+    # bash splits --flag=value at "=": complete the value after it as the flag's
+    if [[ $cur == "=" ]]; then cur=""; elif [[ $prev == "=" ]]; then prev=${COMP_WORDS[COMP_CWORD-2]}; fi
     if [[ " $(_ce_value_flags "$path") " == *" $prev "* ]]; then
         local choices; choices=$(_ce_choices "$path" "$prev")
         if [[ -n $choices ]]; then

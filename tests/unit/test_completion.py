@@ -50,6 +50,8 @@ def test_choices_of_a_flag_and_of_a_positional(script):
     assert complete(script, "ce", "convert", "--format", "") == ["raw", "qcow2", "vhd", "vhdx", "vmdk"]
     assert complete(script, "ce", "hash", "-a", "s") == ["sha256"]
     assert complete(script, "ce", "completion", "") == ["bash", "zsh"]
+    assert complete(script, "ce", "convert", "--format", "=", "vh") == ["vhd", "vhdx"]   # --format=vh as bash splits it
+    assert complete(script, "ce", "convert", "--format", "=") == ["raw", "qcow2", "vhd", "vhdx", "vmdk"]
 
 
 def test_paths_complete_as_file_names(script, tmp_path):
