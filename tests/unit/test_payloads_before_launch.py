@@ -102,7 +102,8 @@ def test_ce_plan_refuses_a_swapped_pvs_installer_before_starting_the_appliance(t
     job.write_text(json.dumps({"type": "prepare", "params": {**PVS, "payloads": "store"}}))
     proc = plan_job(job, disk, cwd=store)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "error [payload_mismatch]: params.payloads: " in proc.stderr and "PVS_Device_x64.exe has sha256" in proc.stderr
+    assert "error [payload_mismatch]: params.payloads: " in proc.stderr
+    assert "PVS_Device_x64.exe has sha256" in proc.stderr
     assert "starting the appliance" not in proc.stderr
 
 
@@ -203,6 +204,16 @@ def test_the_newest_driver_of_each_architecture_is_checked_an_older_one_is_not(s
     (store / "vioscsi.inf").write_bytes(b"I" * 63)
     error = refusal(PREPARE, {**NUTANIX, "payloads": str(store)})
     assert isinstance(error, PayloadMismatch) and "vioscsi.inf is 63 bytes" in error.message
+
+
+def test_an_nvme_only_vm_size_makes_stornvme_a_candidate(store):
+    (store / "stornvme.sys").write_bytes(b"N" * 256)
+    write_manifest(store, [{"component": "driver/stornvme", "version": "10.0.1", "file": "stornvme.sys"}])
+    (store / "stornvme.sys").write_bytes(b"N" * 255)
+    azure = {"provisioningType": "Mcs", "targetPlatform": "azure", "payloads": str(store)}
+    parse(PREPARE, azure)                                          # Standard_D2s_v3: stornvme is not azure's
+    error = refusal(PREPARE, {**azure, "ceVmSku": "Standard_D2ds_v6"})          # NVMe only
+    assert isinstance(error, PayloadMismatch) and "stornvme.sys is 255 bytes" in error.message
 
 
 def test_a_swapped_pvs_installer_is_refused_by_its_sha256(store):
