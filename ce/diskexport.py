@@ -65,11 +65,12 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
     """(the write, the facts): source facts, target, share space, scratch space -- from reads only."""
     source = disks.info(job.disk)
     disks.refuse_differencing(source)
+    from .smb.resume import plan_facts
     with job.location.share() as share:
         existing = _existing(share, job)
         free, total = share.free_space()
-        stale = share.stale_partial(job.name)
-        recorded = share.resumable(job.name, job.resume_key(source_facts(source)["format"]))
+        resume = plan_facts(share, job.name, job.resume_key(source_facts(source)["format"]), job.resume)
+    stale = resume["partialAllocated"]
     required = SPACE_FACTOR * source.virtual_size
     if free + (existing or 0) + stale < required:
         raise ShareFull(f"{job.location.location} has {mib(free)} free but exporting a {mib(source.virtual_size)} "
@@ -87,7 +88,7 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
                         "format": job.format, "subformat": job.subformat, "virtual_size": source.virtual_size,
                         "replaces_existing": existing is not None, "method": write.method},
              "space": {"share_free": free, "share_total": total, "required": required},
-             "resume": _resume_facts(job, stale, recorded),
+             "resume": resume,
              "scratch": scratch,
              "hash": list(hashing.ALGORITHMS) if job.hash else None}
     return write, facts
@@ -104,16 +105,6 @@ def _existing(share: SmbShare, job: Export) -> int | None:
         raise RemoteExists(f"{share.location}\\{job.name} already exists: set {job.overwrite_field} to replace it or "
                            f"choose another {job.name_field}")
     return found.allocated
-
-
-def _resume_facts(job: Export, there: int, recorded: bool) -> dict:
-    """Whether the write will resume an earlier attempt's NAME.partial, and how much of it is there."""
-    if not there and not recorded:
-        earlier = "none"
-    else:
-        earlier = "same job and source" if recorded else "another job or source"
-    return {"enabled": job.resume, "earlier": earlier, "partial_allocated": there,
-            "resumes": job.resume and recorded}
 
 
 def source_facts(source: disks.DiskInfo) -> dict:
@@ -149,8 +140,8 @@ def write(job: Export, write: DiskWrite, facts: dict, ctx: StepContext) -> dict:
 
 
 def _resume(job: Export, facts: dict) -> dict:
-    """upload()'s resume arguments: the key of this attempt, and whether to ignore an earlier one."""
-    return {"resume": job.resume_key(facts["source"]["format"]), "start_over": not job.resume}
+    from .smb.resume import upload_options
+    return upload_options(job.resume_key(facts["source"]["format"]), job.resume)
 
 
 def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hasher, resuming: dict) -> RemoteStat:
@@ -194,12 +185,5 @@ def describe(document: Plan | Result) -> list[str]:
 
 
 def _resume_lines(facts: dict) -> list[str]:
-    found = facts.get("resume") or {"earlier": "none"}
-    partial = f"{facts['target']['name']}.partial"
-    there = human_size(found.get("partial_allocated") or 0)
-    if found["earlier"] == "none":
-        return []
-    if found["resumes"]:
-        return [f"resumes {partial} of an earlier attempt: {there} there, read back and checked as the rest is sent"]
-    why = "resume is off" if not found["enabled"] else "it is not this job's or this source's"
-    return [f"starts over: {partial} ({there}) is replaced ({why})"]
+    from .smb.resume import plan_lines
+    return plan_lines(facts.get("resume"), facts["target"]["name"])

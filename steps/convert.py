@@ -6,7 +6,8 @@ of its size is copied locally; a differencing image or one with a backing file i
 file (``output``, written as ``output.partial`` and renamed once read back right) or a file on a share
 (``outputStorageLocation`` + ``outputImageFilename``, uploaded as ``.partial`` and renamed once its size on the
 share is verified: a local raw disk going to VHDX or VHD is streamed into its container as an export does, anything
-else is converted into scratch space first). ``azureFixed`` writes a fixed VHD whose virtual size is a whole
+else is converted into scratch space first; what an interrupted attempt left in ``.partial`` is read back and reused
+unless ``resume`` is false, ce.smb.resume). ``azureFixed`` writes a fixed VHD whose virtual size is a whole
 number of MiB (rounded up with zeros), as Azure requires.
 """
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Params(StepParams):
     subformat: str | None = Field(None, description="vhd/vhdx: dynamic|fixed; vmdk: monolithicSparse|streamOptimized")
     azureFixed: bool = Field(False, description="fixed VHD, virtual size rounded up to a whole MiB")
     overwriteOutput: bool = False
+    resume: bool = Field(True, description="output on a share: continue what an earlier attempt of the same "
+                                           "conversion left in NAME.partial (read back and checked; only what is "
+                                           "missing or different is sent); false starts over")
 
     @model_validator(mode="after")
     def _one_source_one_output(self):
@@ -83,7 +87,8 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     if params.inputStorageLocation:
         staging.require_scratch(OVERLAY_SCRATCH, "reading the source from the share")
     source = _plan_source(params)
-    upload = _plan_upload(params) if params.outputStorageLocation else None
+    upload = _plan_upload(params, _resume_key(params, source["format"], _label(fmt), subformat)) \
+        if params.outputStorageLocation else None
     if params.output:
         _require_local_output(params.output, params.overwriteOutput)
     size = source["virtual_size"]
@@ -100,7 +105,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
         output.update(upload)
     else:
         output["path"] = params.output
-    facts = {"source": source, "output": output, "scratch": scratch}
+    facts = {"source": source, "output": output, "scratch": scratch, "resume": output.pop("resume", None)}
     return Plan(step=NAME, changes=_changes(params, source, output), facts=facts)
 
 
@@ -145,16 +150,32 @@ def _label(fmt: str) -> str:
     return disks.FORMAT_LABELS[fmt].lower()            # vpc -> vhd
 
 
-def _plan_upload(params: Params) -> dict:
+def _plan_upload(params: Params, key) -> dict:
+    from ce.smb.resume import plan_facts
     where = params.outputStorageLocation
     with where.share() as share:
         exists = share.exists(params.outputImageFilename)
         free, _ = share.free_space()
+        resume = plan_facts(share, params.outputImageFilename, key, params.resume)
     if exists and not params.overwriteOutput:
         raise RemoteExists(f"{where.location}\\{params.outputImageFilename} already exists: set overwriteOutput to "
                            "replace it or choose another outputImageFilename")
     return {"location": str(where.location), "name": params.outputImageFilename, "replaces_existing": exists,
-            "share_free": free}
+            "share_free": free, "resume": resume}
+
+
+def _resume_key(params: Params, source_format: str, output_format: str, subformat: str | None):
+    """The key of the upload (ce.smb.resume): this conversion, and the source's size, format and first and last
+    MiB -- a local disk's, or those of the file on a share, read over the share (the upload is then of a scratch
+    file converted from it, and resumes the same way)."""
+    from ce.smb.resume import job_key, key_for, key_read
+    container = " ".join(filter(None, (output_format, subformat, "azure" if params.azureFixed else "")))
+    origin = params.source or f"{params.inputStorageLocation.location}\\{params.inputImageFilename}"
+    job = job_key(NAME, origin, str(params.outputStorageLocation.location), params.outputImageFilename, container)
+    if params.source:
+        return key_for(params.source, source_format, container, job)
+    with params.inputStorageLocation.share() as share, share.open_read(params.inputImageFilename) as reader:
+        return key_read(reader.read_at, reader.size, source_format, container, job)
 
 
 def _require_local_output(path: str, overwrite: bool) -> None:
@@ -172,13 +193,24 @@ def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     facts = planned.facts
     with staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
+        resuming = _resuming(params, facts)
         source, source_fmt = _open_source(params, facts["source"], scratch, remote)
         if facts["output"].get("method") == "stream":
-            stored = _stream(params, facts["output"], source, scratch, ctx)
+            stored = _stream(params, facts["output"], source, scratch, ctx, resuming)
             return _result(planned, facts["output"]["subformat"], facts["output"]["virtual_size"], stored.size,
-                           stored.sent)
-        converted, file_size, sent = _convert(params, facts["output"], source, source_fmt, scratch, ctx)
-    return _result(planned, converted.subformat, converted.virtual_size, file_size, sent)
+                           stored)
+        converted, file_size, stored = _convert(params, facts["output"], source, source_fmt, scratch, ctx, resuming)
+    return _result(planned, converted.subformat, converted.virtual_size, file_size, stored)
+
+
+def _resuming(params: Params, facts: dict) -> dict:
+    """upload()'s resume arguments for an output on a share (none for a local one)."""
+    if not params.outputStorageLocation:
+        return {}
+    from ce.smb.resume import upload_options
+    out = facts["output"]
+    return upload_options(_resume_key(params, facts["source"]["format"], out["format"], out["subformat"]),
+                          params.resume)
 
 
 def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitStack) -> tuple:
@@ -194,7 +226,7 @@ def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitSt
     return overlay, "qcow2"
 
 
-def _stream(params: Params, out: dict, source, scratch, ctx: StepContext):
+def _stream(params: Params, out: dict, source, scratch, ctx: StepContext, resuming: dict):
     fmt = disks.qemu_format(out["format"])
     layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
     verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
@@ -202,10 +234,10 @@ def _stream(params: Params, out: dict, source, scratch, ctx: StepContext):
     with params.outputStorageLocation.share() as share:
         return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
                             layout=layout, verify=verify,
-                            progress=ctx.band(0, 100, "streaming into the container", unit="bytes"))
+                            progress=ctx.band(0, 100, "streaming into the container", unit="bytes"), **resuming)
 
 
-def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: StepContext) -> tuple:
+def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: StepContext, resuming: dict) -> tuple:
     """qemu-img (or a container fill) into the local output, or into scratch space and then up to the share."""
     bands = _bands(params)
     local = params.output or scratch / "output"
@@ -217,13 +249,16 @@ def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: S
         return converted, os.path.getsize(local), None
     with params.outputStorageLocation.share() as share:
         stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
-                              progress=ctx.band(*bands["upload"], "uploading", unit="bytes"))
-    return converted, stored.size, stored.sent
+                              progress=ctx.band(*bands["upload"], "uploading", unit="bytes"), **resuming)
+    return converted, stored.size, stored
 
 
-def _result(planned: Plan, subformat: str | None, virtual_size: int, file_size: int, sent: int | None) -> Result:
+def _result(planned: Plan, subformat: str | None, virtual_size: int, file_size: int, stored) -> Result:
+    """``stored``: the file on the share (None for a local output), with the bytes sent, reused and read back."""
     output = {**planned.facts["output"], "subformat": subformat, "virtual_size": virtual_size, "file_size": file_size}
-    return Result.of(planned, facts={**planned.facts, "output": output, "bytes_sent": sent})
+    sent = {"bytes_sent": getattr(stored, "sent", None), "bytesReused": getattr(stored, "reused", None),
+            "bytesChecked": getattr(stored, "checked", None)}
+    return Result.of(planned, facts={**planned.facts, "output": output, **sent})
 
 
 def _bands(params: Params) -> dict:
@@ -232,11 +267,19 @@ def _bands(params: Params) -> dict:
 
 
 def describe(document: Plan | Result) -> list[str]:
-    if isinstance(document, Plan):
-        return []
     output = document.facts["output"]
+    if isinstance(document, Plan):
+        return _resume_lines(document.facts)
+    reused = document.facts.get("bytesReused")
     return [f"virtual size {human_size(output['virtual_size'])}, file {human_size(output['file_size'])}, "
-            f"{document.seconds:.1f} s"]
+            f"{document.seconds:.1f} s" + (f" ({human_size(reused)} already there, reused)" if reused else "")]
+
+
+def _resume_lines(facts: dict) -> list[str]:
+    if not facts.get("resume"):
+        return []
+    from ce.smb.resume import plan_lines
+    return plan_lines(facts["resume"], facts["output"]["name"])
 
 
 # ---------------------------------------------------------------- command line
@@ -250,11 +293,13 @@ def arguments(p) -> None:
     p.add_argument("--source-format", help="source format when probing must not decide")
     p.add_argument("--azure-fixed", action="store_true", help="fixed VHD rounded up to a whole MiB (Azure)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-resume", action="store_true",
+                   help="output on SMB: start over even if an earlier attempt left NAME.partial (resume: false)")
 
 
 def cli_params(args) -> dict:
     params = {"outputFormat": args.format, "subformat": args.subformat, "azureFixed": args.azure_fixed,
-              "overwriteOutput": args.overwrite, "sourceFormat": args.source_format}
+              "overwriteOutput": args.overwrite, "sourceFormat": args.source_format, "resume": not args.no_resume}
     if is_smb(args.source):
         folder, name = split_file(args.source)
         params.update(inputStorageLocation=storage(args, folder), inputImageFilename=name)
@@ -275,6 +320,6 @@ STEP = StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx
                                                           "(local or SMB)", arguments, cli_params, flags={
                     "source": "SOURCE", "inputImageFilename": "SOURCE", "output": "OUTPUT", "outputImageFilename":
                     "OUTPUT", "outputFormat": "--format", "subformat": "--subformat", "sourceFormat": "--source-format",
-                    "azureFixed": "--azure-fixed", "overwriteOutput": "--overwrite",
+                    "azureFixed": "--azure-fixed", "overwriteOutput": "--overwrite", "resume": "--no-resume",
                     **location_flags("inputStorageLocation", "SOURCE"),
                     **location_flags("outputStorageLocation", "OUTPUT")}))

@@ -18,6 +18,9 @@ piece of the old file that this attempt does not write at all (a chunk that is z
 is zeroed on the server (FSCTL_SET_ZERO_DATA: no bytes on the wire), so nothing of the earlier attempt survives
 unchecked: the record only decides whether checking is worth it, the comparison decides what is kept.
 
+``plan_facts`` / ``plan_lines`` are what a plan of such an upload says (export, publish and convert to a share
+alike), ``upload_options`` what the step passes to ``SmbShare.upload``.
+
 An upload that ends cleanly renames the partial file and deletes the record; one that fails while the share still
 answers (a refusal, a cancel, a full share) deletes both, as before; what a lost connection or a killed process
 leaves behind is what the next attempt resumes.
@@ -40,6 +43,7 @@ from smbprotocol.open import CreateDisposition, CreateOptions, Open, SMB2ReadRes
 
 from ..disks.extents import chunks, zeros
 from ..errors import RemoteNotFound, TransferFailed
+from ..sizes import human_size
 from .pipeline import Pipeline, check_written
 from .protocol import DELETE, FILE_READ, FILE_WRITE, NOT_FOUND_STATUSES, SPARSE_UNSUPPORTED, reason, unpack
 from .session import ShareSession
@@ -94,10 +98,45 @@ def key_for(path, source_format: str, container: str, job: str) -> ResumeKey:
     with open(path, "rb") as f:
         fd = f.fileno()
         size = os.lseek(fd, 0, os.SEEK_END)         # st_size is 0 for block devices
-        first = os.pread(fd, min(FINGERPRINT, size), 0)
-        last = os.pread(fd, min(FINGERPRINT, size), max(0, size - FINGERPRINT))
+        return key_read(lambda offset, length: os.pread(fd, length, offset), size, source_format, container, job)
+
+
+def key_read(read_at, size: int, source_format: str, container: str, job: str) -> ResumeKey:
+    """The key of an upload of a source of ``size`` bytes read with ``read_at(offset, length)``: a local file, or
+    the file on a share that a conversion reads in place (``RemoteReader.read_at``)."""
+    first = read_at(0, min(FINGERPRINT, size))
+    last = read_at(max(0, size - FINGERPRINT), min(FINGERPRINT, size))
     return ResumeKey(job=job, source_size=size, source_format=source_format, first=hashlib.sha256(first).hexdigest(),
                      last=hashlib.sha256(last).hexdigest(), container=container)
+
+
+def upload_options(key: ResumeKey, enabled: bool) -> dict:
+    """``SmbShare.upload``'s resume arguments: the key of this attempt, and whether to ignore an earlier one."""
+    return {"resume": key, "start_over": not enabled}
+
+
+def plan_facts(share, remote_name: str, key: ResumeKey, enabled: bool) -> dict:
+    """What a plan says of an earlier attempt at ``remote_name``: whether there is one and whose (``earlier``), the
+    data its partial file holds (``partialAllocated``, free space to the upload) and whether this one resumes it."""
+    there, recorded = share.stale_partial(remote_name), share.resumable(remote_name, key)
+    if not there and not recorded:
+        earlier = "none"
+    else:
+        earlier = "same job and source" if recorded else "another job or source"
+    return {"enabled": enabled, "earlier": earlier, "partialAllocated": there, "resumes": enabled and recorded}
+
+
+def plan_lines(found: dict | None, remote_name: str) -> list[str]:
+    """The line a plan of an upload of ``remote_name`` prints about its ``plan_facts`` (none when nothing is there)."""
+    found = found or {"earlier": "none"}
+    partial = remote_name + PARTIAL_SUFFIX
+    there = human_size(found.get("partialAllocated") or 0)
+    if found["earlier"] == "none":
+        return []
+    if found["resumes"]:
+        return [f"resumes {partial} of an earlier attempt: {there} there, read back and checked as the rest is sent"]
+    why = "resume is off" if not found["enabled"] else "it is not this job's or this source's"
+    return [f"starts over: {partial} ({there}) is replaced ({why})"]
 
 
 def record_name(partial: str) -> str:
