@@ -22,11 +22,12 @@ import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from . import disks, hashing, nbdexport, staging
 from .disks import layouts
 from .changes import DiskWrite, Plan, Result
+from .document import Facts
 from .errors import RemoteExists, ShareFull
 from .sizes import human_size, mib
 from .smb.target import StorageLocation
@@ -39,6 +40,64 @@ if TYPE_CHECKING:                        # the SMB byte path is imported when a 
 STREAM_SCRATCH = 16 << 20              # the empty container (fixed ones are sparse files)
 SPACE_FACTOR = 2                      # the service's rule: free space >= twice the image's virtual size
 FORMATS = {"vhdx": "vhdx", "vhd": "vpc"}
+
+
+PVP_STATES = {"kept": "kept as it is",
+              "none": "none: add the vDisk in the PVS console (Stores > Add or Import Existing vDisk)"}
+
+
+class SourceFacts(Facts):
+    path: str
+    format: str
+    subformat: str | None = None
+    virtualSize: int
+    actualSize: int | None = None
+    isBlockDevice: bool = False
+
+
+class TargetFacts(Facts):
+    """The file written on the share; ``fileSize`` / ``allocatedOnShare`` once it is; publish adds the vDisk's."""
+    location: str
+    name: str
+    path: str
+    format: str
+    subformat: str | None = None
+    virtualSize: int
+    replacesExisting: bool
+    method: Literal["stream", "convert_then_upload"]
+    fileSize: int | None = None
+    allocatedOnShare: int | None = None
+    vDiskName: str | None = None
+    pvp: Literal["kept", "none"] | None = None     # the vDisk's PVS properties file: kept as it is, or none yet
+
+
+class ResumeFacts(Facts):
+    """An upload's earlier attempt (ce.smb.resume.plan_facts): none, this job's and source's, or another's; the data
+    its NAME.partial holds; whether this attempt resumes it."""
+    enabled: bool
+    earlier: Literal["none", "same_job", "other_job"]
+    partialAllocated: int
+    resumes: bool
+
+
+class SpaceFacts(Facts):
+    shareFree: int
+    shareTotal: int
+    required: int
+
+
+class ExportFacts(Facts):
+    """The facts of an export or publish: the plan's, then what the write measured (bytes*, hashes)."""
+    source: SourceFacts
+    target: TargetFacts
+    space: SpaceFacts
+    resume: ResumeFacts
+    scratch: staging.ScratchFacts
+    hash: list[str] | None = None           # the algorithms the write hashes with, when asked
+    bytesSent: int | None = None
+    bytesReused: int | None = None
+    bytesChecked: int | None = None
+    hashes: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,9 +144,9 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
                       replaces_existing=existing is not None)
     facts = {"source": source_facts(source),
              "target": {"location": str(job.location.location), "name": job.name, "path": path,
-                        "format": job.format, "subformat": job.subformat, "virtual_size": source.virtual_size,
-                        "replaces_existing": existing is not None, "method": write.method},
-             "space": {"share_free": free, "share_total": total, "required": required},
+                        "format": job.format, "subformat": job.subformat, "virtualSize": source.virtual_size,
+                        "replacesExisting": existing is not None, "method": write.method},
+             "space": {"shareFree": free, "shareTotal": total, "required": required},
              "resume": resume,
              "scratch": scratch,
              "hash": list(hashing.ALGORITHMS) if job.hash else None}
@@ -109,8 +168,8 @@ def _existing(share: SmbShare, job: Export) -> int | None:
 
 def source_facts(source: disks.DiskInfo) -> dict:
     return {"path": source.path, "format": disks.FORMAT_LABELS[source.format].lower(),
-            "subformat": source.subformat, "virtual_size": source.virtual_size,
-            "actual_size": source.actual_size, "is_block_device": source.is_block_device}
+            "subformat": source.subformat, "virtualSize": source.virtual_size,
+            "actualSize": source.actual_size, "isBlockDevice": source.is_block_device}
 
 
 # ---------------------------------------------------------------- writing
@@ -134,8 +193,8 @@ def write(job: Export, write: DiskWrite, facts: dict, ctx: StepContext) -> dict:
                 stored = _convert_and_upload(job, scratch, write, ctx, start, _resume(job, facts))
         if hasher is not None:
             hashes = hasher.finish().hashes
-    return {**facts, "target": {**facts["target"], "file_size": stored.size, "allocated_on_share": stored.allocated},
-            "bytes_sent": stored.sent, "bytes_reused": stored.reused, "bytes_checked": stored.checked,
+    return {**facts, "target": {**facts["target"], "fileSize": stored.size, "allocatedOnShare": stored.allocated},
+            "bytesSent": stored.sent, "bytesReused": stored.reused, "bytesChecked": stored.checked,
             "hashes": hashes}
 
 
@@ -173,14 +232,14 @@ def describe(document: Plan | Result) -> list[str]:
     """Lines for people beyond the write itself: space and scratch before; size, bytes sent and hashes after."""
     facts = document.facts
     if isinstance(document, Plan):
-        return [f"share free {human_size(facts['space']['share_free'])}, needs "
+        return [f"share free {human_size(facts['space']['shareFree'])}, needs "
                 f"{human_size(facts['space']['required'])}; scratch {facts['scratch']['directory']}",
                 *_resume_lines(facts)]
-    reused = f" ({human_size(facts['bytes_reused'])} already there, reused)" if facts.get("bytes_reused") else ""
-    lines = [f"file {human_size(facts['target']['file_size'])}, {human_size(facts['bytes_sent'] or 0)} sent{reused} "
+    reused = f" ({human_size(facts['bytesReused'])} already there, reused)" if facts.get("bytesReused") else ""
+    lines = [f"file {human_size(facts['target']['fileSize'])}, {human_size(facts['bytesSent'] or 0)} sent{reused} "
              f"in {document.seconds:.1f} s"]
     if facts["target"].get("pvp"):
-        lines.append(f"PVS properties (.pvp): {facts['target']['pvp']}")
+        lines.append(f"PVS properties (.pvp): {PVP_STATES[facts['target']['pvp']]}")
     return lines + [f"{algorithm:<7} {value}" for algorithm, value in (facts.get("hashes") or {}).items()]
 
 

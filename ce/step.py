@@ -205,6 +205,9 @@ class StepType:
             self.validate(parsed)
         return parsed
 
+    def facts_schema(self) -> dict | None:
+        return self.Facts.model_json_schema(mode="serialization") if self.Facts else None
+
     def disks(self, params: BaseModel) -> list[str]:
         return [v for v in (getattr(params, name, None) for name in self.disk_params) if v]
 

@@ -23,6 +23,8 @@ from ce import disks, nbdexport, staging
 from ce.disks import layouts
 from ce.changes import DiskRead, DiskWrite, Plan, Result
 from ce.cli.smbargs import is_smb, location_flags, split_file, storage
+from ce.diskexport import ResumeFacts
+from ce.document import Facts as FactsBase
 from ce.errors import ImageChangedSincePlan, RemoteExists, naming_field
 from ce.sizes import human_size
 from ce.smb import normalize_path
@@ -80,6 +82,43 @@ def validate(params: Params) -> None:
 
 # ---------------------------------------------------------------- plan
 
+class SourceFacts(FactsBase):
+    """A local source (path) or a file on a share (location, name, fileSize)."""
+    path: str | None = None
+    location: str | None = None
+    name: str | None = None
+    fileSize: int | None = None
+    format: str
+    subformat: str | None = None
+    virtualSize: int
+    isBlockDevice: bool | None = None
+
+
+class OutputFacts(FactsBase):
+    """A local output (path) or one on a share (location, name, method, replacesExisting, shareFree)."""
+    format: str
+    subformat: str | None = None
+    virtualSize: int | None = None
+    azureFixed: bool
+    path: str | None = None
+    location: str | None = None
+    name: str | None = None
+    replacesExisting: bool | None = None
+    shareFree: int | None = None
+    method: Literal["stream", "convert_then_upload"] | None = None
+    fileSize: int | None = None
+
+
+class Facts(FactsBase):
+    source: SourceFacts
+    output: OutputFacts
+    scratch: staging.ScratchFacts | None = None
+    resume: ResumeFacts | None = None       # an output on a share: ce.smb.resume.plan_facts
+    bytesSent: int | None = None
+    bytesReused: int | None = None          # ... found in place in an earlier attempt's NAME.partial
+    bytesChecked: int | None = None         # ... read back to find them
+
+
 def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
     fmt = disks.qemu_format(params.outputFormat)
@@ -91,7 +130,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
         if params.outputStorageLocation else None
     if params.output:
         _require_local_output(params.output, params.overwriteOutput)
-    size = source["virtual_size"]
+    size = source["virtualSize"]
     if params.azureFixed and size is not None:
         size = -(-size // (1 << 20)) << 20
     if upload is not None:
@@ -100,7 +139,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     scratch_needed = (OVERLAY_SCRATCH if params.inputStorageLocation else 0) \
         + (_estimate(params, source, fmt, subformat) if converting else 0)
     scratch = staging.require_scratch(scratch_needed, "this conversion") if scratch_needed else None
-    output = {"format": _label(fmt), "subformat": subformat, "virtual_size": size, "azure_fixed": params.azureFixed}
+    output = {"format": _label(fmt), "subformat": subformat, "virtualSize": size, "azureFixed": params.azureFixed}
     if upload is not None:
         output.update(upload)
     else:
@@ -113,13 +152,13 @@ def _changes(params: Params, source: dict, output: dict) -> list:
     """The source read in place (a file on a share) and the output written."""
     origin = source.get("path") or f"{source['location']}\\{source['name']}"
     changes = [] if params.source else [DiskRead(source=origin, format=source["format"], in_place=True,
-                                                 subformat=source["subformat"], virtual_size=source["virtual_size"])]
+                                                 subformat=source["subformat"], virtual_size=source["virtualSize"])]
     remote = "location" in output
     method = output["method"] if remote else "convert"
     changes.append(DiskWrite(target=f"{output['location']}\\{output['name']}" if remote else output["path"],
                              format=output["format"], subformat=output["subformat"],
-                             virtual_size=output["virtual_size"], source=origin, method=method,
-                             replaces_existing=bool(output.get("replaces_existing"))
+                             virtual_size=output["virtualSize"], source=origin, method=method,
+                             replaces_existing=bool(output.get("replacesExisting"))
                              or bool(params.output and os.path.exists(params.output))))
     return changes
 
@@ -129,14 +168,14 @@ def _plan_source(params: Params) -> dict:
         info = disks.info(params.source, params.sourceFormat)
         disks.refuse_differencing(info)
         return {"path": info.path, "format": _label(info.format), "subformat": info.subformat,
-                "virtual_size": info.virtual_size, "is_block_device": info.is_block_device}
+                "virtualSize": info.virtual_size, "isBlockDevice": info.is_block_device}
     where, name = params.inputStorageLocation, params.inputImageFilename
     hint = params.sourceFormat or EXTENSION_FORMATS.get(os.path.splitext(name)[1].lower())
     with staging.scratch_dir(NAME) as scratch, nbdexport.serving(where, name, scratch) as export:
         info = disks.remote_info(export.uri, hint, f"{where.location}\\{name}", export.reader.read_at,
                                  export.size)
-    return {"location": str(where.location), "name": name, "file_size": export.size, "format": _label(info.format),
-            "subformat": info.subformat, "virtual_size": info.virtual_size}
+    return {"location": str(where.location), "name": name, "fileSize": export.size, "format": _label(info.format),
+            "subformat": info.subformat, "virtualSize": info.virtual_size}
 
 
 def _streams(params: Params, fmt: str) -> bool:
@@ -160,8 +199,8 @@ def _plan_upload(params: Params, key) -> dict:
     if exists and not params.overwriteOutput:
         raise RemoteExists(f"{where.location}\\{params.outputImageFilename} already exists: set overwriteOutput to "
                            "replace it or choose another outputImageFilename")
-    return {"location": str(where.location), "name": params.outputImageFilename, "replaces_existing": exists,
-            "share_free": free, "resume": resume}
+    return {"location": str(where.location), "name": params.outputImageFilename, "replacesExisting": exists,
+            "shareFree": free, "resume": resume}
 
 
 def _resume_key(params: Params, source_format: str, output_format: str, subformat: str | None):
@@ -185,7 +224,7 @@ def _require_local_output(path: str, overwrite: bool) -> None:
 def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> int:
     if params.source:
         return staging.output_estimate(disks.info(params.source, params.sourceFormat), fmt, subformat)
-    return source["file_size"] if subformat != "fixed" else source["virtual_size"] + source["file_size"]
+    return source["fileSize"] if subformat != "fixed" else source["virtualSize"] + source["fileSize"]
 
 
 # ---------------------------------------------------------------- run
@@ -197,7 +236,7 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
         source, source_fmt = _open_source(params, facts["source"], scratch, remote)
         if facts["output"].get("method") == "stream":
             stored = _stream(params, facts["output"], source, scratch, ctx, resuming)
-            return _result(planned, facts["output"]["subformat"], facts["output"]["virtual_size"], stored.size,
+            return _result(planned, facts["output"]["subformat"], facts["output"]["virtualSize"], stored.size,
                            stored)
         converted, file_size, stored = _convert(params, facts["output"], source, source_fmt, scratch, ctx, resuming)
     return _result(planned, converted.subformat, converted.virtual_size, file_size, stored)
@@ -219,17 +258,17 @@ def _open_source(params: Params, facts: dict, scratch, remote: contextlib.ExitSt
         return params.source, facts["format"]
     where, name = params.inputStorageLocation, params.inputImageFilename
     export = remote.enter_context(nbdexport.serving(where, name, scratch))
-    if export.size != facts["file_size"]:
+    if export.size != facts["fileSize"]:
         raise ImageChangedSincePlan(f"{where.location}\\{name} changed on the share since the plan: run the step again")
     overlay = scratch / "source.qcow2"
-    disks.create_overlay(export.uri, facts["format"], overlay, facts["virtual_size"])
+    disks.create_overlay(export.uri, facts["format"], overlay, facts["virtualSize"])
     return overlay, "qcow2"
 
 
 def _stream(params: Params, out: dict, source, scratch, ctx: StepContext, resuming: dict):
     fmt = disks.qemu_format(out["format"])
-    layout = layouts.make(fmt, out["subformat"], out["virtual_size"], scratch)
-    verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtual_size"],
+    layout = layouts.make(fmt, out["subformat"], out["virtualSize"], scratch)
+    verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtualSize"],
                                f"{out['location']}\\{out['name']}")
     with params.outputStorageLocation.share() as share:
         return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
@@ -244,7 +283,7 @@ def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: S
     converted = disks.convert(source, local, out["format"], src_fmt=source_fmt, subformat=out["subformat"],
                               azure_fixed=params.azureFixed, overwrite=params.overwriteOutput, cancel=ctx.stop,
                               durable=params.output is not None,      # a scratch file is not kept
-                              progress=ctx.band(*bands["convert"], "converting", size=out["virtual_size"]))
+                              progress=ctx.band(*bands["convert"], "converting", size=out["virtualSize"]))
     if not params.outputStorageLocation:
         return converted, os.path.getsize(local), None
     with params.outputStorageLocation.share() as share:
@@ -255,8 +294,8 @@ def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: S
 
 def _result(planned: Plan, subformat: str | None, virtual_size: int, file_size: int, stored) -> Result:
     """``stored``: the file on the share (None for a local output), with the bytes sent, reused and read back."""
-    output = {**planned.facts["output"], "subformat": subformat, "virtual_size": virtual_size, "file_size": file_size}
-    sent = {"bytes_sent": getattr(stored, "sent", None), "bytesReused": getattr(stored, "reused", None),
+    output = {**planned.facts["output"], "subformat": subformat, "virtualSize": virtual_size, "fileSize": file_size}
+    sent = {"bytesSent": getattr(stored, "sent", None), "bytesReused": getattr(stored, "reused", None),
             "bytesChecked": getattr(stored, "checked", None)}
     return Result.of(planned, facts={**planned.facts, "output": output, **sent})
 
@@ -271,7 +310,7 @@ def describe(document: Plan | Result) -> list[str]:
     if isinstance(document, Plan):
         return _resume_lines(document.facts)
     reused = document.facts.get("bytesReused")
-    return [f"virtual size {human_size(output['virtual_size'])}, file {human_size(output['file_size'])}, "
+    return [f"virtual size {human_size(output['virtualSize'])}, file {human_size(output['fileSize'])}, "
             f"{document.seconds:.1f} s" + (f" ({human_size(reused)} already there, reused)" if reused else "")]
 
 
@@ -313,7 +352,7 @@ def cli_params(args) -> dict:
     return params
 
 
-STEP = StepType(name=NAME, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
+STEP = StepType(name=NAME, Facts=Facts, summary="convert a disk between raw, qcow2, vhd, vhdx and vmdk, locally or on SMB",
                 Params=Params, plan=plan, apply=apply, disk_params=("source", "output"),
                 error_groups=("disk", "smb", "step"), validate=validate,
                 describe=describe, cli=CliSpec("convert", "convert a disk between raw, qcow2, vhd, vhdx and vmdk "

@@ -7,10 +7,13 @@ zip uploaded as ``NAME.partial`` and renamed); this module holds the service's p
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydantic import Field
 
-from ce import diagnostics, logs, smb
+from ce import diagnostics, logs, smb, staging
+from ce.diskexport import SpaceFacts
+from ce.document import Facts as FactsBase
 from ce.changes import Plan, Result
 from ce.cli.smbargs import location_flags, storage
 from ce.errors import InvalidParams, naming_field
@@ -98,7 +101,43 @@ def cli_params(args) -> dict:
             "root": args.root}
 
 
-STEP = StepType(name=NAME, summary="ce's logs and the image's event logs and data -> a zip file on an SMB share "
+class TargetFacts(FactsBase):
+    location: str
+    name: str
+    path: str
+    fileSize: int | None = None
+
+
+class CapsFacts(FactsBase):
+    maxFileBytes: int
+    maxBundleBytes: int
+
+
+class BundleFacts(FactsBase):
+    members: int
+    bytes: int                             # uncompressed
+    compressed: int
+    cut: list[str]                         # members a cap shortened
+    leftOut: int
+
+
+class Facts(FactsBase):
+    """The bundle planned (sources to collect and to leave out, caps, space) and, after a run, as written."""
+    target: TargetFacts
+    collect: list[dict[str, Any]]          # the manifest's rows of what goes in
+    leftOut: list[dict[str, Any]]          # sources left out, with why
+    ce: dict[str, Any]                     # ce's own side: steps, journal, files, bytes
+    diskState: list[dict[str, Any]] | None = None   # the image's filesystems as read (when the image is read)
+    inspectFailure: Any = None             # why inspecting the image failed, when it did
+    caps: CapsFacts
+    space: SpaceFacts
+    scratch: staging.ScratchFacts
+    bundle: BundleFacts | None = None
+    buildSeconds: float | None = None
+    uploadSeconds: float | None = None
+
+
+STEP = StepType(name=NAME, Facts=Facts, summary="ce's logs and the image's event logs and data -> a zip file on an SMB share "
                 "(the disk is only read)", Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("diagnostics", "disk", "guest", "smb", "step"), validate=validate,
                 describe=diagnostics.describe,

@@ -98,7 +98,7 @@ def cli_params(args) -> dict:
             "resume": not args.no_resume}
 
 
-STEP = StepType(name=NAME, summary="export the attached disk to a VHDX or VHD file on an SMB share", Params=Params,
+STEP = StepType(name=NAME, Facts=diskexport.ExportFacts, summary="export the attached disk to a VHDX or VHD file on an SMB share", Params=Params,
                 plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "smb", "step"), validate=validate, describe=diskexport.describe,
                 cli=CliSpec("export", "export a disk to a VHDX (or VHD) file on an SMB share", arguments, cli_params,

@@ -67,8 +67,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
         _refuse_pvs_conflicts(share, params.vDiskName, export.name)
         pvp = share.exists(params.vDiskName + ".pvp")
     write, facts = diskexport.plan(export)
-    facts["target"].update(vDiskName=params.vDiskName, pvp="kept as it is" if pvp else
-                           "none: add the vDisk in the PVS console (Stores > Add or Import Existing vDisk)")
+    facts["target"].update(vDiskName=params.vDiskName, pvp="kept" if pvp else "none")
     return Plan(step=NAME, changes=[write], facts=facts)
 
 
@@ -109,7 +108,7 @@ def cli_params(args) -> dict:
             "resume": not args.no_resume}
 
 
-STEP = StepType(name=NAME, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
+STEP = StepType(name=NAME, Facts=diskexport.ExportFacts, summary="publish a prepared disk as a vDisk (VHDX or VHD) in a PVS store on SMB",
                 Params=Params, plan=plan, apply=apply, disk_params=("disk",),
                 error_groups=("disk", "smb", "step"), validate=validate,
                 describe=diskexport.describe,

@@ -153,7 +153,8 @@ def in_flag_language(message: str, flags: dict[str, str]) -> str:
 def cmd_steps(args) -> int:
     if args.json:
         print(json.dumps({k.name: {"command": k.cli.command if k.cli else None, "summary": k.summary,
-                                   "diskParams": list(k.disk_params), "paramsSchema": k.Params.model_json_schema()}
+                                   "diskParams": list(k.disk_params), "paramsSchema": k.Params.model_json_schema(),
+                                   "factsSchema": k.facts_schema()}
                           for k in args.types.values()}, indent=2))
         return EXIT_OK
     for kind in args.types.values():

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from ..document import SCHEMA_VERSION
 from ..errors import InvalidJob, InvalidParams
 from ..step import StepType
 from . import regdiff
@@ -65,7 +66,8 @@ def cmd_inspect(args) -> int:
     params = args.kind.parse({"disk": args.disk, "root": args.root})
     document, _ = run_step(args.kind, params, args)
     if args.json:
-        print(json.dumps({**document.facts, "warnings": [w.model_dump() for w in document.warnings]}, indent=2))
+        print(json.dumps({"schemaVersion": SCHEMA_VERSION, **document.facts,
+                          "warnings": [w.model_dump() for w in document.warnings]}, indent=2))
     else:
         show(args.kind, document, None, as_json=False)
     return EXIT_OK

@@ -64,6 +64,7 @@ class StepTypeInfo(BaseModel):
     summary: str
     diskParams: list[str] = Field(description="params naming attached disks (each is locked while the step runs)")
     paramsSchema: dict[str, Any] = Field(description="JSON schema of params")
+    factsSchema: dict[str, Any] | None = Field(None, description="JSON schema of its plans' and results' facts")
 
 
 class StepTypes(BaseModel):

@@ -141,7 +141,8 @@ def create_app(boot: Bootstrap, *, types: dict[str, StepType] | None = None, not
     @app.get("/v1/steps")
     def list_step_types():
         return jsonify({"types": [{"name": k.name, "summary": k.summary, "diskParams": list(k.disk_params),
-                                   "paramsSchema": k.Params.model_json_schema()} for k in types.values()]})
+                                   "paramsSchema": k.Params.model_json_schema(),
+                                   "factsSchema": k.facts_schema()} for k in types.values()]})
 
     @app.post("/v1/steps")
     def create_step():

@@ -122,7 +122,7 @@ def plan_facts(share, remote_name: str, key: ResumeKey, enabled: bool) -> dict:
     if not there and not recorded:
         earlier = "none"
     else:
-        earlier = "same job and source" if recorded else "another job or source"
+        earlier = "same_job" if recorded else "other_job"
     return {"enabled": enabled, "earlier": earlier, "partialAllocated": there, "resumes": enabled and recorded}
 
 

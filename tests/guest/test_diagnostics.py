@@ -188,7 +188,7 @@ def test_copies_are_the_images_bytes(bundle, image):
         member = rows[source]["path"]
         source_sha = hashlib.sha256(data).hexdigest()
         row = rows[source]
-        assert row["source_sha256"] == source_sha and row["source_size"] == len(data)
+        assert row["sourceSha256"] == source_sha and row["sourceSize"] == len(data)
         if name == "setupact.log":                    # cut to its newest MiB by maxFileMb=1
             assert bundle["members"][member] == data[-MiB:] and row["cut"].startswith("tail:")
             assert bundle["members"][member].endswith(b"LAST LINE: setup finished\r\n")

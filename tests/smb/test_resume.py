@@ -322,7 +322,7 @@ def test_a_dropped_upload_resumes_and_its_plan_says_so(step, samba, folder, sour
               "vDiskName": "golden"} if step == "publish" else convert_params(samba, folder, source)
     there = interrupted(samba, step, params, folder, LARGE)
     plan = run(step, params, dry_run=True)
-    assert plan["resume"] == {"enabled": True, "earlier": "same job and source", "partialAllocated": there,
+    assert plan["resume"] == {"enabled": True, "earlier": "same_job", "partialAllocated": there,
                               "resumes": True}
     assert any(line.startswith("resumes golden.vhdx.partial") for line in plan["lines"]), plan["lines"]
     facts = run(step, params)
@@ -338,7 +338,7 @@ def test_a_partial_of_another_source_is_replaced(step, samba, folder, small, tmp
     interrupted(samba, step, PARAMS[step](samba, folder, small), folder, SMALL)
     params = PARAMS[step](samba, folder, other)
     plan = run(step, params, dry_run=True)
-    assert plan["resume"]["earlier"] == "another job or source" and not plan["resume"]["resumes"]
+    assert plan["resume"]["earlier"] == "other_job" and not plan["resume"]["resumes"]
     assert any(line.startswith("starts over: golden.vhdx.partial") for line in plan["lines"]), plan["lines"]
     facts = run(step, params)
     assert facts["bytesReused"] == facts["bytesChecked"] == 0
@@ -388,7 +388,7 @@ def test_resume_false_starts_over(step, samba, folder, small, small_reference, s
                              capture_output=True, text=True, timeout=120)
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)["facts"]["resume"]
-    assert plan["earlier"] == "same job and source" and not plan["enabled"] and not plan["resumes"]
+    assert plan["earlier"] == "same_job" and not plan["enabled"] and not plan["resumes"]
     lines = run(step, {**params, "resume": False}, dry_run=True)["lines"]
     assert any("starts over" in line and "resume is off" in line for line in lines), lines
     facts = run(step, {**params, "resume": False})
@@ -409,7 +409,7 @@ def test_a_convert_from_a_share_to_a_share_resumes(samba, folder, small, scratch
     there = interrupted(samba, "convert", params, folder, SMALL, "golden.qcow2",
                         DropWhenHalfThere(samba, SMALL, partial))
     plan = run("convert", params, dry_run=True)
-    assert plan["resume"]["earlier"] == "same job and source" and plan["resume"]["resumes"]
+    assert plan["resume"]["earlier"] == "same_job" and plan["resume"]["resumes"]
     facts = run("convert", params)
     assert SMALL.data // 2 - 8 * MiB <= facts["bytesReused"] <= there
     assert facts["bytesSent"] <= 0.55 * SMALL.data
