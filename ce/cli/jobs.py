@@ -14,7 +14,7 @@ from pathlib import Path
 from ..document import SCHEMA_VERSION
 from ..errors import InvalidJob, InvalidParams
 from ..step import StepType
-from . import regdiff
+from .regdiff import target as reg_diff_target, write as write_reg_diff
 from .output import run_step, show
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -54,10 +54,10 @@ def relative_to(base: Path, raw: dict, names: tuple[str, ...]) -> dict:
 def cmd_job(args) -> int:
     kind, params = load_job(args.job, args.types, disk=args.disk, root=args.root,
                             dryRun=True if not args.apply else None)
-    reg_diff = regdiff.target(args)
+    reg_diff = reg_diff_target(args)
     document, error = run_step(kind, params, args)
     show(kind, document, error, args.json)
-    regdiff.write(reg_diff, document, args)
+    write_reg_diff(reg_diff, document, args)
     return EXIT_ERROR if error else EXIT_OK
 
 
