@@ -220,7 +220,7 @@ def test_read_boot_entries_reports_elements_of_the_wrong_type(tmp_path):
     rows.append((f"Objects\\{LOADER}\\Elements\\21000001", "Element", RegType.SZ, "not a device"))
     make_hive(tmp_path / "BCD", sample.ROOT_NAME, rows)
     loader = next(e for e in read_boot_entries(tmp_path / "BCD") if e.guid == LOADER)
-    assert loader.osdevice is None and "21000001" in loader.problems[0]
+    assert loader.osdevice is None and loader.problems[0] == "element 21000001 is REG_SZ, not REG_BINARY"
 
 
 # ---------------------------------------------------------------- refusals and replacement

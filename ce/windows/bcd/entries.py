@@ -69,7 +69,8 @@ def _element(hive: Hive, guid: str, element_id: int, want: RegType, entry: BootE
         return None
     if value.type != want:
         if entry is not None:
-            entry.problems.append(f"element {element_id:08X} is {value.type!r}, not {want.name}")
+            found = getattr(value.type, "name", value.type)       # an unknown type code stays a number
+            entry.problems.append(f"element {element_id:08X} is REG_{found}, not REG_{want.name}")
         return None
     return value.data
 
