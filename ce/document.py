@@ -28,7 +28,7 @@ CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 class Document(BaseModel):
     """A model that is part of a document: camelCase in JSON, snake_case in Python, either accepted on input."""
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True,
-                              serialize_by_alias=True)
+                              serialize_by_alias=True, defer_build=True)   # built on first use: start-up
 
 
 class Facts(Document):

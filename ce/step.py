@@ -42,7 +42,7 @@ MAX_TIMEOUT = 7 * 86400
 class StepParams(BaseModel):
     """What every step's params share: one set of bounds, unknown fields refused, inputs kept out of errors (a
     password in a rejected value must not come back in the message)."""
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)  # built on first use
     timeout: int = Field(7200, ge=10, le=MAX_TIMEOUT, description="seconds for the whole step")
     dryRun: bool = Field(False, description="plan only: return what the step would do, change nothing")
 
