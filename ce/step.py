@@ -13,7 +13,9 @@ part's plan reads what an earlier part wrote), under one deadline, one cancel an
 holds each part's result, and a part that fails leaves the earlier parts' results in the error's result.
 
 The step types come from the ``ce.steps`` entry point (``steps:STEPS``, an explicit tuple) and, for the server, from
-modules named in its configuration (each with its own ``STEPS``): nothing registers itself on import.
+modules named in its configuration (each with its own ``STEPS``): nothing registers itself on import. The command
+line first reads the entry point module's ``COMMANDS`` index, so that a command loads only the step it runs
+(``ce.cli.lazy``).
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ import sys
 
 from .. import __version__
 from ..errors import CeError
-from . import completion, jobs, output, regdiff, server, smbargs
+from . import completion, regdiff, server
+from .lazy import Parser, StepTypes, fill_all
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # libraries whose own DEBUG lines are noise to an operator (sh logs every process it runs, line by line): they
@@ -25,10 +26,7 @@ THIRD_PARTY = ("sh", "smbprotocol", "spnego", "urllib3", "gunicorn")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..step import step_types
-    types = step_types()
-    parser = build_parser(types)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     set_up_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     if getattr(args, "trace", False):
         os.environ["LIBGUESTFS_TRACE"] = "1"       # libguestfs prints each call and its result on stderr
@@ -70,44 +68,71 @@ def add_common_options(p: argparse.ArgumentParser, top: bool = False) -> None:
                    help="the same on file descriptor FD", **({"default": None} if top else default))
 
 
-def build_parser(types: dict) -> argparse.ArgumentParser:
+def build_parser(types: dict | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``types`` given: those step types, else they are loaded as a command needs them
+    (``ce.cli.lazy``)."""
+    steps = StepTypes(types)
     parser = argparse.ArgumentParser(
         prog="ce", description="Compositing Engine worker",
         epilog="exit status: 0 done, 1 the step failed or was refused (ce: error [code]), 2 wrong usage, "
                "130 interrupted")
     parser.add_argument("--version", action="version", version=f"ce {__version__}")
     add_common_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for kind in types.values():
-        if kind.cli:
-            add_step_command(sub, kind)
-    p = sub.add_parser("steps", help="the step types: their job names, commands and params")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command, (doc, load) in steps.commands().items():
+        sub.add_parser(command, help=doc, fill=lambda p, load=load: add_step_arguments(p, load()))
+    add_job_commands(sub, steps)
+    server.register(sub)
+    completion.register(sub, parser)
+    sub.choices["completion"].fill = lambda _: fill_all(parser)
+    for name, command in sub.choices.items():
+        if name not in steps.commands():
+            add_common_options(command)
+    return parser
+
+
+def add_job_commands(sub, steps: StepTypes) -> None:
+    """steps, inspect, plan and run: they load every step type, when they are the command given."""
+    p = sub.add_parser("steps", help="the step types: their job names, commands and params",
+                       fill=lambda p: p.set_defaults(types=steps.all()))
     p.add_argument("--json", action="store_true", help="each type's params as a JSON schema")
-    p.set_defaults(func=cmd_steps, types=types)
-    p = sub.add_parser("inspect", help="describe a disk: format, firmware, Windows, Citrix VDA, tools")
+    p.set_defaults(func=cmd_steps)
+    p = sub.add_parser("inspect", help="describe a disk: format, firmware, Windows, Citrix VDA, tools",
+                       fill=lambda p: p.set_defaults(kind=steps.all().get("inspect")))
     p.add_argument("disk", help="disk image (raw, qcow2, vhd, vhdx, vmdk) or block device")
     p.add_argument("--root", help="Windows root device when the disk holds several (e.g. /dev/sda3)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=jobs.cmd_inspect, kind=types.get("inspect"))
+    p.set_defaults(func=cmd_inspect)
     for name, doc in (("plan", "dry run: list exactly what a job would change, change nothing"),
                       ("run", "apply a job to the disk and report what changed, from what, to what")):
-        p = sub.add_parser(name, help=doc, epilog="job types: " + ", ".join(types) + " (ce steps lists their "
-                           "params); relative paths in a job file are relative to the file")
+        p = sub.add_parser(name, help=doc, fill=lambda p: job_types(p, steps.all()))
         p.add_argument("--job", required=True, help='job file: {"type": "prepare", "params": {...}}')
         p.add_argument("disk", help="disk image or block device")
         p.add_argument("--root", help="Windows root device when the disk holds several")
         p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
         regdiff.add_argument(p)
-        p.set_defaults(func=jobs.cmd_job, apply=name == "run", types=types)
-    server.register(sub)
-    completion.register(sub, parser)
-    for command in sub.choices.values():
-        add_common_options(command)
-    return parser
+        p.set_defaults(func=cmd_job, apply=name == "run")
 
 
-def add_step_command(sub, kind) -> None:
-    p = sub.add_parser(kind.cli.command, help=kind.cli.help)
+def job_types(p: argparse.ArgumentParser, types: dict) -> None:
+    p.epilog = ("job types: " + ", ".join(types) + " (ce steps lists their params); relative paths in a job file "
+                "are relative to the file")
+    p.set_defaults(types=types)
+
+
+def cmd_inspect(args) -> int:
+    from .jobs import cmd_inspect
+    return cmd_inspect(args)
+
+
+def cmd_job(args) -> int:
+    from .jobs import cmd_job
+    return cmd_job(args)
+
+
+def add_step_arguments(p: argparse.ArgumentParser, kind) -> None:
+    """A step command's arguments, the CLI's own after the step's, the common options last."""
+    from . import smbargs
     kind.cli.arguments(p)
     p.add_argument("--json", action="store_true", help="print the plan / result document as JSON")
     p.add_argument("--dry-run", action="store_true", help="check everything and print the plan; change nothing")
@@ -115,10 +140,12 @@ def add_step_command(sub, kind) -> None:
     regdiff.add_argument(p)
     if kind.cli.smb:
         smbargs.add_account_arguments(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_step, kind=kind)
 
 
 def cmd_step(args) -> int:
+    from . import output
     flags = args.kind.cli.flags
     try:
         raw = {k: v for k, v in args.kind.cli.params(args).items() if v is not None}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..registry import regfile
-
 
 def add_argument(p) -> None:
     p.add_argument("--reg-diff", metavar="FILE", help="also write the registry changes (planned, or applied by a run) "
@@ -17,12 +15,16 @@ def add_argument(p) -> None:
 def target(args) -> Path | None:
     """The checked path of ``--reg-diff``, or None without it; refuses an unwritable one (reg_file_unwritable)."""
     path = getattr(args, "reg_diff", None)
-    return regfile.check_writable(path) if path else None
+    if not path:
+        return None
+    from ..registry import regfile          # here, not at import: `ce --help` needs only add_argument
+    return regfile.check_writable(path)
 
 
 def write(path: Path | None, document, args) -> None:
     if path is None:
         return
+    from ..registry import regfile
     regfile.write(path, document)
     if not getattr(args, "quiet", False):
         count = len(regfile.registry_changes(document))
