@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..document import camel_keys
+from ..document import SCHEMA_VERSION, camel_keys
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.txt"
@@ -113,7 +113,7 @@ class Bundle:
 
     def finish(self, about: dict) -> dict:
         """Write manifest.json (last member) and close; returns the manifest."""
-        manifest = {"format": 1, **about, "caps": {"maxFileBytes": self.max_file, "maxBundleBytes":
+        manifest = {"schemaVersion": SCHEMA_VERSION, **about, "caps": {"maxFileBytes": self.max_file, "maxBundleBytes":
                                                    self.max_bundle},
                     "files": [e.row() for e in self.entries if e.path],
                     "leftOut": [e.row() for e in self.entries if not e.path],
