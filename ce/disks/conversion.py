@@ -15,6 +15,7 @@ from .formats import FORMAT_LABELS, choose_subformat, create_options, qemu_forma
 from .layouts import fill as fill_container, streamable
 from .probe import DiskInfo, info, is_raw_target, refuse_differencing, verify_azure_vhd
 from .qemuimg import convert as qemu_convert, create as qemu_create, stop_if_canceled
+from .writeback import while_written
 
 MiB = 1 << 20
 METHODS = ("fill", "qemu-img")
@@ -35,7 +36,8 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
     ``progress(percent)`` is called with increasing values ending at 100; ``cancel`` is a threading.Event or a
     callable polled while qemu-img runs. ``azure_fixed`` writes a fixed VHD whose virtual size is rounded up to a
     whole MiB (the padding reads as zeros; the source is never modified). ``durable=False`` skips flushing the
-    output to stable storage, for scratch files that do not outlive the step (a flush of a 1 GiB file costs seconds).
+    output to stable storage, for scratch files that do not outlive the step (a flush of a 1 GiB file costs seconds);
+    a durable output is written back to disk while it is written (ce.disks.writeback), so its flush waits less.
     ``method`` "fill" or "qemu-img" overrides FILL_LOCALLY for a raw disk going to a container ce can fill (to
     measure and test both); any other pair is always qemu-img's.
     """
@@ -53,7 +55,7 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
         if not azure_fixed and fills(source, fmt, subformat, method):
             qemu_create(partial, fmt, size, "-o", options, doing=doing)     # read back once, filled, below
             fill_container(src, partial, fmt, subformat, progress=progress,
-                         cancel=functools.partial(stop_if_canceled, cancel))
+                           cancel=functools.partial(stop_if_canceled, cancel), writeback=durable)
         else:
             if azure_fixed:
                 # Pre-create the larger target and fill it: qemu-img convert cannot pad, and resizing the source
@@ -62,7 +64,8 @@ def convert(src, dst, dst_fmt: str, *, src_fmt: str | None = None, subformat: st
                 target_args = ["-n", "--target-is-zero"]
             else:
                 target_args = ["-O", fmt, *(("-o", options) if options else ())]
-            qemu_convert(["-f", source.format, *target_args, src, partial], output_format=fmt, progress=progress,
+            watch = while_written(partial, progress) if durable else progress
+            qemu_convert(["-f", source.format, *target_args, src, partial], output_format=fmt, progress=watch,
                          cancel=cancel, doing=doing)
         result = verify_output(partial, fmt, subformat, size)
         if azure_fixed:

@@ -10,13 +10,14 @@ import re
 import shutil
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from ce import disks
 from ce.disks import conversion
-from ce.errors import Canceled
+from ce.errors import Canceled, ConversionFailed
 
 pytest.importorskip("pyvhdi", reason="python3-libvhdi (debian-packages-test.txt)")
 vmdk_reader = pytest.importorskip("dissect.hypervisor.disk.vmdk", reason="dissect.hypervisor (the test extra)")
@@ -149,3 +150,52 @@ def test_a_failing_qemu_img_convert_reports_its_reason_and_keeps_nothing(tmp_pat
     with pytest.raises(disks.ConversionFailed, match="to VHD failed: .*Disk size is too large, max size is 2040 GiB"):
         disks.convert(huge, tmp_path / "huge.vhd", "vhd", method="qemu-img")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.raw"]
+
+
+@contextmanager
+def small_tmpfs(path: Path, size_mb: int):
+    """A tmpfs of ``size_mb`` MiB mounted at ``path`` (root only: the test skips elsewhere)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=False,
+                   capture_output=True)
+    if not os.path.ismount(path):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def dense_file(path: Path, size_mb: int) -> Path:
+    path.write_bytes(os.urandom(size_mb * MiB))
+    return path
+
+
+@pytest.mark.parametrize("fmt,subformat", PAIRS)
+@pytest.mark.parametrize("source_on", ["the same tmpfs", "another file system"])
+def test_a_fill_that_runs_out_of_space_fails_and_keeps_nothing(tmp_path, fmt, subformat, source_on):
+    """A full file system under the fill: from the same tmpfs the data is copied in the kernel (copy_file_range),
+    from another file system read and written by ce; either way the write fails mid-way."""
+    with small_tmpfs(tmp_path / "small", 24) as small:
+        same = source_on == "the same tmpfs"                        # 8 MiB left for 16, or 24 MiB for 32
+        source = dense_file((small if same else tmp_path) / "dense.raw", 16 if same else 32)
+        before = sorted(small.iterdir())
+        with pytest.raises(ConversionFailed, match="No space left on device") as failed:
+            disks.convert(source, small / f"out.{fmt}", fmt, subformat=subformat, method="fill")
+        assert failed.value.code == "disk_conversion_failed" and "dense.raw" in str(failed.value)
+        assert sorted(small.iterdir()) == before
+
+
+@pytest.mark.parametrize("fmt,subformat", PAIRS)
+def test_a_fill_without_a_kernel_copy_writes_the_same_disk(source, converted, tmp_path, fmt, subformat):
+    """copy_file_range cannot copy from a tmpfs to another file system: ce reads and writes the bytes itself."""
+    with small_tmpfs(tmp_path / "small", 64) as small:
+        elsewhere = small / source.name
+        shutil.copyfile(source, elsewhere)
+        out = tmp_path / f"out.{fmt}"
+        disks.convert(elsewhere, out, fmt, subformat=subformat, method="fill")
+    assert disks.compare(source, out, "raw", fmt)
+    assert disks.compare(converted(fmt, subformat, "fill"), out, fmt, fmt)
+    size, data = independent_bytes(out, fmt)
+    assert size == source.stat().st_size and data == source.read_bytes()[:len(data)]
+    assert out.stat().st_size == converted(fmt, subformat, "fill").stat().st_size
