@@ -133,8 +133,10 @@ def _serve_for_parent(location, name: str, directory: str, pipe) -> None:
 def verify(directory, fmt: str, subformat: str | None, virtual_size: int, what: str, reader) -> None:
     """qemu-img opens and checks the file behind ``reader`` as it would a local one: a container ce streamed to a
     share is read back by the format's own reader, not by the code that wrote it, before it gets its final name."""
-    with ShareExport(reader, directory) as export, export.raising_share_errors():
-        found = disks.remote_info(export.uri, fmt, what, reader.read_at, export.size)
+    from .smb.reader import ReadAhead
+    cached = ReadAhead(reader)          # the metadata walk: a round trip per 4 MiB window, not per read
+    with ShareExport(cached, directory) as export, export.raising_share_errors():
+        found = disks.remote_info(export.uri, fmt, what, cached.read_at, export.size)
     expected = (disks.qemu_format(fmt), subformat, virtual_size)
     if (found.format, found.subformat, found.virtual_size) != expected:
         raise ConversionFailed(f"{what} reads back as {found.format} {found.subformat} of "

@@ -1,0 +1,87 @@
+"""The fixed costs of ce.smb over a WAN, where every request waited for is a round trip: qemu-img's check of a
+container on a share reads it through ``ReadAhead`` (whole windows, byte-exact), and an upload's open / check /
+close requests go out compounded. Counted against a real smbd; the times are bench/wan.py's."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from ce import disks, nbdexport
+from ce.errors import TransferFailed
+from ce.smb import Credentials, SmbShare
+from ce.smb.reader import ReadAhead
+from tests.support.smbserver import PASSWORD, USER
+
+MiB = 1 << 20
+KiB = 1 << 10
+WINDOW = 64 * KiB
+
+
+@pytest.fixture
+def share(samba, folder):
+    with SmbShare(samba.unc("share", folder.name), Credentials(USER, PASSWORD), port=samba.port) as connected:
+        yield connected
+
+
+class CountingReader:
+    """A RemoteReader whose reads are counted: each read_exactly is one pipeline of SMB READs, one round trip."""
+
+    def __init__(self, reader):
+        self._reader, self.path, self.size, self.reads = reader, reader.path, reader.size, 0
+
+    def read_exactly(self, offset, into):
+        self.reads += 1
+        self._reader.read_exactly(offset, into)
+
+    def read_at(self, offset, length):
+        self.reads += 1
+        return self._reader.read_at(offset, length)
+
+
+def test_read_ahead_returns_the_files_bytes_at_every_edge(share, folder):
+    data = os.urandom(5 * WINDOW + 1234)             # the last window is short
+    (folder / "file.bin").write_bytes(data)
+    size, rng = len(data), random.Random(18)
+    edges = [(0, 1), (WINDOW - 1, 2), (WINDOW - 10, 10), (WINDOW, WINDOW - 1), (2 * WINDOW - 100, 300),
+             (size - 1, 1), (size - 1234, 1234), (size - 1300, 1300), (5 * WINDOW - 1, 1235), (size, 0)]
+    reads = edges + [(offset, rng.randrange(1, WINDOW)) for offset in
+                     (rng.randrange(0, size - WINDOW) for _ in range(200))]
+    with share.open_read("file.bin") as remote:
+        cached = ReadAhead(CountingReader(remote), window=WINDOW, keep=2)
+        for offset, length in reads:
+            assert cached.read_at(offset, length) == data[offset:offset + length], (offset, length)
+            assert len(cached._windows) <= 2
+        assert cached.read_at(size - 10, 100) == data[-10:]                  # short only at the end of the file
+        assert cached.read_at(WINDOW, 3 * WINDOW) == data[WINDOW:4 * WINDOW]  # a window or more: read as it is
+        with pytest.raises(TransferFailed):
+            cached.read_exactly(size - 10, memoryview(bytearray(11)))
+
+
+def test_read_ahead_reads_each_window_once_while_it_is_kept(share, folder):
+    data = os.urandom(3 * WINDOW)
+    (folder / "file.bin").write_bytes(data)
+    with share.open_read("file.bin") as remote:
+        counted = CountingReader(remote)
+        cached = ReadAhead(counted, window=WINDOW, keep=2)
+        for offset in range(0, len(data) - 512, 512):
+            assert cached.read_at(offset, 1024) == data[offset:offset + 1024]
+        assert counted.reads == 3          # each window once, for 383 reads
+        assert cached.read_at(0, 10) == data[:10] and counted.reads == 4     # window 0 was dropped: two are kept
+        assert cached.read_at(2 * WINDOW - 5, 10) == data[2 * WINDOW - 5:2 * WINDOW + 5]
+        assert counted.reads == 5          # window 1 again (dropped for window 0); window 2 was still kept
+        assert cached.read_at(2 * WINDOW - 5, 10) == data[2 * WINDOW - 5:2 * WINDOW + 5] and counted.reads == 5
+
+
+def test_qemu_imgs_check_of_a_vhdx_on_the_share_costs_one_read(share, folder, tmp_path):
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.write(os.urandom(MiB))
+        f.seek(40 * MiB)
+        f.write(os.urandom(MiB))
+    disks.convert(raw, folder / "disk.vhdx", "vhdx", src_fmt="raw")
+    with share.open_read("disk.vhdx") as remote:
+        counted = CountingReader(remote)
+        nbdexport.verify(tmp_path, "vhdx", "dynamic", 41 * MiB, "disk.vhdx", counted)
+    assert counted.reads == 1               # was 26: one SMB round trip per piece qemu-img and ce's probes read
