@@ -9,7 +9,8 @@ holds it: the figures are the CPU-bound case, as md5sum's are) and hashed with m
 * two bare hashlib loops in this process: ``f.read(1 MiB)`` into ``update`` (what one writes first) and the
   standard library's own ``hashlib.file_digest``; for both algorithms, one loop feeding both hashers;
 * whole processes: ``ce hash -a ALG FILE`` (start-up included) against ``md5sum`` / ``sha256sum`` (for both: one
-  after the other, as a user would run them).
+  after the other, as a user would run them), and a bare python process (``hashlib.file_digest``, the interpreter's
+  start-up and nothing else: the ceiling of any ``ce hash`` against the tools).
 
 The contenders of one size and algorithm run interleaved (A B C A B C ...) ``--repeat`` times and the median
 counts; the spread is (slowest - fastest) / median. Times are seconds per GiB, wall clock, with the CPU seconds
@@ -120,6 +121,9 @@ def ce_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ce.cli"]
 
 
+BARE_PROCESS = "import hashlib, sys\nfor name in sys.argv[2:]:\n    hashlib.file_digest(open(sys.argv[1], 'rb'), name)"
+
+
 def process(*command: str):
     def run() -> None:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -135,6 +139,7 @@ def contenders_for(path: Path, algorithms: tuple[str, ...], skip: set[str]) -> d
     if "process" not in skip:
         flags = [arg for name in algorithms for arg in ("-a", name)]
         found["ce hash (process)"] = process(*ce_command(), "hash", "-q", *flags, str(path))
+        found["bare python (process)"] = process(sys.executable, "-c", BARE_PROCESS, str(path), *algorithms)
         tools = [process(TOOLS[name], str(path)) for name in algorithms]
         found[" + ".join(TOOLS[name] for name in algorithms)] = lambda: [run() for run in tools]
     return found
