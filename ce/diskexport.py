@@ -34,7 +34,7 @@ from .smb.target import StorageLocation
 from .step import StepContext
 
 if TYPE_CHECKING:                        # the SMB byte path is imported when a write starts, not with the step types
-    from .smb import RemoteStat, SmbShare
+    from .smb import RemoteStat
     from .smb.resume import ResumeKey
 
 STREAM_SCRATCH = 16 << 20              # the empty container (fixed ones are sparse files)
@@ -124,11 +124,12 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
     """(the write, the facts): source facts, target, share space, scratch space -- from reads only."""
     source = disks.info(job.disk)
     disks.refuse_differencing(source)
-    from .smb.resume import plan_facts
+    from .smb.resume import survey_facts
     with job.location.share() as share:
-        existing = _existing(share, job)
-        free, total = share.free_space()
-        resume = plan_facts(share, job.name, job.resume_key(source_facts(source)["format"]), job.resume)
+        survey = share.survey(job.name)          # one round trip: the name, the space, an earlier attempt
+    existing = _existing(survey.final, job)
+    free, total = survey.free, survey.total
+    resume = survey_facts(survey, job.resume_key(source_facts(source)["format"]), job.resume)
     stale = resume["partialAllocated"]
     required = SPACE_FACTOR * source.virtual_size
     if free + (existing or 0) + stale < required:
@@ -153,16 +154,15 @@ def plan(job: Export) -> tuple[DiskWrite, dict]:
     return write, facts
 
 
-def _existing(share: SmbShare, job: Export) -> int | None:
-    """The allocated size of a file already at the name (None when there is none); refused unless overwrite."""
-    if not share.exists(job.name):
+def _existing(found: RemoteStat | None, job: Export) -> int | None:
+    """The allocated size of the file ``found`` at the name (None when there is none); refused unless overwrite."""
+    if found is None:
         return None
-    found = share.stat(job.name)
     if found.is_dir:
-        raise RemoteExists(f"{share.location}\\{job.name} is a folder: choose another {job.name_field}")
+        raise RemoteExists(f"{job.location.location}\\{job.name} is a folder: choose another {job.name_field}")
     if not job.overwrite:
-        raise RemoteExists(f"{share.location}\\{job.name} already exists: set {job.overwrite_field} to replace it or "
-                           f"choose another {job.name_field}")
+        raise RemoteExists(f"{job.location.location}\\{job.name} already exists: set {job.overwrite_field} to "
+                           f"replace it or choose another {job.name_field}")
     return found.allocated
 
 

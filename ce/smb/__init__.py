@@ -23,9 +23,10 @@ Modules, from the job's view down to the wire: ``target`` (``StorageLocation``, 
 ``location`` (``SmbLocation``, ``Credentials``), ``ports`` (the ports a step may connect to), ``paths``
 (``normalize_path`` and Windows' name rules), ``share`` (``SmbShare``: queries, changes, uploads, downloads),
 ``resume`` (``NAME.partial.ce-resume``, reusing an earlier attempt), ``reader`` (``RemoteReader``), ``session``
-(connection, sign-in, credits, request plumbing, error mapping), ``pipeline`` (requests in flight, chunk sizes),
-``protocol`` (NTSTATUS groups, access masks) and ``wire`` (WRITE requests framed and signed in one buffer). The
-errors live in ``ce.errors`` (``ce/errors/smb.py``) and are re-exported here.
+(connection, sign-in, credits, request plumbing, error mapping), ``compound`` (an open file's requests in one round
+trip), ``pipeline`` (requests in flight, chunk sizes), ``protocol`` (NTSTATUS groups, access masks) and ``wire``
+(WRITE requests framed and signed in one buffer). The errors live in ``ce.errors`` (``ce/errors/smb.py``) and are
+re-exported here.
 """
 from __future__ import annotations
 

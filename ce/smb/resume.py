@@ -36,14 +36,17 @@ import os
 import struct
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.ioctl import IOCTLFlags, SMB2IOCTLRequest, SMB2IOCTLResponse
 from smbprotocol.open import CreateDisposition, CreateOptions, Open, SMB2ReadResponse
+from smbprotocol.header import NtStatus
 
 from ..disks.extents import chunks, zeros
-from ..errors import RemoteNotFound, TransferFailed
+from ..errors import TransferFailed
 from ..sizes import human_size
+from .compound import Compound, Step, set_info
 from .pipeline import Pipeline, check_written
 from .protocol import DELETE, FILE_READ, FILE_WRITE, NOT_FOUND_STATUSES, SPARSE_UNSUPPORTED, reason, unpack
 from .session import ShareSession
@@ -118,7 +121,12 @@ def upload_options(key: ResumeKey, enabled: bool) -> dict:
 def plan_facts(share, remote_name: str, key: ResumeKey, enabled: bool) -> dict:
     """What a plan says of an earlier attempt at ``remote_name``: whether there is one and whose (``earlier``), the
     data its partial file holds (``partialAllocated``, free space to the upload) and whether this one resumes it."""
-    there, recorded = share.stale_partial(remote_name), share.resumable(remote_name, key)
+    return survey_facts(share.survey(remote_name), key, enabled)
+
+
+def survey_facts(survey, key: ResumeKey, enabled: bool) -> dict:
+    """``plan_facts`` from an ``SmbShare.survey`` the plan made anyway."""
+    there, recorded = survey.stale, survey.recorded.key == key
     if not there and not recorded:
         earlier = "none"
     else:
@@ -141,6 +149,18 @@ def plan_lines(found: dict | None, remote_name: str) -> list[str]:
 
 def record_name(partial: str) -> str:
     return partial + RECORD_SUFFIX
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An earlier attempt's record as read: whether a file is there, and the key it holds (None when it holds
+    none). ``UNKNOWN``: not read, so it may be there."""
+    present: bool
+    key: ResumeKey | None = None
+    UNKNOWN: ClassVar["Recorded"]
+
+
+Recorded.UNKNOWN = Recorded(present=True)
 
 
 # ---------------------------------------------------------------- ranges
@@ -233,43 +253,85 @@ class ResumingShare(ShareSession):
         with the same key); what it will reuse is known only once read back."""
         return self._recorded_key(record_name(self._full(remote_name) + PARTIAL_SUFFIX)) == key
 
-    def _fsctl(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> bytes:
+    def _fsctl_step(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> Step:
         request = SMB2IOCTLRequest()
         request["ctl_code"] = code
         request["file_id"] = handle.file_id
         request["max_output_response"] = output
         request["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
         request["buffer"] = data
-        return self._call(request, SMB2IOCTLResponse)["buffer"].get_value()
+        return request, lambda sent: unpack(SMB2IOCTLResponse, self._connection.receive(sent))
+
+    def _fsctl(self, handle: Open, code: int, data: bytes = b"", output: int = 0) -> bytes:
+        outcomes = Compound(handle, [self._fsctl_step(handle, code, data, output)]).outcomes().raise_failure()
+        return outcomes[0]["buffer"].get_value()
 
     def _recorded_key(self, record: str) -> ResumeKey | None:
         """The key in an earlier attempt's record (None when there is none, or it is not one)."""
-        try:
-            with self._failures("reading the resume record", record), \
-                    self._opened(record, FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
-                length = min(handle.end_of_file, MAX_RECORD)
-                data = handle.read(0, length) if length else b""
-        except RemoteNotFound:
-            return None
-        return ResumeKey.from_record(data)
+        with self._failures("reading the resume record", record):
+            return self._begin_record(record)().key
 
-    def _write_record(self, record: str, key: ResumeKey) -> None:
-        """Whole or absent: written to ``.new``, then renamed over the record."""
-        with self._failures("writing the resume record", record), \
-                self._opened(record + ".new", FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
-                             options=CreateOptions.FILE_NON_DIRECTORY_FILE) as handle:
-            handle.write(key.record(), 0)
-            self._rename_handle(handle, record, overwrite=True)
+    def _begin_record(self, record: str) -> Callable[[], Recorded]:
+        """Send an open, a read and a close of the record as one compound; the function returned receives it."""
+        handle = self._handle(record)
+        compound = Compound(handle, [self._create(handle, FILE_READ, options=CreateOptions.FILE_NON_DIRECTORY_FILE),
+                                     handle.read(0, MAX_RECORD, send=False), handle.close(send=False)])
+
+        def recorded() -> Recorded:
+            outcomes = compound.outcomes()
+            if not outcomes.succeeded(0):
+                if outcomes[0].status in NOT_FOUND_STATUSES:
+                    return Recorded(present=False)
+                raise outcomes[0]
+            if not outcomes.succeeded(1):
+                if outcomes[1].status != NtStatus.STATUS_END_OF_FILE:
+                    raise outcomes[1]
+                return Recorded(present=True)                   # an empty file
+            return Recorded(present=True, key=ResumeKey.from_record(outcomes[1]))
+        return recorded
+
+    def _begin_write_record(self, record: str, key: ResumeKey) -> Callable[[], None]:
+        """Whole or absent: written to ``.new``, then renamed over the record -- one compound; the function
+        returned receives it."""
+        handle = self._handle(record + ".new")
+        compound = Compound(handle, [
+            self._create(handle, FILE_WRITE, disposition=CreateDisposition.FILE_OVERWRITE_IF,
+                         options=CreateOptions.FILE_NON_DIRECTORY_FILE),
+            handle.write(key.record(), 0, send=False),
+            set_info(handle, self._rename_info(record, overwrite=True)),
+            handle.close(send=False)])
+
+        def written() -> None:
+            with self._failures("writing the resume record", record):
+                compound.outcomes().raise_failure()
+        return written
 
     def _forget(self, record: str) -> None:
+        self._begin_delete(record)()
+
+    def _begin_delete(self, full: str) -> Callable[[], bool]:
+        """Send a delete of ``full`` (an open to delete on close, and the close); the function returned receives
+        it: True when nothing is left there. Quiet: a failure is logged, not raised."""
         try:
-            with self._opened(record, DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE):
-                pass
-        except SMBResponseException as exc:
-            if exc.status not in NOT_FOUND_STATUSES:
-                log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+            handle = self._handle(full)
+            compound = Compound(handle, [self._create(handle, DELETE, options=CreateOptions.FILE_DELETE_ON_CLOSE),
+                                         handle.close(send=False)])
         except (SMBException, OSError, ValueError) as exc:
-            log.warning("could not remove the resume record %s on %s: %s", record, self.where, reason(exc))
+            return functools.partial(self._not_deleted, full, exc)
+
+        def deleted() -> bool:
+            try:
+                failure = compound.outcomes().failure()
+            except (SMBException, OSError, ValueError) as exc:
+                return self._not_deleted(full, exc)
+            if failure is not None and failure.status not in NOT_FOUND_STATUSES:
+                return self._not_deleted(full, failure)
+            return True
+        return deleted
+
+    def _not_deleted(self, full: str, exc: BaseException) -> bool:
+        log.warning("could not remove %s on %s: %s", full, self.where, reason(exc))
+        return False
 
     def _earlier_attempt(self, handle: Open) -> EarlierAttempt:
         size = handle.end_of_file

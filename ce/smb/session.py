@@ -19,25 +19,25 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator, Self
+from typing import Callable, Iterator, Self
 
-from smbprotocol.connection import Connection
+from smbprotocol.connection import Connection, SMB2Echo
 from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBResponseException
 from smbprotocol.file_info import FileAttributes, FileNamesInformation, FileRenameInformation
 from smbprotocol.header import NtStatus
-from smbprotocol.open import (CreateDisposition, ImpersonationLevel, Open, QueryDirectoryFlags, SMB2QueryInfoRequest,
-                              SMB2QueryInfoResponse, SMB2SetInfoRequest, SMB2SetInfoResponse)
-from smbprotocol.session import Session
-from smbprotocol.tree import TreeConnect
+from smbprotocol.open import CreateDisposition, ImpersonationLevel, Open, QueryDirectoryFlags
+from smbprotocol.session import Session, SMB2Logoff
+from smbprotocol.tree import SMB2TreeDisconnect, TreeConnect
 
 from ..errors import (CeError, RemoteExists, RemoteNotFound, ShareFull, ShareNotFound, SmbAccessDenied, SmbAuthFailed,
                       SmbError, SmbPortRefused, SmbUnreachable, TransferFailed)
+from .compound import Compound, Step, query_info, set_info
 from .ports import DEFAULT_PORT, refusal as port_refusal
 from .location import Credentials, SmbLocation
 from .paths import normalize_path
 from .pipeline import READ_CHUNK, WINDOW, WRITE_CHUNK
 from .protocol import (AUTH_STATUSES, FULL_STATUSES, NOT_FOUND_STATUSES, READ_ATTRIBUTES, SHARE_ALL, close_quietly,
-                       disconnect_quietly, reason, status_name, unpack)
+                       disconnect_quietly, reason, status_name)
 from .wire import CREDIT_BYTES, credit_charge, credits, signer, signing_algorithm_name
 
 log = logging.getLogger("ce.smb")
@@ -62,6 +62,16 @@ class RemoteStat:
     sent: int | None = None  # after an upload: bytes that went over the wire (holes and zero chunks are skipped)
     reused: int = 0          # ... bytes an earlier attempt had left in NAME.partial, read back and found right
     checked: int = 0         # ... bytes read back to find them (ce.smb.resume)
+
+
+FOLDER_CHECK_CREDITS = 4                    # an open and a close, with a margin
+
+
+def remote_stat(handle: Open, path: str) -> RemoteStat:
+    """The stat of ``handle`` from the attributes its create (or a close that asked for them) returned."""
+    return RemoteStat(path=path, size=handle.end_of_file, allocated=handle.allocation_size,
+                      is_dir=bool(handle.file_attributes & FileAttributes.FILE_ATTRIBUTE_DIRECTORY),
+                      modified=handle.last_write_time)
 
 
 class ShareSession:
@@ -102,9 +112,10 @@ class ShareSession:
         try:
             session = self._authenticate(self._connection)
             self._tree = self._connect_tree(session)
+            credits_granted = self._reserve_credits(session)
             if self.location.folder:
                 self._require_folder()
-            self._chunk, self._write_chunk = self._reserve_credits(session)
+            self._chunk, self._write_chunk = credits_granted()
         except BaseException:
             self.close()
             raise
@@ -126,13 +137,22 @@ class ShareSession:
         return f"{version}, signed ({signing_algorithm_name(connection)})"
 
     def close(self) -> None:
-        connection, self._connection, self._tree = self._connection, None, None
+        connection, tree, self._connection, self._tree = self._connection, self._tree, None, None
         if connection is None:
             return
         try:
-            connection.disconnect(close=True, timeout=self._timeout)
+            if tree is not None and connection.transport.connected:
+                self._sign_out(connection, tree)
+            connection.disconnect(close=False)
         except (SMBException, OSError, ValueError) as exc:
             log.debug("ignoring an error while disconnecting from %s: %s", self.where, type(exc).__name__)
+
+    def _sign_out(self, connection: Connection, tree: TreeConnect) -> None:
+        """Tree disconnect and log off in one round trip (smbprotocol's disconnect waits for each)."""
+        session_id = tree.session.session_id
+        sent = connection.send_compound([SMB2TreeDisconnect(), SMB2Logoff()], session_id, tree.tree_connect_id)
+        for request in sent:
+            connection.receive(request, timeout=self._timeout)
 
     def _negotiate(self) -> Connection:
         # Samba 4.17 refuses a connection negotiated with require_signing=False at tree connect: always sign.
@@ -179,22 +199,33 @@ class ShareSession:
             raise self._error(exc, f"connecting to {self.location.share_unc}") from None
         return tree
 
-    def _reserve_credits(self, session: Session) -> tuple[int, int]:
-        """Ask for enough credits to keep WINDOW bytes on the wire; returns the (read, write) chunk sizes.
+    def _reserve_credits(self, session: Session) -> Callable[[], tuple[int, int]]:
+        """Ask for enough credits to keep WINDOW bytes on the wire; the function returned waits for the answer
+        and returns the (read, write) chunk sizes.
 
         A session starts with a few credits and smbprotocol fails a request it has no credits for rather than
-        waiting, so an echo asks for more up front. Samba grants what is asked; a server that grants less gets
-        smaller chunks."""
+        waiting, so an echo asks for more up front; while it is on the wire the folder check may use what is left.
+        Samba grants what is asked; a server that grants less gets smaller chunks."""
         connection = self._connection
         read_chunk = min(READ_CHUNK, connection.max_read_size)
         write_chunk = min(WRITE_CHUNK, connection.max_write_size)
         wanted = credit_charge(connection, WINDOW) + credit_charge(connection, write_chunk)
+        echo = None
         if credits(connection) < wanted:
             with self._failures("asking the server for I/O credits", ""):
-                connection.echo(sid=session.session_id, timeout=self._timeout,
-                                credit_request=wanted - credits(connection) + 1)
-        affordable = max(1, credits(connection) - 1) * CREDIT_BYTES
-        return min(read_chunk, affordable), min(write_chunk, affordable)
+                echo = connection.send(SMB2Echo(), sid=session.session_id,
+                                       credit_request=wanted - credits(connection) + 1)
+                if credits(connection) < FOLDER_CHECK_CREDITS:      # too few to check the folder meanwhile
+                    connection.receive(echo, timeout=self._timeout)
+                    echo = None
+
+        def granted() -> tuple[int, int]:
+            if echo is not None:
+                with self._failures("asking the server for I/O credits", ""):
+                    connection.receive(echo, timeout=self._timeout)
+            affordable = max(1, credits(connection) - 1) * CREDIT_BYTES
+            return min(read_chunk, affordable), min(write_chunk, affordable)
+        return granted
 
     def _require_folder(self) -> None:
         try:
@@ -213,17 +244,34 @@ class ShareSession:
 
     def _stat(self, full: str, path: str) -> RemoteStat:
         """``path`` is what the caller named ("" for the location's folder itself)."""
-        with self._failures("looking it up", path), self._opened(full, READ_ATTRIBUTES) as h:
-            return RemoteStat(path=path, size=h.end_of_file, allocated=h.allocation_size,
-                              is_dir=bool(h.file_attributes & FileAttributes.FILE_ATTRIBUTE_DIRECTORY),
-                              modified=h.last_write_time)
+        with self._failures("looking it up", path):
+            return self._begin_stat(full, path)()
 
-    def _open(self, full: str, access: int, *, disposition=CreateDisposition.FILE_OPEN, options: int = 0) -> Open:
+    def _begin_stat(self, full: str, path: str) -> Callable[[], RemoteStat]:
+        """Send an open and a close of ``full`` as one compound; the function returned receives them as a stat
+        (or raises the open's failure)."""
+        handle = self._handle(full)
+        compound = Compound(handle, [self._create(handle, READ_ATTRIBUTES), handle.close(send=False)])
+
+        def stat() -> RemoteStat:
+            compound.outcomes().raise_failure()
+            return remote_stat(handle, path)
+        return stat
+
+    def _handle(self, full: str) -> Open:
         if self._tree is None:
             raise SmbError(f"not connected to {self.where}: use the share inside a 'with' block")
-        handle = Open(self._tree, full)
-        handle.create(ImpersonationLevel.Impersonation, access, FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_ALL,
-                      disposition, options)
+        return Open(self._tree, full)
+
+    @staticmethod
+    def _create(handle: Open, access: int, *, disposition=CreateDisposition.FILE_OPEN, options: int = 0) -> Step:
+        return handle.create(ImpersonationLevel.Impersonation, access, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+                             SHARE_ALL, disposition, options, send=False)
+
+    def _open(self, full: str, access: int, *, disposition=CreateDisposition.FILE_OPEN, options: int = 0) -> Open:
+        handle = self._handle(full)
+        Compound(handle, [self._create(handle, access, disposition=disposition, options=options)]) \
+            .outcomes().raise_failure()
         return handle
 
     @contextmanager
@@ -248,33 +296,23 @@ class ShareSession:
                 yield entry["file_name"].get_value().decode("utf-16-le")
 
     def _rename_handle(self, handle: Open, full_dst: str, overwrite: bool) -> None:
+        self._set_info(handle, self._rename_info(full_dst, overwrite))
+
+    def _query_info(self, handle: Open, info_class):
+        return Compound(handle, [query_info(handle, info_class)]).outcomes().raise_failure()[0]
+
+    def _set_info(self, handle: Open, info) -> None:
+        Compound(handle, [set_info(handle, info)]).outcomes().raise_failure()
+
+    @staticmethod
+    def _rename_info(full_dst: str, overwrite: bool) -> FileRenameInformation:
         info = FileRenameInformation()
         info["replace_if_exists"] = overwrite
         info["file_name"] = full_dst.encode("utf-16-le")
-        self._set_info(handle, info)
-
-    def _query_info(self, handle: Open, info_class):
-        info = info_class()
-        request = SMB2QueryInfoRequest()
-        request["info_type"] = info.INFO_TYPE
-        request["file_info_class"] = info.INFO_CLASS
-        request["file_id"] = handle.file_id
-        request["output_buffer_length"] = len(info)
-        return self._call(request, SMB2QueryInfoResponse).parse_buffer(info_class)
-
-    def _set_info(self, handle: Open, info) -> None:
-        request = SMB2SetInfoRequest()
-        request["info_type"] = info.INFO_TYPE
-        request["file_info_class"] = info.INFO_CLASS
-        request["file_id"] = handle.file_id
-        request["buffer"] = info
-        self._call(request, SMB2SetInfoResponse)
+        return info
 
     def _send(self, request):
         return self._connection.send(request, self._tree.session.session_id, self._tree.tree_connect_id)
-
-    def _call(self, request, response_class):
-        return unpack(response_class, self._connection.receive(self._send(request)))
 
     @contextmanager
     def _failures(self, doing: str, path: str) -> Iterator[None]:

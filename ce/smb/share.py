@@ -12,27 +12,41 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+from dataclasses import dataclass
+from typing import Callable
 
-from smbprotocol.exceptions import SMBException, SMBResponseException
+from smbprotocol.exceptions import FileClosed, SMBException, SMBResponseException
 from smbprotocol.file_info import FileDispositionInformation, FileFsFullSizeInformation, FileStandardInformation
 from smbprotocol.ioctl import CtlCode
 from smbprotocol.open import CreateDisposition, CreateOptions, Open
 
-from ..errors import DestinationExists, RemoteExists, RemoteNotFound, ShareFull, TransferFailed
+from ..errors import CeError, DestinationExists, RemoteExists, RemoteNotFound, ShareFull, TransferFailed
 from ..disks.extents import chunks, data_extents
 from ..disks.layouts import Identity
+from .compound import Compound, close_open_file, query_info, set_info
 from .pipeline import MiB, Pipeline, Progress, check_written, report, stop_if_canceled, store_read
-from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, READ_ATTRIBUTES, SPARSE_UNSUPPORTED, close_quietly,
-                       end_of_file, reason)
+from .protocol import (DELETE, FILE_READ, FILE_WRITE, LIST_DIR, NOT_FOUND_STATUSES, READ_ATTRIBUTES,
+                       SPARSE_UNSUPPORTED, close_quietly, end_of_file, reason)
 from .reader import RemoteReader
-from .resume import PARTIAL_SUFFIX, EarlierAttempt, ResumeKey, ResumingShare, record_name
-from .session import RemoteStat
+from .resume import PARTIAL_SUFFIX, EarlierAttempt, Recorded, ResumeKey, ResumingShare, record_name
+from .session import RemoteStat, remote_stat
 from .wire import writer_for
 
 log = logging.getLogger("ce.smb")
+
+
+@dataclass
+class Survey:
+    """What an upload (or its plan) learns before the first byte, in one round trip (``SmbShare.survey``)."""
+    final: RemoteStat | None            # what is at the name already (None: nothing, or not asked)
+    free: int
+    total: int
+    stale: int                          # allocated bytes of a NAME.partial of an earlier attempt
+    recorded: Recorded                  # the earlier attempt's record, when resuming is possible
 
 
 
@@ -61,11 +75,20 @@ class SmbShare(ResumingShare):
 
     def free_space(self) -> tuple[int, int]:
         """(bytes free for this user, total bytes) of the share, from FileFsFullSizeInformation."""
-        with self._failures("reading the free space", ""), \
-                self._opened(self.location.folder, READ_ATTRIBUTES) as handle:
-            info = self._query_info(handle, FileFsFullSizeInformation)
-        unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
-        return info["caller_available_units"].get_value() * unit, info["total_allocation_units"].get_value() * unit
+        with self._failures("reading the free space", ""):
+            return self._begin_free_space()()
+
+    def _begin_free_space(self) -> Callable[[], tuple[int, int]]:
+        handle = self._handle(self.location.folder)
+        compound = Compound(handle, [self._create(handle, READ_ATTRIBUTES),
+                                     query_info(handle, FileFsFullSizeInformation), handle.close(send=False)])
+
+        def free_space() -> tuple[int, int]:
+            info = compound.outcomes().raise_failure()[1]
+            unit = info["sectors_per_unit"].get_value() * info["bytes_per_sector"].get_value()
+            return (info["caller_available_units"].get_value() * unit,
+                    info["total_allocation_units"].get_value() * unit)
+        return free_space
 
     # ------------------------------------------------ changes
 
@@ -119,17 +142,18 @@ class SmbShare(ResumingShare):
                                      f"{layout.source_size}")
             extents = list(data_extents(fd, size))
             data_bytes = sum(length for _, length in extents)
-            if not overwrite and self.exists(remote_name):
+            survey = self._survey(remote_name, check_final=not overwrite,
+                                  resume=resume is not None and not start_over)
+            if survey.final is not None:
                 raise RemoteExists(f"{remote_name!r} already exists in {self.location}; "
                                    "allow overwriting or choose another name")
-            self._require_space(data_bytes + layout.overhead, remote_name)
-            sent, earlier = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel, layout,
-                                                    tap, verify, resume, start_over)
+            self._require_space(survey, data_bytes + layout.overhead, remote_name)
+            sent, earlier, stored = self._upload_to_partial(fd, size, extents, final, overwrite, progress, cancel,
+                                                            layout, tap, verify, resume, survey.recorded)
         reused = earlier.reused if earlier else 0
         log.info("uploaded %s to %s\\%s (%d bytes, %d in data extents, %d sent, %d reused, file of %d bytes)",
                  os.fspath(local_path), self.location, remote_name, size, data_bytes, sent, reused, layout.size)
-        stored = self.stat(remote_name)
-        stored.sent, stored.reused = sent, reused
+        stored.path, stored.sent, stored.reused = remote_name, sent, reused
         stored.checked = earlier.checked if earlier else 0
         return stored
 
@@ -158,9 +182,29 @@ class SmbShare(ResumingShare):
 
     # ------------------------------------------------ upload internals
 
-    def _require_space(self, needed: int, remote_name: str) -> None:
-        free, total = self.free_space()
-        free += self.stale_partial(remote_name)
+    def survey(self, remote_name: str, *, resume: bool = True) -> Survey:
+        """What is at ``remote_name``, the free space, the ``NAME.partial`` an earlier attempt left and (when
+        ``resume``) its record: what a plan of an upload checks, in one round trip."""
+        with self._failures(f"looking up {remote_name!r}", remote_name):
+            return self._survey(remote_name, check_final=True, resume=resume)
+
+    def _survey(self, remote_name: str, *, check_final: bool, resume: bool) -> Survey:
+        """The final name (when ``check_final``), the free space, the stale partial file and its resume record
+        (when ``resume``): sent together, then received."""
+        final = self._full(remote_name)
+        partial = final + PARTIAL_SUFFIX
+        final_stat = self._begin_stat(final, remote_name) if check_final else None
+        free_space = self._begin_free_space()
+        partial_stat = self._begin_stat(partial, remote_name + PARTIAL_SUFFIX)
+        recorded = self._begin_record(record_name(partial)) if resume else None
+        found = _found(final_stat) if final_stat is not None else None
+        free, total = free_space()
+        stale = _found(partial_stat)
+        return Survey(found, free, total, 0 if stale is None or stale.is_dir else stale.allocated,
+                      recorded() if recorded else Recorded.UNKNOWN)
+
+    def _require_space(self, survey: Survey, needed: int, remote_name: str) -> None:
+        free, total = survey.free + survey.stale, survey.total
         if free < needed:
             raise ShareFull(f"{self.location} has {_size(free)} free of {_size(total)} but {remote_name!r} needs "
                             f"{_size(needed)}; free space on the share or choose another location")
@@ -168,57 +212,67 @@ class SmbShare(ResumingShare):
     def stale_partial(self, remote_name: str) -> int:
         """The space a ``NAME.partial`` left by an interrupted upload holds: the next upload of ``NAME`` truncates
         and reuses it, so it counts as free."""
-        partial = remote_name + PARTIAL_SUFFIX
-        try:
-            found = self.stat(partial)
-        except RemoteNotFound:
-            return 0
-        return 0 if found.is_dir else found.allocated
+        return self.survey(remote_name, resume=False).stale
 
     def _upload_to_partial(self, fd, size, extents, final, overwrite, progress, cancel, layout, tap, verify,
-                           resume, start_over) -> tuple[int, EarlierAttempt | None]:
+                           resume, recorded: Recorded) -> tuple[int, EarlierAttempt | None, RemoteStat]:
         partial = final + PARTIAL_SUFFIX
         record = record_name(partial)
-        reusing = resume is not None and not start_over and self._recorded_key(record) == resume
-        if resume is not None and not reusing:
+        reusing = resume is not None and recorded.key == resume
+        if resume is not None and not reusing and recorded.present:
             self._forget(record)                # before the old partial is truncated: never a record over new bytes
-        handle = self._open(partial, FILE_WRITE, options=CreateOptions.FILE_NON_DIRECTORY_FILE,
-                            disposition=CreateDisposition.FILE_OPEN_IF if reusing
-                            else CreateDisposition.FILE_OVERWRITE_IF)
+        handle = self._handle(partial)
+        opened = self._begin_partial(handle, reusing)
+        recording = self._begin_write_record(record, resume) if resume is not None and not reusing else None
+        try:
+            opened()
+        except BaseException:
+            if recording is not None:           # written meanwhile, for an attempt that did not start
+                with contextlib.suppress(CeError):
+                    recording()
+                self._begin_delete(record)()
+            raise
         earlier = None
         try:
-            self._mark_sparse(handle)
+            if recording is not None:
+                recording()
             if reusing:
                 earlier = self._earlier_attempt(handle)
                 log.info("resuming %s: %d bytes of an earlier attempt are there", partial, earlier.there)
-            elif resume is not None:
-                self._write_record(record, resume)
             sent = self._send_extents(handle, fd, size, extents, progress, cancel, layout, tap, earlier)
-            self._set_info(handle, end_of_file(layout.size))
-            self._verify_size(handle, layout.size)
+            self._set_size(handle, layout.size)
             if verify is not None:
                 verify(RemoteReader(handle, partial, self._chunk, self._failures, self._send,
                                     size=layout.size, owns_handle=False))
-            self._rename_handle(handle, final, overwrite)
+            stored = self._rename_and_close(handle, final, overwrite, record if resume is not None else None)
         except BaseException:
             if self._discard(handle) and resume is not None:
                 self._forget(record)
             raise
         finally:
             close_quietly(handle)
-        if resume is not None:
-            self._forget(record)
         report(progress, size, size)
-        return sent, earlier
+        return sent, earlier, stored
 
-    def _mark_sparse(self, handle: Open) -> None:
-        """Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with zeros."""
-        try:
-            self._fsctl(handle, CtlCode.FSCTL_SET_SPARSE)
-        except SMBResponseException as exc:
-            if exc.status not in SPARSE_UNSUPPORTED:
-                raise
-            log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
+    def _begin_partial(self, handle: Open, reusing: bool) -> Callable[[], None]:
+        """Open (or truncate) the partial file and mark it sparse, one compound; the function returned raises the
+        open's failure. Unwritten ranges of a sparse file stay unallocated; without it NTFS fills the gaps with
+        zeros."""
+        disposition = CreateDisposition.FILE_OPEN_IF if reusing else CreateDisposition.FILE_OVERWRITE_IF
+        compound = Compound(handle, [self._create(handle, FILE_WRITE, disposition=disposition,
+                                                  options=CreateOptions.FILE_NON_DIRECTORY_FILE),
+                                     self._fsctl_step(handle, CtlCode.FSCTL_SET_SPARSE)])
+
+        def opened() -> None:
+            outcomes = compound.outcomes()
+            if not outcomes.succeeded(0):
+                raise outcomes[0]
+            if not outcomes.succeeded(1):
+                if outcomes[1].status not in SPARSE_UNSUPPORTED:
+                    close_quietly(handle)
+                    raise outcomes[1]
+                log.info("%s does not support sparse files; holes will be stored as zeros", self.where)
+        return opened
 
     def _send_extents(self, handle: Open, fd: int, size: int, extents, progress, cancel, layout, tap,
                       earlier: EarlierAttempt | None = None) -> int:
@@ -260,10 +314,30 @@ class SmbShare(ResumingShare):
         pipeline.drain()
         return sent
 
-    def _verify_size(self, handle: Open, size: int) -> None:
-        stored = self._query_info(handle, FileStandardInformation)["end_of_file"].get_value()
+    def _set_size(self, handle: Open, size: int) -> None:
+        """Set the file's end and read it back, one compound."""
+        outcomes = Compound(handle, [set_info(handle, end_of_file(size)),
+                                     query_info(handle, FileStandardInformation)]).outcomes().raise_failure()
+        stored = outcomes[1]["end_of_file"].get_value()
         if stored != size:
             raise TransferFailed(f"the share stored {stored} bytes instead of {size}; the upload was discarded")
+
+    def _rename_and_close(self, handle: Open, final: str, overwrite: bool, record: str | None) -> RemoteStat:
+        """Rename the verified partial file to ``final`` and close it, one compound whose close returns the stored
+        file's attributes; the resume record, if any, is removed in the same round trip."""
+        compound = Compound(handle, [set_info(handle, self._rename_info(final, overwrite)),
+                                     handle.close(get_attributes=True, send=False)])
+        forgotten = self._begin_delete(record) if record is not None else None
+        outcomes = compound.outcomes()
+        if forgotten is not None:
+            forgotten()
+        if not outcomes.succeeded(0):
+            if not outcomes.succeeded(1):       # the server failed the close with the rename: the file is still open
+                self._discard(handle)
+                close_open_file(handle)
+            raise outcomes[0]
+        outcomes.raise_failure()
+        return remote_stat(handle, final)
 
     def _discard(self, handle: Open) -> bool:
         """Delete the partial file (best effort: a dead connection cannot delete anything); True when deleted."""
@@ -271,6 +345,8 @@ class SmbShare(ResumingShare):
             info = FileDispositionInformation()
             info["delete_pending"] = True
             self._set_info(handle, info)
+        except FileClosed:                      # a failed rename's compound closed it: delete it by name
+            return self._begin_delete(handle.file_name)()
         except (SMBException, OSError, ValueError) as exc:
             log.warning("could not remove the partial file %s on %s: %s", handle.file_name, self.where,
                         reason(exc))
@@ -287,6 +363,16 @@ class SmbShare(ResumingShare):
             request, _ = handle.read(offset, length, send=False)
             pipeline.add(self._send(request), offset + length, functools.partial(store_read, fd, offset, length))
         pipeline.drain()
+
+
+def _found(stat: Callable[[], RemoteStat]) -> RemoteStat | None:
+    """The stat ``stat`` receives, None when there is nothing at its path."""
+    try:
+        return stat()
+    except SMBResponseException as exc:
+        if exc.status in NOT_FOUND_STATUSES:
+            return None
+        raise
 
 
 def _size(n: int) -> str:

@@ -7,11 +7,14 @@ import os
 import random
 
 import pytest
+from smbprotocol.connection import Connection
+from smbprotocol.header import Commands
 
 from ce import disks, nbdexport
-from ce.errors import TransferFailed
+from ce.errors import RemoteExists, TransferFailed
 from ce.smb import Credentials, SmbShare
 from ce.smb.reader import ReadAhead
+from ce.smb.resume import ResumeKey
 from tests.support.smbserver import PASSWORD, USER
 
 MiB = 1 << 20
@@ -23,6 +26,23 @@ WINDOW = 64 * KiB
 def share(samba, folder):
     with SmbShare(samba.unc("share", folder.name), Credentials(USER, PASSWORD), port=samba.port) as connected:
         yield connected
+
+
+COMMANDS = {value: name[5:] for name, value in vars(Commands).items() if name.startswith("SMB2_")}
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Every message smbprotocol sends, a compound as one ("CREATE+CLOSE"); ce's own WRITEs (ce.smb.wire) bypass
+    it. Each is answered before the next that depends on it is sent, so this is an upper bound of round trips."""
+    sent = []
+    send = Connection._send
+
+    def counting(self, requests, *args, **kwargs):
+        sent.append("+".join(COMMANDS[request.COMMAND] for request in requests))
+        return send(self, requests, *args, **kwargs)
+    monkeypatch.setattr(Connection, "_send", counting)
+    return sent
 
 
 class CountingReader:
@@ -85,3 +105,46 @@ def test_qemu_imgs_check_of_a_vhdx_on_the_share_costs_one_read(share, folder, tm
         counted = CountingReader(remote)
         nbdexport.verify(tmp_path, "vhdx", "dynamic", 41 * MiB, "disk.vhdx", counted)
     assert counted.reads == 1               # was 26: one SMB round trip per piece qemu-img and ce's probes read
+
+
+def test_an_upload_makes_eleven_requests_besides_its_writes(samba, folder, tmp_path, messages):
+    local = tmp_path / "file.bin"
+    local.write_bytes(os.urandom(3 * MiB))
+    with SmbShare(samba.unc("share", folder.name), Credentials(USER, PASSWORD), port=samba.port) as share:
+        share.upload(local, "file.bin")
+    assert (folder / "file.bin").read_bytes() == local.read_bytes()
+    assert messages == [
+        "NEGOTIATE", "SESSION_SETUP", "SESSION_SETUP", "TREE_CONNECT", "ECHO", "CREATE+CLOSE",   # the folder
+        "CREATE+CLOSE", "CREATE+QUERY_INFO+CLOSE", "CREATE+CLOSE",       # the name, free space, a stale partial
+        "CREATE+IOCTL",                                                  # the partial file, sparse
+        "SET_INFO+QUERY_INFO",                                           # its end of file, read back
+        "SET_INFO+CLOSE",                                                # the rename; the close gives the stat
+        "TREE_DISCONNECT+LOGOFF"]                                        # 13 (was 21: 19 and the folder's 2)
+
+
+def test_a_resumable_upload_adds_its_record_to_the_same_round_trips(share, folder, tmp_path, messages):
+    local = tmp_path / "file.bin"
+    local.write_bytes(os.urandom(MiB))
+    key = ResumeKey(job="j", source_size=MiB, source_format="raw", first="a", last="b", container="raw")
+    messages.clear()
+    share.upload(local, "file.bin", resume=key)
+    assert messages == ["CREATE+CLOSE", "CREATE+QUERY_INFO+CLOSE", "CREATE+CLOSE", "CREATE+READ+CLOSE",
+                        "CREATE+IOCTL", "CREATE+WRITE+SET_INFO+CLOSE",   # the record, sent before the open's answer
+                        "SET_INFO+QUERY_INFO", "SET_INFO+CLOSE", "CREATE+CLOSE"]       # ... deleted with the rename
+    assert os.listdir(folder) == ["file.bin"]
+
+
+def test_a_name_taken_during_the_upload_fails_the_rename_and_leaves_no_partial(share, folder, tmp_path):
+    local = tmp_path / "file.bin"
+    local.write_bytes(os.urandom(2 * MiB))
+    key = ResumeKey(job="j", source_size=2 * MiB, source_format="raw", first="a", last="b", container="raw")
+
+    def someone_else_writes_it(reader):
+        (folder / "file.bin").write_bytes(b"theirs")
+
+    with pytest.raises(RemoteExists):
+        share.upload(local, "file.bin", resume=key, verify=someone_else_writes_it)
+    assert os.listdir(folder) == ["file.bin"]           # neither the partial file nor its record
+    assert (folder / "file.bin").read_bytes() == b"theirs"
+    share.upload(local, "other.bin", overwrite=True)     # the session still works
+    assert (folder / "other.bin").read_bytes() == local.read_bytes()
