@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 CONVERT_FLAGS = ("-p", "-W", "-m", "8")      # fastest measured here; -t/-T none were 2-3x slower
 # outputs whose writers qemu-img runs faster in order: out-of-order writes (-W) made raw -> qcow2 and -> vhdx take
-# 1.5-3x the CPU and wall time of qemu-img's defaults here (bench/disks.py; README "Speed")
-IN_ORDER_OUTPUTS = {"qcow2", "vhdx"}
+# 1.5-3x the CPU and wall time of qemu-img's defaults here, and qcow2 / VHDX / VHD -> raw 1.1-2x the system CPU
+# (bench/disks.py; README "Speed")
+IN_ORDER_OUTPUTS = {"qcow2", "vhdx", "raw"}
 CHECK_OK = (0, 2, 3)                         # clean, corruptions found, leaks found
 CHECK_UNSUPPORTED = 63
 POLL_SECONDS = 0.1
