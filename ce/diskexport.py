@@ -120,12 +120,13 @@ class Export:
         return key_for(self.disk, source_format, f"{self.format} {self.subformat}", job)
 
 
-def plan(job: Export) -> tuple[DiskWrite, dict]:
-    """(the write, the facts): source facts, target, share space, scratch space -- from reads only."""
+def plan(job: Export, held: contextlib.ExitStack | None = None) -> tuple[DiskWrite, dict]:
+    """(the write, the facts): source facts, target, share space, scratch space -- from reads only. Given the
+    step's ``ctx.held``, the connection to the share stays open for the write."""
     source = disks.info(job.disk)
     disks.refuse_differencing(source)
     from .smb.resume import survey_facts
-    with job.location.share() as share:
+    with job.location.step_share(held) as share:
         survey = share.survey(job.name)          # one round trip: the name, the space, an earlier attempt
     existing = _existing(survey.final, job)
     free, total = survey.free, survey.total
@@ -207,7 +208,7 @@ def _stream(job: Export, scratch: Path, write: DiskWrite, ctx: StepContext, hash
     fmt = FORMATS[job.format]
     layout = layouts.make(fmt, job.subformat, write.virtual_size, scratch)
     doing = f"streaming the disk into {job.name}" + (" and hashing it" if hasher else "")
-    with job.location.share() as share:
+    with job.location.step_share(ctx.held) as share:
         return share.upload(job.disk, job.name, overwrite=job.overwrite, cancel=ctx.stop, layout=layout,
                             tap=hasher.feed if hasher else None,
                             verify=functools.partial(nbdexport.verify, scratch, fmt, job.subformat,
@@ -222,7 +223,7 @@ def _convert_and_upload(job: Export, scratch: Path, write: DiskWrite, ctx: StepC
     disks.convert(job.disk, local, job.format, subformat=job.subformat, durable=False, cancel=ctx.stop,
                   progress=ctx.band(start, upload_from, f"converting to {job.format.upper()}",
                                     size=write.virtual_size))
-    with job.location.share() as share:
+    with job.location.step_share(ctx.held) as share:
         return share.upload(local, job.name, overwrite=job.overwrite, cancel=ctx.stop,
                             progress=ctx.band(upload_from, 100, f"uploading {job.name}", unit="bytes"),
                             **resuming)

@@ -67,7 +67,7 @@ def job(params: Params) -> diskexport.Export:
 
 
 def plan(params: Params, ctx: StepContext) -> Plan:
-    write, facts = diskexport.plan(job(params))
+    write, facts = diskexport.plan(job(params), ctx.held)
     return Plan(step=NAME, changes=[write], facts=facts)
 
 

@@ -10,7 +10,9 @@ default) is refused when the params are validated, naming the field that chose i
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import weakref
+from typing import TYPE_CHECKING, ContextManager
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
@@ -20,6 +22,9 @@ from .location import Credentials, SmbLocation
 
 if TYPE_CHECKING:
     from .share import SmbShare
+
+# the shares a step keeps connected, by the step's ExitStack (ctx.held), then by location (the params' own object)
+_STEP_SHARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SmbCredentials(BaseModel):
@@ -73,6 +78,17 @@ class StorageLocation(BaseModel):
         """The share folder, not yet connected: ``with target.share() as share: ...`` signs in and out."""
         from .share import SmbShare
         return SmbShare(self.location, self.credentials.unwrap(), port=self.port, encrypt=self.encrypt)
+
+    def step_share(self, held: contextlib.ExitStack | None) -> ContextManager[SmbShare]:
+        """``share()`` for a step: given the step's ``ctx.held`` it connects once and stays connected until the
+        step ends, so the step's plan and apply share one connection and sign-in (six round trips over a WAN);
+        ``with target.step_share(ctx.held) as share: ...`` leaves it open. Without ``held``, ``share()``."""
+        if held is None:
+            return self.share()
+        shares = _STEP_SHARES.setdefault(held, {})
+        if id(self) not in shares:           # the location is kept with its share: its id is not reused meanwhile
+            shares[id(self)] = (self, held.enter_context(self.share()))
+        return contextlib.nullcontext(shares[id(self)][1])
 
     def describe(self, name: str | None = None) -> str:
         where = str(self.location) + (f"\\{name}" if name else "")
