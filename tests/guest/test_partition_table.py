@@ -88,7 +88,7 @@ def test_a_failing_write_puts_the_old_table_back(session):
 def test_a_table_changed_since_the_plan_is_refused(session):
     guest, root, device, work = session
     current = partitions.read_table(guest, device)
-    stale = current.model_copy(update={"diskGuid": "00000000-0000-4000-8000-000000000000"})
+    stale = current.model_copy(update={"disk_guid": "00000000-0000-4000-8000-000000000000"})
     change = PartitionTableWrite(device=device, old=stale, new=as_gpt(current), backup="/Windows/ce-backup/never")
     result = apply(guest, root, _plan(change))
     assert result.error["code"] == "image_changed_since_plan"
