@@ -22,7 +22,9 @@ METHODS = ("fill", "qemu-img")
 # (format, subformat) of a raw disk's container -> whether ce fills it itself rather than run qemu-img convert:
 # the faster of the two per pair in bench/disks.py's interleaved whole runs (README, "Speed"). Both write the same
 # disk (tests/unit/test_conversion_methods.py); on a share only the fill can write in place (ce.smb upload).
-# 1 GiB, 3 rounds: the fill was faster for all but a dynamic VHD of dense data (4.1 vs 3.1 s/GiB; 1.8 vs 2.0 half-zero).
+# 1 GiB, 3-5 rounds, since the fill copies in the kernel: faster for VHDX, fixed VHDX and VMDK (1.2-2.5x) and for a
+# fixed VHD (1.2-2.9x half-zero; dense 1.8x in a run of that pair alone, 0.6-1.0 in two whole bench runs); a dynamic
+# VHD is a tie (medians of five runs 0.77 vs 0.76 s/GiB dense, 0.65 vs 0.60 half-zero), so it stays qemu-img's.
 # A fixed VHDX stays filled whatever the timing: qemu-img's own is twice the disk's size (blocks after the room).
 FILL_LOCALLY = {("vhdx", "dynamic"): True, ("vhdx", "fixed"): True, ("vpc", "dynamic"): False,
                 ("vpc", "fixed"): True, ("vmdk", "monolithicSparse"): True}
