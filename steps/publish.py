@@ -63,10 +63,10 @@ def job(params: Params) -> diskexport.Export:
 def plan(params: Params, ctx: StepContext) -> Plan:
     validate(params)
     export = job(params)
-    with params.outputStorageLocation.share() as share:
+    with params.outputStorageLocation.step_share(ctx.held) as share:     # one connection for plan and write
         _refuse_pvs_conflicts(share, params.vDiskName, export.name)
         pvp = share.exists(params.vDiskName + ".pvp")
-    write, facts = diskexport.plan(export)
+    write, facts = diskexport.plan(export, ctx.held)
     facts["target"].update(vDiskName=params.vDiskName, pvp="kept" if pvp else "none")
     return Plan(step=NAME, changes=[write], facts=facts)
 

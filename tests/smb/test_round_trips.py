@@ -169,3 +169,16 @@ def test_an_export_step_signs_in_once_for_its_plan_and_its_write(samba, folder, 
                         "READ", "READ", "READ", "READ",                   # qemu-img's check: one 4 MiB window
                         "SET_INFO+CLOSE", "CREATE+CLOSE", "TREE_DISCONNECT+LOGOFF"]
     # 12 round trips; before: 36 messages, each waited for, and 26 READs one at a time
+
+
+def test_a_publish_step_signs_in_once(samba, folder, tmp_path, monkeypatch, messages):
+    monkeypatch.setenv("CE_SCRATCH", str(tmp_path))
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(MiB) + bytes(MiB))
+    publish = step_types()["publish"]
+    params = publish.parse({"disk": str(disk), "vDiskName": "golden", "outputStorageLocation": {
+        "Location": samba.unc("share", folder.name), "port": samba.port,
+        "credentials": {"username": USER, "password": PASSWORD}}})
+    execute(publish, params, StepContext())
+    assert os.listdir(folder) == ["golden.vhdx"]
+    assert messages.count("NEGOTIATE") == 1 and messages[-1] == "TREE_DISCONNECT+LOGOFF"    # was 3 connections
