@@ -147,7 +147,7 @@ def _fill_data(layout, copier: "_Copier", early: EarlyWriteback, progress, cance
             cancel()
         for start, end, at in _runs(layout, copier.is_zero, offset, length, block):
             copier.copy(start, end - start, at)
-        early.wrote(length)
+            early.wrote(end - start)
         percent = 100 * (offset + length) / layout.source_size
         if progress and percent < 100 and percent - reported >= PROGRESS_STEP:
             progress(percent)
