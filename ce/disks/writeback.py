@@ -12,7 +12,7 @@ import functools
 import os
 
 SYNC_FILE_RANGE_WRITE = 2
-EVERY = 32 << 20                      # bytes written between two starts: 8 MiB and whole-file were no faster
+EVERY = 32 << 20                      # bytes written between two starts (every 8 MiB was no faster here)
 
 
 @functools.cache
