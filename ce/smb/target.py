@@ -81,7 +81,8 @@ class StorageLocation(BaseModel):
 
     def step_share(self, held: contextlib.ExitStack | None) -> ContextManager[SmbShare]:
         """``share()`` for a step: given the step's ``ctx.held`` it connects once and stays connected until the
-        step ends, so the step's plan and apply share one connection and sign-in (six round trips over a WAN);
+        step ends, so the step's plan and apply share one connection and sign-in (over a WAN, seven round trips:
+        TCP, negotiate, two session setups, tree connect, credits and folder, sign-out);
         ``with target.step_share(ctx.held) as share: ...`` leaves it open. Without ``held``, ``share()``."""
         if held is None:
             return self.share()
