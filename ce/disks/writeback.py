@@ -32,8 +32,16 @@ def start_writeback(fd: int) -> None:
         function(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
+def drop_written(fd: int) -> None:
+    """Let the page cache forget the pages of ``fd``'s file that are already on disk (dirty ones stay)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 class EarlyWriteback:
-    """Counts the bytes written to ``fd`` and starts their write-back every EVERY bytes (when ``enabled``)."""
+    """Counts the bytes written to ``fd`` and every EVERY bytes (when ``enabled``) starts their write-back and drops
+    what earlier starts wrote from the page cache: kept, a 4 GiB output filled the cache and the kernel's reclaim
+    cost more than the copy (fill of 4 GiB dense into a VHDX: 5.0 s, 4.0 s CPU kept; 2.9 s, 2.1 s CPU dropped)."""
 
     def __init__(self, fd: int, enabled: bool):
         self.fd, self.enabled, self.pending = fd, enabled, 0
@@ -42,12 +50,13 @@ class EarlyWriteback:
         self.pending += length
         if self.enabled and self.pending >= EVERY:
             start_writeback(self.fd)
+            drop_written(self.fd)
             self.pending = 0
 
 
 def while_written(path: str, progress):
     """``progress`` for a program writing ``path`` (qemu-img convert): each report also starts the write-back of
-    what the file holds so far."""
+    what the file holds so far and drops what is already on disk from the page cache."""
     def report(percent: float) -> None:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -56,6 +65,7 @@ def while_written(path: str, progress):
         else:
             try:
                 start_writeback(fd)
+                drop_written(fd)
             finally:
                 os.close(fd)
         if progress:
