@@ -26,7 +26,7 @@ METHODS = ("fill", "qemu-img")
 # fixed VHD (1.2-2.9x half-zero; dense 1.8x in a run of that pair alone, 0.6-1.0 in two whole bench runs); a dynamic
 # VHD was a tie (medians of five runs 0.77 vs 0.76 s/GiB dense, 0.65 vs 0.60 half-zero) and, since outputs leave the
 # page cache as they are written (ce.disks.writeback), qemu-img is ahead (0.53 vs 1.01 dense, 0.39 vs 0.68): it stays
-# qemu-img's (the fill writes each block's sector bitmap last, into pages already dropped, in front of unaligned data).
+# qemu-img's (probably because the fill writes each block's sector bitmap last, into pages already dropped).
 # A fixed VHDX stays filled whatever the timing: qemu-img's own is twice the disk's size (blocks after the room).
 FILL_LOCALLY = {("vhdx", "dynamic"): True, ("vhdx", "fixed"): True, ("vpc", "dynamic"): False,
                 ("vpc", "fixed"): True, ("vmdk", "monolithicSparse"): True}
