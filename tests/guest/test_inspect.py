@@ -509,7 +509,7 @@ def test_an_element_of_the_wrong_type_is_reported_and_warned(tmp_path):
                                  MBR_TABLE, "bios", "/dev/sdb2", "/dev/sdb1")
     loader = facts.entries[1]
     assert loader.osdevice is None and len(loader.problems) == 1
-    assert loader.problems[0].startswith("element 21000001 is") and loader.problems[0].endswith("not BINARY")
+    assert loader.problems[0] == "element 21000001 is REG_SZ, not REG_BINARY"
     assert [c for c, _ in warnings] == ["boot_config_unreadable", "boot_config_mismatch"]
     assert "its osdevice is not set" in warnings[1][1]
 
