@@ -156,9 +156,8 @@ def test_an_export_step_signs_in_once_for_its_plan_and_its_write(samba, folder, 
     disk = tmp_path / "disk.raw"
     disk.write_bytes(os.urandom(3 * MiB) + bytes(2 * MiB) + os.urandom(MiB))
     export = step_types()["export"]
-    params = export.parse({"disk": str(disk), "SmbDiskName": "one", "outputStorageLocation": {
-        "Location": samba.unc("share", folder.name), "port": samba.port,
-        "credentials": {"username": USER, "password": PASSWORD}}})
+    params = export.parse({"disk": str(disk), "SmbDiskName": "one",
+                           "outputStorageLocation": samba.location(folder=folder.name)})
     execute(export, params, StepContext())
     assert os.listdir(folder) == ["one.vhdx"]
     assert disks.compare(disk, folder / "one.vhdx", fmt_a="raw", fmt_b="vhdx")
@@ -176,9 +175,8 @@ def test_a_publish_step_signs_in_once(samba, folder, tmp_path, monkeypatch, mess
     disk = tmp_path / "disk.raw"
     disk.write_bytes(os.urandom(MiB) + bytes(MiB))
     publish = step_types()["publish"]
-    params = publish.parse({"disk": str(disk), "vDiskName": "golden", "outputStorageLocation": {
-        "Location": samba.unc("share", folder.name), "port": samba.port,
-        "credentials": {"username": USER, "password": PASSWORD}}})
+    params = publish.parse({"disk": str(disk), "vDiskName": "golden",
+                           "outputStorageLocation": samba.location(folder=folder.name)})
     execute(publish, params, StepContext())
     assert os.listdir(folder) == ["golden.vhdx"]
     assert messages.count("NEGOTIATE") == 1 and messages[-1] == "TREE_DISCONNECT+LOGOFF"    # was 3 connections
