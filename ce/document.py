@@ -15,14 +15,12 @@ snake_case facts into camelCase documents).
 from __future__ import annotations
 
 import os
-import re
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 2
 STRICT_ENV = "CE_STRICT_DOCUMENTS"      # set by the tests: a document that strays from its schema is an error
-CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 
 
 class Document(BaseModel):
