@@ -11,13 +11,14 @@ driver) into a RAM-backed scratch file that is hashed and then dropped; qemu-img
 kernel cannot attach NBD devices here, so this keeps the decoding in qemu-img with bounded memory. The next slice
 is decoded while the current one is hashed.
 
-The loop is a bare hashlib loop (bench/hashing.py measures it against one, md5sum and sha256sum): the file is read
-with ``preadv`` into two reused buffers of ``BLOCK`` bytes (small enough to stay in the CPU's cache between the copy
-and the hash) and the kernel is told the reads are sequential (twice the readahead on a cold disk). Not ``mmap``:
-a file that shrinks under it kills the process with SIGBUS instead of raising DiskUnreadable. The first algorithm
-is hashed in the reading thread, with no hand-off; each further one in a thread of its own (hashlib releases the
-GIL on large updates) on the same buffers, one block behind at most, so md5 + sha256 together cost about as much as
-the slower one alone. A file on a share is hashed in threads only, while its next chunk comes over the network.
+The loop is a bare hashlib loop (bench/hashing.py measures it against one, md5sum and sha256sum) with the reads
+taken off it: a reader thread reads the next block with ``preadv`` (into three reused buffers of ``BLOCK`` bytes)
+while the current one is hashed, so the hashing thread does nothing but hash, and the kernel is told the reads are
+sequential (twice the readahead on a cold disk). Not ``mmap``, which would save the copy too: a file that shrinks
+under it kills the process with SIGBUS instead of raising DiskUnreadable. The first algorithm is hashed in the
+calling thread; each further one in a thread of its own (hashlib releases the GIL on large updates) on the same
+buffers, one block behind at most, so md5 + sha256 together cost about as much as the slower one alone. A file on
+a share is hashed in threads only, while its next chunk comes over the network.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import queue
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -195,35 +198,85 @@ def decoded_blocks(info: disks.DiskInfo, cancel, length: int | None = None) -> I
 def file_blocks(path: str, size: int) -> Iterator[memoryview]:
     """The first ``size`` bytes of a file or block device in BLOCK pieces, holes as zeros without reading them.
 
-    Two buffers take turns: a block stays unchanged until the one after the next is asked for, so a hasher thread
-    may still be reading it while the next one is read."""
-    buffers = [memoryview(bytearray(BLOCK)), memoryview(bytearray(BLOCK))]
+    The next block is read in a thread of its own while the caller uses the current one, so the copy out of the
+    page cache (a tenth of md5's time) is off the hashing thread. Three buffers take turns: a block stays unchanged
+    until the one after the next is asked for, so a hasher thread may still be reading it."""
+    buffers = [memoryview(bytearray(BLOCK)) for _ in range(3)]
     empty = memoryview(zeros(BLOCK))
-    turn, position = 0, 0
     fd = os.open(path, os.O_RDONLY)
+    reader = _ReadAhead(fd, path)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        for offset, length in data_extents(fd, os.fstat(fd).st_size or size):
-            if offset >= size:
-                break
-            while position < offset:                            # a hole
-                step = min(BLOCK, offset - position)
-                yield empty[:step]
-                position += step
-            end = min(offset + length, size)
-            while position < end:
-                view = buffers[turn][:min(BLOCK, end - position)]
-                if os.preadv(fd, [view], position) != len(view):
-                    raise DiskUnreadable(f"{path} shrank while it was being read (short read at {position})")
-                yield view
-                turn ^= 1
-                position += len(view)
-        while position < size:                                  # a trailing hole
-            step = min(BLOCK, size - position)
-            yield empty[:step]
-            position += step
+        turn, pending = 0, None
+        for offset, length, is_data in _pieces(fd, size):
+            if not is_data:
+                if pending is not None:
+                    yield reader.result(pending)
+                    pending = None
+                yield empty[:length]
+                continue
+            view = buffers[turn][:length]
+            turn = (turn + 1) % len(buffers)
+            reader.start(view, offset)
+            if pending is not None:
+                yield reader.result(pending)
+            pending = view
+        if pending is not None:
+            yield reader.result(pending)
     finally:
+        reader.stop()
         os.close(fd)
+
+
+def _pieces(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, is data) of the first ``size`` bytes in BLOCK pieces: data extents and the holes between."""
+    position = 0
+    for offset, length in data_extents(fd, os.fstat(fd).st_size or size):
+        if offset >= size:
+            break
+        for is_data, end in ((False, offset), (True, min(offset + length, size))):
+            while position < end:
+                step = min(BLOCK, end - position)
+                yield position, step, is_data
+                position += step
+    while position < size:                                      # a trailing hole
+        step = min(BLOCK, size - position)
+        yield position, step, False
+        position += step
+
+
+class _ReadAhead:
+    """One thread that reads blocks in the order they are asked for; ``result(view)`` waits for the oldest."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+        self._asked: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hash-read", daemon=True)
+        self._thread.start()
+
+    def start(self, view: memoryview, offset: int) -> None:
+        self._asked.put((view, offset))
+
+    def result(self, view: memoryview) -> memoryview:
+        offset, outcome = self._done.get()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome != len(view):
+            raise DiskUnreadable(f"{self.path} shrank while it was being read (short read at {offset})")
+        return view
+
+    def stop(self) -> None:
+        self._asked.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (asked := self._asked.get()) is not None:
+            view, offset = asked
+            try:
+                self._done.put((offset, os.preadv(self.fd, [view], offset)))
+            except OSError as exc:
+                self._done.put((offset, exc))
 
 
 def _decode_slice(info: disks.DiskInfo, scratch: str, index: int, offset: int, length: int) -> str:
