@@ -90,9 +90,12 @@ def plan(params: Params, ctx: StepContext) -> Plan:
 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     report = ctx.band(0, 100, f"hashing the {params.of}", unit="bytes")
-    if params.disk and params.of == "content":
-        digest = hashing.hash_disk(params.disk, params.format, params.algorithms, progress=report, cancel=ctx.stop)
-    elif params.disk:
+    if params.disk and params.of == "content" and planned.facts["format"] != "raw":
+        digest = hashing.hash_disk(params.disk, planned.facts["format"], params.algorithms, progress=report,
+                                   cancel=ctx.stop)
+    elif params.disk:                      # a raw disk's contents are its bytes: the plan's probe holds
+        if disks.byte_size(params.disk) != planned.facts["fileSize"]:
+            raise ImageChangedSincePlan(f"{params.disk} changed size since the plan: run the step again")
         digest = hashing.hash_file(params.disk, params.algorithms, progress=report, cancel=ctx.stop)
     else:
         digest = _hash_on_share(params, planned.facts, report, ctx)

@@ -48,25 +48,32 @@ def probe_format(path) -> str:
     return _format_of(path, None, disk_kind(path))
 
 
-def _probe(path: str) -> str:
-    probed = _info_json(path, None)["format"]
-    if probed == "raw" and vhd_type(tail(path, SECTOR)):
-        return "vpc"
-    if probed not in FORMAT_LABELS:
-        raise UnsupportedFormat(f"{path} is a {probed} image: ce handles {', '.join(DISK_FORMATS)}; "
+def _probe(path: str) -> tuple[str, dict | None]:
+    """The probed format, with qemu-img's info of the file in it when the probe is the answer (None after a
+    correction: a fixed VHD's info must come from the vpc driver)."""
+    probed = _info_json(path, None)
+    if probed["format"] == "raw" and vhd_type(tail(path, SECTOR)):
+        return "vpc", None
+    if probed["format"] not in FORMAT_LABELS:
+        raise UnsupportedFormat(f"{path} is a {probed['format']} image: ce handles {', '.join(DISK_FORMATS)}; "
                                 "convert it with qemu-img first")
-    return probed
+    return probed["format"], probed
 
 
 def _format_of(path: str, fmt: str | None, is_block: bool) -> str:
+    return _format_and_info(path, fmt, is_block)[0]
+
+
+def _format_and_info(path: str, fmt: str | None, is_block: bool) -> tuple[str, dict | None]:
     """The format to open ``path`` in: ``fmt`` if given; raw for a block device (its contents never choose how it
-    is read); else the probe. Whatever is not read as raw has its chain vetted (ce.disks.chains) before qemu-img
-    opens it: opening follows backing files, data files and extents."""
+    is read); else the probe (with its info, which saves a second qemu-img run). Whatever is not read as raw has
+    its chain vetted (ce.disks.chains) before qemu-img opens it: opening follows backing files, data files and
+    extents."""
     fmt = qemu_format(fmt) if fmt else "raw" if is_block else None
     if fmt == "raw":
-        return fmt
+        return fmt, None
     vet_chain(path)
-    return fmt or _probe(path)
+    return (fmt, None) if fmt else _probe(path)
 
 
 def is_raw_target(path: str) -> bool:
@@ -83,8 +90,8 @@ def info(path, fmt: str | None = None) -> DiskInfo:
     qcow2 or VMDK opens without complaint; damage raises DiskUnreadable with qemu-img's reason."""
     path = os.fspath(path)
     is_block = disk_kind(path)
-    fmt = _format_of(path, fmt, is_block)
-    data = _info_json(path, fmt)
+    fmt, data = _format_and_info(path, fmt, is_block)
+    data = data or _info_json(path, fmt)
     disk = DiskInfo(path=path, format=fmt, virtual_size=data["virtual-size"], actual_size=data.get("actual-size", 0),
                     subformat=_subformat(path, fmt, data), backing_file=data.get("backing-filename"),
                     backing_format=data.get("backing-filename-format"), is_block_device=is_block,

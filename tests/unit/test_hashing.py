@@ -130,3 +130,28 @@ def test_remote_reads_and_the_export_hasher_agree_with_the_tools(tmp_path):
         result = hasher.finish()
     padded = data[:1000] + bytes(4000) + data[5000:] + bytes(1000)
     assert result.hashes == {"md5": hashlib.md5(padded).hexdigest(), "sha256": hashlib.sha256(padded).hexdigest()}
+
+
+def test_the_hash_step_hashes_what_it_planned(tmp_path):
+    """The step's apply reuses its plan's probe: a raw disk is hashed as the plan found it (no second probe), a
+    disk that changed size in between is refused, and a fixed VHD (probed as raw by qemu-img) is still hashed as
+    its contents, not its file."""
+    from ce.errors import ImageChangedSincePlan
+    from ce.step import StepContext
+    from steps import hash as hash_step
+    raw = written(tmp_path / "disk.raw", 3 * MiB + 512)
+    expected = tool_digests(raw)
+    params = hash_step.Params(disk=str(raw))
+    planned = hash_step.plan(params, StepContext())
+    assert hash_step.apply(params, planned, StepContext()).facts["hashes"] == expected
+    vhd = tmp_path / "disk.vhd"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on", str(raw),
+                    str(vhd)], check=True)
+    vhd_params = hash_step.Params(disk=str(vhd))
+    vhd_plan = hash_step.plan(vhd_params, StepContext())
+    assert vhd_plan.facts["format"] == "vhd"
+    assert hash_step.apply(vhd_params, vhd_plan, StepContext()).facts["hashes"] == expected
+    with open(raw, "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(ImageChangedSincePlan, match="changed size since the plan"):
+        hash_step.apply(params, planned, StepContext())
