@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q ce steps > /dev/null    # bytecode, as the image's wheel install has (PYTHONDONTWRITEBYTECODE may be set)
 	touch $@
 
 images: venv

@@ -46,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import compile_ce  # noqa: E402
 from ce import disks, hashing  # noqa: E402
 from ce.disks import conversion, layouts  # noqa: E402
 from ce.disks.formats import create_options  # noqa: E402
@@ -381,6 +382,7 @@ def main(argv=None) -> int:
                         help="also time the local method ce does not choose (fill or qemu-img) where it has two")
     parser.add_argument("--skip", action="append", default=[], choices=("startup", "convert", "export", "export-qcow2", "hash"))
     args = parser.parse_args(argv)
+    compile_ce()
     args.size_mb = [int(size) for sizes in args.size_mb or ["1024"] for size in sizes.split(",")]
     for tool in ("cp", "md5sum", "sha256sum", "smbclient", "qemu-img"):
         if not shutil.which(tool):

@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import compile_ce  # noqa: E402
 from ce import hashing  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -265,6 +266,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", default=os.environ.get("CE_SCRATCH") or "/var/tmp")
     parser.add_argument("--skip", action="append", default=[], choices=("library", "process", "startup"))
     args = parser.parse_args(argv)
+    compile_ce()
     try:
         size_list = sizes(args.size_mb or ["1024"])
     except (ValueError, argparse.ArgumentTypeError) as exc:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ce import disks, hashing, nbdexport, staging
+from ce import disks, hashing, staging
 from ce.changes import DiskHash, Plan, Result
 from ce.cli.smbargs import is_smb, location_flags, split_file, storage
 from ce.document import Facts as FactsBase
@@ -77,6 +77,7 @@ def plan(params: Params, ctx: StepContext) -> Plan:
         info = disks.info(params.disk, params.format)
         file_size = disks.byte_size(params.disk)
     else:
+        from ce import nbdexport                  # only a file on a share needs it (and multiprocessing)
         with staging.scratch_dir(NAME) as scratch, \
                 nbdexport.serving(params.inputStorageLocation, params.inputImageFilename, scratch) as export:
             info = disks.remote_info(export.uri, params.format, where(params), export.reader.read_at, export.size)
@@ -107,6 +108,7 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
 
 
 def _hash_on_share(params: Params, facts: dict, report, ctx: StepContext) -> hashing.DiskHash:
+    from ce import nbdexport
     with contextlib.ExitStack() as held:
         scratch = held.enter_context(staging.scratch_dir(NAME))
         export = held.enter_context(nbdexport.serving(params.inputStorageLocation, params.inputImageFilename,

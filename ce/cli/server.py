@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 from ..errors import ClientCertMissing, InvalidParams
@@ -84,6 +83,7 @@ def cmd_client(args) -> int:
     if action in ("health", "disks", "types"):
         out = getattr(client, action)()
     elif action == "create":
+        import uuid                               # only here: ce's start-up skips it
         out = client.create(args.id or str(uuid.uuid4()), args.type, read_params(args.params))
         if args.wait:
             out = client.wait(out["id"], on_update=ProgressBar())

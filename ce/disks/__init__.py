@@ -23,14 +23,15 @@ qemu-img 7.2 facts the stack relies on (measured here; tests/unit/test_disks.py 
   zeros, and neither format can be created with a backing file.
 * ``measure`` supports only qcow2 and raw outputs; ``check`` exits 63 for formats without checks (raw, vpc).
 
-The names below are what callers use (``from ce import disks``; ``disks.convert(...)``).
+The names below are what callers use (``from ce import disks``; ``disks.convert(...)``). Those of ``conversion``,
+``create`` and ``differencing`` are imported when first used: a command that only describes or hashes a disk does
+not load the writers (a tenth of ``ce hash``'s start-up).
 """
+import importlib
+
 from ..errors import (AzureVhdInvalid, ChildDiskFailed, ConversionFailed, DestinationExists, DiskError, DiskNotFound,
                       DiskTooSmall, DiskUnreadable, EmptyDisk, LayoutError, OutputDirMissing, QemuImgMissing,
                       UnsupportedFormat)
-from .conversion import convert, write_onto
-from .create import create_child, create_empty, create_overlay, require_destination
-from .differencing import ChildSummary, FileSink, ParentFacts, parent_facts, write_child
 from .extents import byte_size, file_blocks
 from .formats import DISK_FORMATS, FORMAT_LABELS, SUBFORMATS, choose_subformat, qemu_format
 from .headers import header_facts, vhdx_metadata_items
@@ -49,3 +50,18 @@ __all__ = [
     "probe_format", "refuse_differencing", "remote_info", "verify_azure_vhd", "CONVERT_FLAGS", "CheckResult",
     "Measurement", "is_canceled", "stop_if_canceled",
 ]
+
+_ON_FIRST_USE = {
+    "convert": "conversion", "write_onto": "conversion",
+    "create_child": "create", "create_empty": "create", "create_overlay": "create", "require_destination": "create",
+    "ChildSummary": "differencing", "FileSink": "differencing", "ParentFacts": "differencing",
+    "parent_facts": "differencing", "write_child": "differencing",
+}
+
+
+def __getattr__(name: str):
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_ON_FIRST_USE[name]}"), name)
+    globals()[name] = value
+    return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from ..document import Document
 
 from ..errors import ImageChangedSincePlan, PartitionTableFailed
@@ -40,6 +40,7 @@ class PartitionTable(Document):
 
 class TableSectors(BaseModel):
     """The bytes a partition table lives in, as read before it is replaced."""
+    model_config = ConfigDict(defer_build=True)          # built on first use, not at every command's start-up
     sector_size: int
     head: bytes
     tail: bytes

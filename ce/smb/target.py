@@ -28,7 +28,7 @@ _STEP_SHARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SmbCredentials(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)  # built on first use
     username: str = Field(min_length=1, description="SMB user name (without the domain)")
     password: SecretStr = Field(description="never logged or reported")
     domain: str = Field("", description="Windows domain of the account; empty for a local account")
@@ -39,7 +39,7 @@ class SmbCredentials(BaseModel):
 
 class StorageLocation(BaseModel):
     """A folder on an SMB share plus the account that may write to it."""
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)  # built on first use
     Location: str = Field(description=r"\\host\share\folder, //host/share/folder or smb://host[:port]/share/folder")
     credentials: SmbCredentials
     credentialId: str | None = Field(None, description="the service's wallet id (informational; ce needs "
