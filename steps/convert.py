@@ -126,8 +126,8 @@ def plan(params: Params, ctx: StepContext) -> Plan:
     if params.inputStorageLocation:
         staging.require_scratch(OVERLAY_SCRATCH, "reading the source from the share")
     source = _plan_source(params)
-    upload = _plan_upload(params, _resume_key(params, source["format"], _label(fmt), subformat)) \
-        if params.outputStorageLocation else None
+    upload = _plan_upload(params, _resume_key(params, source["format"], _label(fmt), subformat, ctx.held),
+                          ctx.held) if params.outputStorageLocation else None
     if params.output:
         _require_local_output(params.output, params.overwriteOutput)
     size = source["virtualSize"]
@@ -189,13 +189,15 @@ def _label(fmt: str) -> str:
     return disks.FORMAT_LABELS[fmt].lower()            # vpc -> vhd
 
 
-def _plan_upload(params: Params, key) -> dict:
-    from ce.smb.resume import plan_facts
+def _plan_upload(params: Params, key, held) -> dict:
+    """What is at the output's name, the free space and an earlier attempt's partial file, in one round trip over
+    the connection the apply uploads on."""
+    from ce.smb.resume import survey_facts
     where = params.outputStorageLocation
-    with where.share() as share:
-        exists = share.exists(params.outputImageFilename)
-        free, _ = share.free_space()
-        resume = plan_facts(share, params.outputImageFilename, key, params.resume)
+    with where.step_share(held) as share:
+        survey = share.survey(params.outputImageFilename)
+    exists, free = survey.final is not None, survey.free
+    resume = survey_facts(survey, key, params.resume)
     if exists and not params.overwriteOutput:
         raise RemoteExists(f"{where.location}\\{params.outputImageFilename} already exists: set overwriteOutput to "
                            "replace it or choose another outputImageFilename")
@@ -203,7 +205,7 @@ def _plan_upload(params: Params, key) -> dict:
             "shareFree": free, "resume": resume}
 
 
-def _resume_key(params: Params, source_format: str, output_format: str, subformat: str | None):
+def _resume_key(params: Params, source_format: str, output_format: str, subformat: str | None, held):
     """The key of the upload (ce.smb.resume): this conversion, and the source's size, format and first and last
     MiB -- a local disk's, or those of the file on a share, read over the share (the upload is then of a scratch
     file converted from it, and resumes the same way)."""
@@ -213,7 +215,7 @@ def _resume_key(params: Params, source_format: str, output_format: str, subforma
     job = job_key(NAME, origin, str(params.outputStorageLocation.location), params.outputImageFilename, container)
     if params.source:
         return key_for(params.source, source_format, container, job)
-    with params.inputStorageLocation.share() as share, share.open_read(params.inputImageFilename) as reader:
+    with params.inputStorageLocation.step_share(held) as share, share.open_read(params.inputImageFilename) as reader:
         return key_read(reader.read_at, reader.size, source_format, container, job)
 
 
@@ -232,7 +234,7 @@ def _estimate(params: Params, source: dict, fmt: str, subformat: str | None) -> 
 def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     facts = planned.facts
     with staging.scratch_dir(NAME) as scratch, contextlib.ExitStack() as remote:
-        resuming = _resuming(params, facts)
+        resuming = _resuming(params, facts, ctx.held)
         source, source_fmt = _open_source(params, facts["source"], scratch, remote)
         if facts["output"].get("method") == "stream":
             stored = _stream(params, facts["output"], source, scratch, ctx, resuming)
@@ -242,13 +244,13 @@ def apply(params: Params, planned: Plan, ctx: StepContext) -> Result:
     return _result(planned, converted.subformat, converted.virtual_size, file_size, stored)
 
 
-def _resuming(params: Params, facts: dict) -> dict:
+def _resuming(params: Params, facts: dict, held) -> dict:
     """upload()'s resume arguments for an output on a share (none for a local one)."""
     if not params.outputStorageLocation:
         return {}
     from ce.smb.resume import upload_options
     out = facts["output"]
-    return upload_options(_resume_key(params, facts["source"]["format"], out["format"], out["subformat"]),
+    return upload_options(_resume_key(params, facts["source"]["format"], out["format"], out["subformat"], held),
                           params.resume)
 
 
@@ -270,7 +272,7 @@ def _stream(params: Params, out: dict, source, scratch, ctx: StepContext, resumi
     layout = layouts.make(fmt, out["subformat"], out["virtualSize"], scratch)
     verify = functools.partial(nbdexport.verify, scratch, fmt, out["subformat"], out["virtualSize"],
                                f"{out['location']}\\{out['name']}")
-    with params.outputStorageLocation.share() as share:
+    with params.outputStorageLocation.step_share(ctx.held) as share:
         return share.upload(source, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
                             layout=layout, verify=verify,
                             progress=ctx.band(0, 100, "streaming into the container", unit="bytes"), **resuming)
@@ -286,6 +288,7 @@ def _convert(params: Params, out: dict, source, source_fmt: str, scratch, ctx: S
                               progress=ctx.band(*bands["convert"], "converting", size=out["virtualSize"]))
     if not params.outputStorageLocation:
         return converted, os.path.getsize(local), None
+    # a connection of its own: the plan's may have idled out on the server during a long local conversion
     with params.outputStorageLocation.share() as share:
         stored = share.upload(local, params.outputImageFilename, overwrite=params.overwriteOutput, cancel=ctx.stop,
                               progress=ctx.band(*bands["upload"], "uploading", unit="bytes"), **resuming)

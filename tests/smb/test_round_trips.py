@@ -180,3 +180,23 @@ def test_a_publish_step_signs_in_once(samba, folder, tmp_path, monkeypatch, mess
     execute(publish, params, StepContext())
     assert os.listdir(folder) == ["golden.vhdx"]
     assert messages.count("NEGOTIATE") == 1 and messages[-1] == "TREE_DISCONNECT+LOGOFF"    # was 3 connections
+
+
+def test_a_streamed_convert_to_a_share_signs_in_once(samba, folder, tmp_path, monkeypatch, messages):
+    """A local raw disk converted to a VHDX on a share: the plan's survey (name, space, partial, record in one
+    round trip) and the stream go over one connection, as an export's do."""
+    monkeypatch.setenv("CE_SCRATCH", str(tmp_path))
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(2 * MiB) + bytes(MiB))
+    convert = step_types()["convert"]
+    params = convert.parse({"source": str(disk), "outputFormat": "vhdx", "outputImageFilename": "out.vhdx",
+                            "outputStorageLocation": samba.location(folder=folder.name)})
+    result = execute(convert, params, StepContext())
+    assert result.facts["output"]["method"] == "stream" and os.listdir(folder) == ["out.vhdx"]
+    assert disks.compare(disk, folder / "out.vhdx", fmt_a="raw", fmt_b="vhdx")
+    survey = ["CREATE+CLOSE", "CREATE+QUERY_INFO+CLOSE", "CREATE+CLOSE", "CREATE+READ+CLOSE"]   # one round trip
+    assert messages == ["NEGOTIATE", "SESSION_SETUP", "SESSION_SETUP", "TREE_CONNECT", "ECHO", "CREATE+CLOSE",
+                        *survey,                                          # the plan
+                        *survey, "CREATE+IOCTL", "CREATE+WRITE+SET_INFO+CLOSE", "SET_INFO+QUERY_INFO",
+                        "READ", "READ", "READ", "READ", "SET_INFO+CLOSE", "CREATE+CLOSE", "TREE_DISCONNECT+LOGOFF"]
+    # the export's list; before: two connections, and the plan's three lookups one after the other
